@@ -1,0 +1,347 @@
+#include "steering.hpp"
+
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <tuple>
+
+namespace austeer {
+
+namespace {
+
+template <typename Fn>
+void resolve(void *library, const char *symbol, Fn *out) {
+    void *address = dlsym(library, symbol);
+    if (address == nullptr) {
+        throw std::runtime_error(std::string("libggml-base has no symbol ") + symbol +
+                                 ": this llama_cpp build is not the one austeer-gguf supports");
+    }
+    *out = reinterpret_cast<Fn>(address);
+}
+
+// Parses a non-negative decimal that must run to the end of the string.
+bool parse_layer(const char *text, int *layer) {
+    if (*text < '0' || *text > '9') return false;
+    int value = 0;
+    for (; *text >= '0' && *text <= '9'; ++text) {
+        value = value * 10 + (*text - '0');
+        if (value >= kMaxLayers) return false;
+    }
+    if (*text != '\0') return false;
+    *layer = value;
+    return true;
+}
+
+}  // namespace
+
+GgmlApi GgmlApi::load(const std::string &path) {
+    // RTLD_NOLOAD: we want the very library llama_cpp loaded (it holds the backends), never a second copy.
+    // The handle is kept for the life of the process.
+    void *library = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+    if (library == nullptr) {
+        const char *why = dlerror();
+        throw std::runtime_error("libggml-base is not loaded from " + path +
+                                 " (import llama_cpp before creating a steering state): " +
+                                 (why ? why : "unknown dlopen error"));
+    }
+    GgmlApi api;
+    resolve(library, "ggml_get_name", &api.get_name);
+    resolve(library, "ggml_nelements", &api.nelements);
+    resolve(library, "ggml_nrows", &api.nrows);
+    resolve(library, "ggml_nbytes", &api.nbytes);
+    resolve(library, "ggml_element_size", &api.element_size);
+    resolve(library, "ggml_type_size", &api.type_size);
+    resolve(library, "ggml_is_contiguous", &api.is_contiguous);
+    resolve(library, "ggml_get_data", &api.get_data);
+    resolve(library, "ggml_backend_tensor_get", &api.tensor_get);
+    resolve(library, "ggml_backend_tensor_set", &api.tensor_set);
+    resolve(library, "ggml_backend_buffer_is_host", &api.buffer_is_host);
+    return api;
+}
+
+int parse_site_name(const char *name, int *layer) {
+    switch (name[0]) {
+        case 'k':
+            return std::strncmp(name, "kqv_out-", 8) == 0 && parse_layer(name + 8, layer) ? 0 : -1;
+        case 'f':
+            return std::strncmp(name, "ffn_out-", 8) == 0 && parse_layer(name + 8, layer) ? 1 : -1;
+        case 'l':
+            return std::strncmp(name, "l_out-", 6) == 0 && parse_layer(name + 6, layer) ? 2 : -1;
+        default:
+            return -1;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+UnitTable::UnitTable(int n_layers, const std::vector<int32_t> &layers, const std::vector<int32_t> &sites,
+                     const std::vector<int32_t> &dims, const std::vector<float> &gains)
+    : n_layers_(n_layers) {
+    if (n_layers <= 0 || n_layers > kMaxLayers) throw std::invalid_argument("n_layers out of range");
+    const size_t n = layers.size();
+    if (sites.size() != n || dims.size() != n || gains.size() != n) {
+        throw std::invalid_argument("layers, sites, dims and gains must have the same length");
+    }
+    struct Entry {
+        int32_t site, layer, dim;
+        float gain;
+    };
+    std::vector<Entry> entries(n);
+    for (size_t i = 0; i < n; ++i) {
+        if (sites[i] < 0 || sites[i] >= kNumSites) throw std::invalid_argument("unit " + std::to_string(i) + ": bad site code");
+        if (layers[i] < 0 || layers[i] >= n_layers) throw std::invalid_argument("unit " + std::to_string(i) + ": layer out of range");
+        if (dims[i] < 0) throw std::invalid_argument("unit " + std::to_string(i) + ": negative dim");
+        if (!std::isfinite(gains[i])) throw std::invalid_argument("unit " + std::to_string(i) + ": gain is not finite");
+        entries[i] = {sites[i], layers[i], dims[i], gains[i]};
+    }
+    const auto key = [](const Entry &e) { return std::make_tuple(e.site, e.layer, e.dim); };
+    std::sort(entries.begin(), entries.end(), [&](const Entry &a, const Entry &b) { return key(a) < key(b); });
+    for (size_t i = 1; i < n; ++i) {
+        if (key(entries[i]) == key(entries[i - 1])) throw std::invalid_argument("duplicate unit");
+    }
+    units_.reserve(n);
+    offsets_.assign(size_t(kNumSites) * n_layers + 1, 0);
+    for (const Entry &e : entries) {
+        units_.push_back({e.dim, e.gain});
+        ++offsets_[size_t(e.site) * n_layers + e.layer + 1];
+    }
+    for (size_t i = 1; i < offsets_.size(); ++i) offsets_[i] += offsets_[i - 1];
+}
+
+const UnitGain *UnitTable::begin(int site, int layer) const {
+    return units_.data() + offsets_[size_t(site) * n_layers_ + layer];
+}
+
+const UnitGain *UnitTable::end(int site, int layer) const {
+    return units_.data() + offsets_[size_t(site) * n_layers_ + layer + 1];
+}
+
+void Counters::reset() {
+    for (auto *c : {&steered, &captured, &via_backend_api, &skipped_not_f32, &skipped_not_contiguous,
+                    &skipped_width, &skipped_no_data, &capture_row_mismatch}) {
+        c->store(0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+struct SteeringState::Access {
+    float *data = nullptr;  // host memory of the tensor, or scratch_ holding a copy of it
+    int64_t row_width = 0;
+    int64_t n_rows = 0;
+    size_t nbytes = 0;
+    bool via_backend = false;  // the copy must be written back with ggml_backend_tensor_set
+};
+
+SteeringState::SteeringState(GgmlApi api) : api_(api), ffn_out_seen_(kMaxLayers, 0) {}
+
+SteeringState::~SteeringState() = default;
+
+bool SteeringState::eval_callback(void *tensor, bool ask, void *user_data) {
+    auto *state = static_cast<SteeringState *>(user_data);
+    return ask ? state->ask(tensor) : state->compute(tensor);
+}
+
+void SteeringState::set_units(std::unique_ptr<UnitTable> table) {
+    const UnitTable *fresh = table.get();
+    if (fresh != nullptr) {
+        std::lock_guard<std::mutex> lock(retired_mutex_);
+        owned_tables_.push_back(std::move(table));
+    }
+    table_.store(fresh);
+    release_unused_tables();
+}
+
+size_t SteeringState::n_units() const {
+    const UnitTable *table = table_.load();
+    return table ? table->size() : 0;
+}
+
+// A callback increments readers_ before it loads table_, so once table_ points elsewhere and readers_ is
+// zero, no callback can hold an older table.
+void SteeringState::release_unused_tables() {
+    std::lock_guard<std::mutex> lock(retired_mutex_);
+    if (readers_.load() != 0) return;
+    const UnitTable *current = table_.load();
+    owned_tables_.erase(std::remove_if(owned_tables_.begin(), owned_tables_.end(),
+                                       [&](const std::unique_ptr<const UnitTable> &t) { return t.get() != current; }),
+                        owned_tables_.end());
+}
+
+void SteeringState::set_chained(EvalCallback callback, void *user_data) {
+    chained_user_data_.store(user_data);
+    chained_.store(callback);
+}
+
+// The ask path runs for every node of every graph: a name check, two atomic loads, no allocation.
+bool SteeringState::ask(void *tensor) {
+    pending_ = Pending{};
+    pending_.tensor = tensor;
+    if (EvalCallback chained = chained_.load()) {
+        pending_.chained = chained(tensor, true, chained_user_data_.load());
+    }
+    const char *name = api_.get_name(tensor);
+    int layer = -1;
+    int site = name != nullptr ? parse_site_name(name, &layer) : -1;
+    if (site < 0) return pending_.chained;
+
+    // A control vector on layer L leaves the residual sum named ffn_out-L too: only the first ffn_out-L of
+    // a layer is the FFN output. kqv_out-L comes before it and l_out-L after it, so both re-arm the check.
+    if (site == 1) {
+        if (ffn_out_seen_[layer]) return pending_.chained;
+        ffn_out_seen_[layer] = 1;
+    } else {
+        ffn_out_seen_[layer] = 0;
+    }
+
+    pending_.site = site;
+    pending_.layer = layer;
+    readers_.fetch_add(1);
+    const UnitTable *table = table_.load();
+    pending_.steer = table != nullptr && enabled.load() && strength.load() != 0.0f && table->has(site, layer);
+    readers_.fetch_sub(1);
+    pending_.capture = (capture_mask_.load() >> site) & 1u;
+    return pending_.steer || pending_.capture || pending_.chained;
+}
+
+bool SteeringState::compute(void *tensor) {
+    const Pending pending = pending_;
+    if (pending.tensor != tensor) return true;
+    if (pending.steer) steer(tensor, pending.site, pending.layer);
+    if (pending.capture) capture(tensor, pending.site, pending.layer);
+    if (pending.chained) {
+        if (EvalCallback chained = chained_.load()) return chained(tensor, false, chained_user_data_.load());
+    }
+    return true;
+}
+
+bool SteeringState::open(void *tensor, Access *access) {
+    const int64_t n_elements = api_.nelements(tensor);
+    const int64_t n_rows = api_.nrows(tensor);
+    const size_t element_size = api_.element_size(tensor);
+    const size_t nbytes = api_.nbytes(tensor);
+    if (element_size != sizeof(float) || nbytes != size_t(n_elements) * sizeof(float)) {
+        counters.skipped_not_f32.fetch_add(1);
+        return false;
+    }
+    if (n_elements <= 0 || n_rows <= 0 || n_elements % n_rows != 0 || !api_.is_contiguous(tensor)) {
+        counters.skipped_not_contiguous.fetch_add(1);
+        return false;
+    }
+    const auto *head = static_cast<const TensorHead *>(tensor);
+    const bool layout_known = head->ne[0] * head->ne[1] * head->ne[2] * head->ne[3] == n_elements &&
+                              head->ne[1] * head->ne[2] * head->ne[3] == n_rows && head->nb[0] == element_size &&
+                              head->type >= 0 && head->type < kGgmlTypeCount &&
+                              api_.type_size(head->type) == element_size;
+    if (layout_known && head->type != kGgmlTypeF32) {
+        counters.skipped_not_f32.fetch_add(1);
+        return false;
+    }
+    access->row_width = n_elements / n_rows;
+    access->n_rows = n_rows;
+    access->nbytes = nbytes;
+    // A tensor without a buffer lives in a ggml context's own (host) memory.
+    if (layout_known && (head->buffer == nullptr || api_.buffer_is_host(head->buffer))) {
+        access->data = static_cast<float *>(api_.get_data(tensor));
+        access->via_backend = false;
+        if (access->data != nullptr) return true;
+        counters.skipped_no_data.fetch_add(1);
+        return false;
+    }
+    // Device memory (CUDA, Metal, ...) or a tensor whose fields we could not verify: copy through the
+    // backend API, which is a memcpy on host buffers.
+    scratch_.resize(size_t(n_elements));
+    api_.tensor_get(tensor, scratch_.data(), 0, nbytes);
+    access->data = scratch_.data();
+    access->via_backend = true;
+    counters.via_backend_api.fetch_add(1);
+    return true;
+}
+
+void SteeringState::steer(void *tensor, int site, int layer) {
+    readers_.fetch_add(1);
+    const UnitTable *table = table_.load();
+    const float s = strength.load();
+    if (table != nullptr && enabled.load() && s != 0.0f && table->has(site, layer)) {
+        const UnitGain *first = table->begin(site, layer);
+        const UnitGain *last = table->end(site, layer);
+        Access access;
+        if (open(tensor, &access)) {
+            if ((last - 1)->dim >= access.row_width) {
+                counters.skipped_width.fetch_add(1);
+            } else {
+                for (int64_t row = 0; row < access.n_rows; ++row) {
+                    float *values = access.data + row * access.row_width;
+                    for (const UnitGain *unit = first; unit != last; ++unit) {
+                        const float factor = 1.0f + s * unit->gain;  // built with -ffp-contract=off
+                        values[unit->dim] *= factor;
+                    }
+                }
+                if (access.via_backend) api_.tensor_set(tensor, access.data, 0, access.nbytes);
+                counters.steered.fetch_add(1);
+            }
+        }
+    }
+    readers_.fetch_sub(1);
+}
+
+void SteeringState::begin_capture(CaptureSpec spec) {
+    if (spec.n_layers <= 0 || spec.n_layers > kMaxLayers) throw std::invalid_argument("n_layers out of range");
+    if (spec.rows.empty()) throw std::invalid_argument("capture needs at least one row");
+    for (int64_t row : spec.rows) {
+        if (row < 0 || row >= spec.n_batch_tokens) throw std::invalid_argument("capture row out of range");
+    }
+    std::lock_guard<std::mutex> lock(capture_mutex_);
+    for (int site = 0; site < kNumSites; ++site) {
+        const bool wanted = (spec.site_mask >> site) & 1u;
+        if (wanted && spec.widths[site] <= 0) throw std::invalid_argument("capture width must be positive");
+        const size_t size = wanted ? size_t(spec.n_layers) * spec.rows.size() * size_t(spec.widths[site]) : 0;
+        capture_buffers_[site].assign(size, 0.0f);
+        capture_filled_[site].assign(wanted ? size_t(spec.n_layers) : 0, 0);
+    }
+    capture_ = std::move(spec);
+    capture_mask_.store(capture_.site_mask);
+}
+
+void SteeringState::end_capture() {
+    capture_mask_.store(0);
+}
+
+CaptureSpec SteeringState::capture_spec() const {
+    std::lock_guard<std::mutex> lock(capture_mutex_);
+    return capture_;
+}
+
+std::vector<float> SteeringState::captured(int site, std::vector<uint8_t> *filled_layers) const {
+    std::lock_guard<std::mutex> lock(capture_mutex_);
+    if (site < 0 || site >= kNumSites) throw std::invalid_argument("bad site code");
+    *filled_layers = capture_filled_[site];
+    return capture_buffers_[site];
+}
+
+void SteeringState::capture(void *tensor, int site, int layer) {
+    std::lock_guard<std::mutex> lock(capture_mutex_);
+    if (!((capture_.site_mask >> site) & 1u) || layer >= capture_.n_layers) return;
+    Access access;
+    if (!open(tensor, &access)) return;
+    const int64_t width = capture_.widths[site];
+    const size_t n_selected = capture_.rows.size();
+    const bool all_tokens = access.n_rows == capture_.n_batch_tokens;
+    const bool outputs_only = !all_tokens && access.n_rows == int64_t(n_selected);
+    if (access.row_width != width || (!all_tokens && !outputs_only)) {
+        counters.capture_row_mismatch.fetch_add(1);
+        return;
+    }
+    float *destination = capture_buffers_[site].data() + size_t(layer) * n_selected * size_t(width);
+    for (size_t i = 0; i < n_selected; ++i) {
+        const int64_t row = all_tokens ? capture_.rows[i] : int64_t(i);
+        std::memcpy(destination + i * size_t(width), access.data + row * width, size_t(width) * sizeof(float));
+    }
+    capture_filled_[site][layer] = 1;
+    counters.captured.fetch_add(1);
+}
+
+}  // namespace austeer

@@ -1,0 +1,45 @@
+"""Loading the native core against the libggml-base that llama_cpp has loaded."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import llama_cpp  # loads libllama and, with it, libggml-base
+
+from . import _native
+
+SteeringState = _native.SteeringState
+
+
+def _candidates() -> list[Path]:
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    found: list[Path] = []
+    for pattern in ("libggml-base.so*", "libggml-base*.dylib", "ggml-base.dll"):
+        found.extend(sorted(lib_dir.glob(pattern), key=lambda p: len(p.name)))
+    if not found:
+        raise RuntimeError(f"no libggml-base library in {lib_dir}: austeer-gguf needs llama-cpp-python==0.3.36 "
+                           "built as shared libraries (the default pip build)")
+    return found
+
+
+@functools.cache
+def ggml_base_library() -> Path:
+    """The path under which the dynamic loader knows llama_cpp's libggml-base (it is opened with NOLOAD,
+    so only the name the loader recorded, usually the soname, is accepted)."""
+    errors = []
+    for path in _candidates():
+        try:
+            _native.SteeringState(str(path))
+            return path
+        except RuntimeError as error:
+            errors.append(str(error))
+    raise RuntimeError("none of llama_cpp's libggml-base files is the loaded one:\n" + "\n".join(errors))
+
+
+def new_state() -> _native.SteeringState:
+    return _native.SteeringState(str(ggml_base_library()))
+
+
+def callback_address() -> int:
+    return int(_native.callback_address())

@@ -1,0 +1,138 @@
+"""The steering control a user holds: profile, on/off and strength, safe to change from any thread.
+
+Changes are recorded at once and handed to the native state by the thread that decodes, at the start of
+the next completion (or `eval` call). A completion that is running finishes under the setting it started
+with, so every completion is computed under one consistent setting.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+
+from .fingerprint import ModelFingerprint
+from .profile import Profile
+from .sites import ModelShape
+
+
+@dataclass(frozen=True)
+class SteeringSetting:
+    """What the native state applies. Equal settings steer identically; `OFF` steers nothing."""
+
+    profile: Profile | None
+    strength: float
+
+    @property
+    def active(self) -> bool:
+        return self.profile is not None
+
+
+OFF = SteeringSetting(None, 0.0)
+
+
+class Steering:
+    def __init__(self, native_state, shape: ModelShape, fingerprint: ModelFingerprint | None = None) -> None:
+        self._native = native_state
+        self._shape = shape
+        self._fingerprint = fingerprint
+        self._lock = threading.Lock()
+        self._profile: Profile | None = None
+        self._enabled = True
+        self._strength = 1.0
+        self._library: dict[str, Profile] = {}
+        self._native_profile: Profile | None = None
+        self._native_profile_version = -1
+        self._profile_version = 0
+
+    # ---- what users call ----------------------------------------------------------------------------------
+
+    def set_profile(self, profile: Profile | None, *, allow_model_mismatch: bool = False) -> None:
+        """Steer with `profile` (None: steer nothing). Raises ValueError before anything is decoded
+        when the profile does not fit this model."""
+        if profile is not None:
+            if not isinstance(profile, Profile):
+                raise TypeError(f"set_profile takes a Profile or None, not {type(profile).__name__}")
+            profile.check_model(self._shape, self._fingerprint, allow_mismatch=allow_model_mismatch)
+        with self._lock:
+            self._profile = profile
+            self._profile_version += 1
+
+    def add_profiles(self, profiles: dict[str, Profile]) -> None:
+        """Make named profiles available to `use` (e.g. those embedded in the model file)."""
+        for profile in profiles.values():
+            profile.check_model(self._shape, self._fingerprint)
+        with self._lock:
+            self._library.update(profiles)
+
+    @property
+    def available(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(self._library)
+
+    def use(self, name: str) -> None:
+        with self._lock:
+            profile = self._library.get(name)
+            names = ", ".join(self._library) or "none"
+        if profile is None:
+            raise KeyError(f"no profile named {name!r}; available: {names}")
+        self.set_profile(profile)
+
+    @property
+    def profile(self) -> Profile | None:
+        return self._profile
+
+    def enable(self) -> None:
+        self.enabled = True
+
+    def disable(self) -> None:
+        self.enabled = False
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, on: bool) -> None:
+        with self._lock:
+            self._enabled = bool(on)
+
+    @property
+    def strength(self) -> float:
+        return self._strength
+
+    @strength.setter
+    def strength(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"strength must be a finite number, got {value!r}")
+        with self._lock:
+            self._strength = float(value)
+
+    @property
+    def requested(self) -> SteeringSetting:
+        """The setting the next completion will run under."""
+        with self._lock:
+            return self._requested_locked()
+
+    # ---- what the decoding thread calls ---------------------------------------------------------------
+
+    def apply(self) -> SteeringSetting:
+        """Hand the requested setting to the native state; returns it."""
+        with self._lock:
+            setting = self._requested_locked()
+            if self._native_profile_version != self._profile_version:
+                profile = self._profile
+                if profile is None or not profile.units:
+                    self._native.clear_units()
+                else:
+                    self._native.set_units(self._shape.n_layers, *profile.native_arrays())
+                self._native_profile = profile
+                self._native_profile_version = self._profile_version
+            self._native.strength = setting.strength
+            self._native.enabled = setting.active
+            return setting
+
+    def _requested_locked(self) -> SteeringSetting:
+        if not self._enabled or self._profile is None or not self._profile.units or self._strength == 0.0:
+            return OFF
+        return SteeringSetting(self._profile, self._strength)

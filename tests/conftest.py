@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_model import write_tiny_llama  # noqa: E402
+
+from austeer_gguf import SteeredLlama, models  # noqa: E402
+
+THREADS = 2
+
+
+@pytest.fixture(scope="session")
+def tiny_f32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-f32.gguf", weight_type="F32")
+
+
+@pytest.fixture(scope="session")
+def tiny_q8(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-q8_0.gguf", weight_type="Q8_0")
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    return models.fetch("smollm2")
+
+
+@pytest.fixture(scope="session")
+def gemma3() -> Path:
+    return models.fetch("gemma3")
+
+
+def open_steered(path: Path, **kwargs) -> SteeredLlama:
+    options = dict(n_ctx=256, n_batch=256, logits_all=True, verbose=False, n_threads=THREADS,
+                   n_threads_batch=THREADS)
+    options.update(kwargs)
+    return SteeredLlama(str(path), **options)
+
+
+def logits_of(llm, tokens: list[int]) -> np.ndarray:
+    """Logits of every position, computed from scratch."""
+    llm.reset()
+    llm.eval(tokens)
+    return np.array(llm.scores[: len(tokens)], copy=True)

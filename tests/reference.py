@@ -1,0 +1,137 @@
+"""An independent NumPy forward pass of a llama-architecture GGUF: the ground truth for steering.
+
+It reads the weights back from the file with gguf-py and reproduces the roundings llama.cpp's CPU
+backend applies on the way (an F16 KV cache, F16 operands of the attention matmuls, and Q8_0
+quantization of activations entering a Q8_0/Q4_0 weight), so llama.cpp's logits can be compared tightly.
+Steering scales chosen coordinates of the three site tensors:
+  attn  = attention output before attn_output (kqv_out), ffn = ffn_down output, layer = residual after layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+Steer = dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]  # (site, layer) -> (dims, float32 factors)
+
+
+@dataclass
+class Forward:
+    logits: np.ndarray  # [n_tokens, n_vocab]
+    activations: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)  # (site, layer) -> [n, w]
+
+
+def _f16(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float16).astype(np.float64)
+
+
+def q8_0_roundtrip(x: np.ndarray) -> np.ndarray:
+    """What ggml's CPU quantize_row_q8_0 makes of float activations (blocks of 32 along the last axis)."""
+    shape = x.shape
+    blocks = x.astype(np.float32).reshape(-1, 32)
+    amax = np.abs(blocks).max(axis=1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        inverse = np.where(amax > 0, np.float32(127.0) / amax, np.float32(0.0)).astype(np.float32)
+    q = np.rint(blocks * inverse)
+    d = (amax / np.float32(127.0)).astype(np.float16).astype(np.float32)
+    return (q * d).reshape(shape).astype(np.float64)
+
+
+class ReferenceModel:
+    def __init__(self, path: Path) -> None:
+        reader = gguf.GGUFReader(str(path))
+        fields = {name: reader.fields[name] for name in reader.fields}
+
+        def scalar(key: str) -> float:
+            f = fields[key]
+            return f.parts[f.data[0]][0]
+
+        arch = "llama"
+        self.n_layers = int(scalar(f"{arch}.block_count"))
+        self.n_embd = int(scalar(f"{arch}.embedding_length"))
+        self.n_head = int(scalar(f"{arch}.attention.head_count"))
+        self.n_head_kv = int(scalar(f"{arch}.attention.head_count_kv"))
+        self.eps = float(scalar(f"{arch}.attention.layer_norm_rms_epsilon"))
+        self.rope_base = float(scalar(f"{arch}.rope.freq_base"))
+        self.head_dim = self.n_embd // self.n_head
+        self.weights: dict[str, np.ndarray] = {}
+        self.quantized_input: dict[str, bool] = {}
+        for tensor in reader.tensors:
+            values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+            shape = tuple(int(n) for n in reversed(tensor.shape))
+            self.weights[tensor.name] = np.asarray(values, dtype=np.float64).reshape(shape)
+            self.quantized_input[tensor.name] = tensor.tensor_type in (
+                gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_0)
+
+    def _matmul(self, name: str, x: np.ndarray) -> np.ndarray:
+        if self.quantized_input[name]:
+            x = q8_0_roundtrip(x)
+        return x @ self.weights[name].T
+
+    def _rms_norm(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        x32 = x.astype(np.float32).astype(np.float64)
+        scale = 1.0 / np.sqrt(np.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return x32 * scale * weight
+
+    def _rope(self, x: np.ndarray) -> np.ndarray:
+        """llama.cpp's NORM rope: rotate adjacent pairs (2i, 2i+1). x: [n, heads, head_dim]."""
+        n, _, d = x.shape
+        positions = np.arange(n, dtype=np.float64)[:, None]
+        inv_freq = self.rope_base ** (-np.arange(0, d, 2, dtype=np.float64) / d)
+        theta = positions * inv_freq[None, :]
+        cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
+        even, odd = x[..., 0::2], x[..., 1::2]
+        out = np.empty_like(x)
+        out[..., 0::2] = even * cos - odd * sin
+        out[..., 1::2] = even * sin + odd * cos
+        return out
+
+    @staticmethod
+    def _apply(steer: Steer, site: str, layer: int, x: np.ndarray) -> np.ndarray:
+        if (site, layer) not in steer:
+            return x
+        dims, factors = steer[(site, layer)]
+        x = x.astype(np.float32).astype(np.float64)  # the graph holds F32 values
+        x[:, dims] = (x[:, dims].astype(np.float32) * factors.astype(np.float32)).astype(np.float64)
+        return x
+
+    def forward(self, tokens: list[int], steer: Steer | None = None) -> Forward:
+        steer = steer or {}
+        n = len(tokens)
+        hd, nh, nkv = self.head_dim, self.n_head, self.n_head_kv
+        result = Forward(logits=np.empty(0))
+        x = self.weights["token_embd.weight"][tokens]
+        mask = np.triu(np.full((n, n), -np.inf), k=1)
+        for layer in range(self.n_layers):
+            p = f"blk.{layer}."
+            h = self._rms_norm(x, self.weights[p + "attn_norm.weight"])
+            q = self._rope(self._matmul(p + "attn_q.weight", h).reshape(n, nh, hd))
+            k = self._rope(self._matmul(p + "attn_k.weight", h).reshape(n, nkv, hd))
+            v = self._matmul(p + "attn_v.weight", h).reshape(n, nkv, hd)
+            k, v, q = _f16(k), _f16(v), _f16(q)  # F16 KV cache; Q converted to F16 for the K matmul
+            heads = []
+            for head in range(nh):
+                kv_head = head // (nh // nkv)
+                scores = (q[:, head, :] @ k[:, kv_head, :].T) / np.sqrt(hd) + mask
+                scores = np.exp(scores - scores.max(axis=1, keepdims=True))
+                probabilities = _f16(scores / scores.sum(axis=1, keepdims=True))
+                heads.append(probabilities @ v[:, kv_head, :])
+            attn = np.concatenate(heads, axis=1)  # [n, n_head * head_dim], index head * head_dim + d
+            attn = self._apply(steer, "attn", layer, attn)
+            result.activations[("attn", layer)] = attn
+            x = x + self._matmul(p + "attn_output.weight", attn)
+
+            h = self._rms_norm(x, self.weights[p + "ffn_norm.weight"])
+            gate = self._matmul(p + "ffn_gate.weight", h)
+            up = self._matmul(p + "ffn_up.weight", h)
+            ffn = self._matmul(p + "ffn_down.weight", gate / (1.0 + np.exp(-gate)) * up)
+            ffn = self._apply(steer, "ffn", layer, ffn)
+            result.activations[("ffn", layer)] = ffn
+            x = self._apply(steer, "layer", layer, x + ffn)
+            result.activations[("layer", layer)] = x
+        h = self._rms_norm(x, self.weights["output_norm.weight"])
+        result.logits = self._matmul("output.weight", h)
+        return result

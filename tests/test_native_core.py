@@ -1,0 +1,175 @@
+"""The native core on real ggml tensors, called exactly as llama.cpp's scheduler calls it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ggml_ctypes import GGML_TYPE_F16, EvalCallback, GgmlContext
+
+from austeer_gguf import _native, native
+
+callback = EvalCallback(_native.callback_address())
+
+
+@pytest.fixture
+def ggml():
+    context = GgmlContext()
+    yield context
+    context.close()
+
+
+def make_state(units: list[tuple[int, int, int, float]], n_layers: int = 12):
+    """units: (layer, site code, dim, gain)."""
+    state = native.new_state()
+    layers, sites, dims, gains = (np.array(column) for column in zip(*units))
+    state.set_units(n_layers, layers.astype(np.int32), sites.astype(np.int32), dims.astype(np.int32),
+                    gains.astype(np.float32))
+    state.enabled = True
+    return state
+
+
+def run_node(state, tensor: int) -> bool | None:
+    """Ask, then (if claimed) compute, as ggml_backend_sched_compute_splits does. None: not claimed."""
+    if not callback(tensor, True, state.user_data):
+        return None
+    return callback(tensor, False, state.user_data)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("l_out-1", (2, 1)), ("l_out-10", (2, 10)), ("kqv_out-0", (0, 0)), ("ffn_out-29", (1, 29)),
+    ("l_out-", None), ("l_out-1x", None), ("l_out-1 (view)", None), ("xl_out-1", None),
+    ("ffn_out_gate-1", None), ("kqv_out", None), ("attn_out-3", None), ("l_out--1", None),
+])
+def test_site_names_match_exactly(name, expected):
+    assert _native.parse_site_name(name) == expected
+
+
+def test_scales_unit_dims_in_every_row_in_place(ggml):
+    values = np.arange(24, dtype=np.float32).reshape(3, 8) - 10
+    tensor = ggml.tensor("l_out-1", values)
+    state = make_state([(1, 2, 2, 1.5), (1, 2, 5, -2.0)])
+    state.strength = 2.0
+    assert run_node(state, tensor) is True
+    expected = values.copy()
+    expected[:, 2] *= np.float32(1) + np.float32(2) * np.float32(1.5)
+    expected[:, 5] *= np.float32(1) + np.float32(2) * np.float32(-2.0)
+    assert np.array_equal(ggml.view(tensor, values.shape), expected)
+    assert state.counters()["steered"] == 1
+
+
+def test_other_layers_sites_and_disabled_state_are_not_claimed(ggml):
+    state = make_state([(1, 2, 0, 1.0)])
+    values = np.ones((2, 4), dtype=np.float32)
+    for name in ("l_out-10", "l_out-0", "kqv_out-1", "ffn_out-1", "attn_norm-1"):
+        assert run_node(state, ggml.tensor(name, values)) is None
+    state.enabled = False
+    assert run_node(state, ggml.tensor("l_out-1", values)) is None
+    state.enabled = True
+    state.strength = 0.0
+    assert run_node(state, ggml.tensor("l_out-1", values)) is None
+
+
+def test_only_the_first_ffn_out_of_a_layer_is_the_ffn_output(ggml):
+    # With a control vector on a layer, llama.cpp leaves the residual sum named ffn_out-L as well.
+    state = make_state([(3, 1, 0, 1.0)])
+    values = np.ones((1, 4), dtype=np.float32)
+    sequence = ["kqv_out-3", "ffn_out-3", "ffn_out-3", "l_out-3", "kqv_out-3", "ffn_out-3"]
+    claimed = [run_node(state, ggml.tensor(name, values)) is not None for name in sequence]
+    assert claimed == [False, True, False, False, False, True]
+
+
+def test_tensors_that_are_not_f32_or_not_contiguous_are_left_alone_and_counted(ggml):
+    state = make_state([(0, 2, 1, 1.0), (1, 2, 1, 1.0), (2, 2, 9, 1.0)])
+    half = ggml.tensor("l_out-0", np.ones((2, 4)), GGML_TYPE_F16)
+    assert run_node(state, half) is True
+    assert np.array_equal(ggml.view(half, (2, 4), np.float16), np.ones((2, 4)))
+    base = ggml.tensor("base", np.ones((4, 6), dtype=np.float32))
+    view = ggml.transposed(base, "l_out-1")
+    assert run_node(state, view) is True
+    narrow = ggml.tensor("l_out-2", np.ones((2, 4), dtype=np.float32))  # unit dim 9 >= width 4
+    assert run_node(state, narrow) is True
+    assert np.array_equal(ggml.view(narrow, (2, 4)), np.ones((2, 4)))
+    counters = state.counters()
+    assert counters["skipped_not_f32"] == 1
+    assert counters["skipped_not_contiguous"] == 1
+    assert counters["skipped_width"] == 1
+    assert counters["steered"] == 0
+
+
+def test_capture_records_chosen_rows_and_output_only_tensors(ggml):
+    state = native.new_state()
+    state.begin_capture(sites=[0, 2], n_layers=4, widths=[6, 0, 4], rows=[1, 4], n_batch_tokens=5)
+    attn = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
+    layer = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+    last = np.random.default_rng(2).standard_normal((2, 4)).astype(np.float32)  # only the output rows
+    assert run_node(state, ggml.tensor("kqv_out-2", attn)) is True
+    assert run_node(state, ggml.tensor("l_out-0", layer)) is True
+    assert run_node(state, ggml.tensor("l_out-3", last)) is True
+    assert run_node(state, ggml.tensor("ffn_out-0", layer)) is None  # site not selected
+    assert run_node(state, ggml.tensor("l_out-1", layer[:3])) is True  # 3 rows: neither batch nor outputs
+    values, filled = state.captured(0)
+    assert values.shape == (4, 2, 6) and filled.tolist() == [False, False, True, False]
+    assert np.array_equal(values[2], attn[[1, 4]])
+    values, filled = state.captured(2)
+    assert filled.tolist() == [True, False, False, True]
+    assert np.array_equal(values[0], layer[[1, 4]])
+    assert np.array_equal(values[3], last)
+    assert state.counters()["capture_row_mismatch"] == 1
+    state.end_capture()
+    assert run_node(state, ggml.tensor("l_out-0", layer)) is None
+
+
+def test_a_chained_callback_is_asked_about_every_node_and_sees_steered_values(ggml):
+    asked: list[int] = []
+    seen: dict[int, np.ndarray] = {}
+
+    @EvalCallback
+    def theirs(tensor, ask, _user_data):
+        if ask:
+            asked.append(tensor)
+            return True
+        seen[tensor] = ggml.view(tensor, (2, 4)).copy()
+        return True
+
+    state = make_state([(0, 2, 1, 1.0)])
+    state.set_chained(int(ctypes_address(theirs)), 0)
+    steered = ggml.tensor("l_out-0", np.ones((2, 4), dtype=np.float32))
+    other = ggml.tensor("attn_norm-0", np.ones((2, 4), dtype=np.float32))
+    assert run_node(state, steered) is True
+    assert run_node(state, other) is True
+    assert asked == [steered, other]
+    assert seen[steered][:, 1].tolist() == [2.0, 2.0]
+    assert seen[other].tolist() == np.ones((2, 4)).tolist()
+
+
+def ctypes_address(function) -> int:
+    import ctypes
+
+    return ctypes.cast(function, ctypes.c_void_p).value
+
+
+def test_unit_tables_refuse_bad_input():
+    state = native.new_state()
+    arrays = dict(layers=np.array([0], np.int32), sites=np.array([0], np.int32), dims=np.array([0], np.int32),
+                  gains=np.array([1.0], np.float32))
+    with pytest.raises(ValueError, match="layer out of range"):
+        state.set_units(0 + 1, **{**arrays, "layers": np.array([1], np.int32)})
+    with pytest.raises(ValueError, match="bad site"):
+        state.set_units(2, **{**arrays, "sites": np.array([3], np.int32)})
+    with pytest.raises(ValueError, match="not finite"):
+        state.set_units(2, **{**arrays, "gains": np.array([np.nan], np.float32)})
+    with pytest.raises(ValueError, match="duplicate"):
+        state.set_units(2, np.array([0, 0], np.int32), np.array([1, 1], np.int32), np.array([3, 3], np.int32),
+                        np.array([1, 2], np.float32))
+    assert state.n_units == 0
+
+
+def test_swapping_tables_many_times_keeps_the_latest(ggml):
+    state = native.new_state()
+    state.enabled = True
+    for gain in range(1, 2001):
+        state.set_units(1, np.array([0], np.int32), np.array([2], np.int32), np.array([0], np.int32),
+                        np.array([gain], np.float32))
+    tensor = ggml.tensor("l_out-0", np.ones((1, 2), dtype=np.float32))
+    run_node(state, tensor)
+    assert ggml.view(tensor, (1, 2)).tolist() == [[2001.0, 1.0]]
