@@ -8,9 +8,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_model import write_tiny_llama  # noqa: E402
-
 from austeer_gguf import SteeredLlama, models  # noqa: E402
+
+from tiny_model import write_tiny_llama  # noqa: E402
 
 THREADS = 2
 

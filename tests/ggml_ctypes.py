@@ -28,8 +28,14 @@ _lib.ggml_transpose.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 _lib.ggml_transpose.restype = ctypes.c_void_p
 _lib.ggml_get_data.argtypes = [ctypes.c_void_p]
 _lib.ggml_get_data.restype = ctypes.c_void_p
+_lib.ggml_get_name.argtypes = [ctypes.c_void_p]
+_lib.ggml_get_name.restype = ctypes.c_char_p
 
 EvalCallback = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_bool, ctypes.c_void_p)
+
+
+def tensor_name(tensor: int) -> str:
+    return _lib.ggml_get_name(tensor).decode()
 
 
 class GgmlContext:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ggml_ctypes import GGML_TYPE_F16, EvalCallback, GgmlContext
 
 from austeer_gguf import _native, native
+
+from ggml_ctypes import GGML_TYPE_F16, EvalCallback, GgmlContext
 
 callback = EvalCallback(_native.callback_address())
 

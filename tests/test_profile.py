@@ -6,9 +6,10 @@ import json
 import math
 
 import pytest
-from conftest import open_steered
 
 from austeer_gguf import ModelShape, Profile, Unit
+
+from conftest import open_steered
 
 SHAPE = ModelShape("llama", n_layers=3, widths={"attn": 64, "ffn": 64, "layer": 64})
 

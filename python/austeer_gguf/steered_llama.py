@@ -107,6 +107,11 @@ class SteeredLlama(llama_cpp.Llama):
 
     # ---- helpers --------------------------------------------------------------------------------------
 
+    @property
+    def steering_in_effect(self) -> SteeringSetting | None:
+        """The setting the current KV cache (and the last completion) was computed under."""
+        return self._kv_setting
+
     def native_counters(self) -> dict[str, int]:
         """What the callback did: tensors steered/captured, and tensors it had to skip (not F32, ...)."""
         return dict(self._native_state.counters())
