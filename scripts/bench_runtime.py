@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Runtime cost of steering: prefill and decode tokens/s, unsteered vs steered, alternated in one run.
+
+Configurations, measured in rotating order in every round:
+  plain       llama_cpp.Llama, no callback at all
+  off         SteeredLlama with steering disabled (callback installed, claims nothing)
+  attn/ffn/layer  SteeredLlama with k units spread over all layers at that site
+Each round measures prefill (one batch of --prefill tokens) and decode (--decode single-token evals).
+Printed: median tokens/s and the median of the per-round ratios to `plain` and to `off`.
+
+    .venv/bin/python scripts/bench_runtime.py            # SmolLM2-135M-Instruct Q4_1, 5 rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import llama_cpp
+import numpy as np
+
+from austeer_gguf import Profile, SteeredLlama, Unit, models
+
+
+def spread_profile(site: str, k: int, n_layers: int, width: int, seed: int = 0) -> Profile:
+    rng = np.random.default_rng(seed)
+    units, taken = [], set()
+    while len(units) < k:
+        layer, dim = len(units) % n_layers, int(rng.integers(width))
+        if (layer, dim) not in taken:
+            taken.add((layer, dim))
+            units.append(Unit(layer, site, dim, float(rng.choice([-0.5, 0.5]))))
+    return Profile(f"bench-{site}", alpha=5.0, units=units)
+
+
+def time_prefill(llm: llama_cpp.Llama, tokens: list[int]) -> float:
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(tokens)
+    return len(tokens) / (time.perf_counter() - start)
+
+
+def time_decode(llm: llama_cpp.Llama, context: list[int], tokens: list[int]) -> float:
+    llm.reset()
+    llm.eval(context)
+    start = time.perf_counter()
+    for token in tokens:
+        llm.eval([token])
+    return len(tokens) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=models.DEFAULT_MODEL, help="built-in model name or a GGUF path")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--prefill", type=int, default=512)
+    parser.add_argument("--decode", type=int, default=128)
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    path = str(models.fetch(args.model)) if args.model in models.MODELS else args.model
+    options = dict(n_ctx=args.prefill + args.decode + 64, n_batch=args.prefill, n_ubatch=args.prefill,
+                   n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    plain = llama_cpp.Llama(path, **options)
+    steered = SteeredLlama(path, **options)
+    shape = steered.shape
+    rng = np.random.default_rng(1)
+    vocabulary = plain.n_vocab()
+    prompt = [int(t) for t in rng.integers(100, vocabulary - 100, size=args.prefill)]
+    decode_tokens = [int(t) for t in rng.integers(100, vocabulary - 100, size=args.decode)]
+    decode_context = prompt[:32]
+
+    profiles = {site: spread_profile(site, args.k, shape.n_layers, shape.widths[site])
+                for site in ("attn", "ffn", "layer")}
+    configs = ["plain", "off", "attn", "ffn", "layer"]
+
+    def prepare(config: str) -> llama_cpp.Llama:
+        if config == "plain":
+            return plain
+        if config == "off":
+            steered.steering.disable()
+        else:
+            steered.steering.set_profile(profiles[config])
+            steered.steering.enable()
+        return steered
+
+    for config in configs:  # warm-up: page in weights, build graphs
+        llm = prepare(config)
+        time_prefill(llm, prompt[:64])
+        time_decode(llm, decode_context, decode_tokens[:4])
+
+    prefill: dict[str, list[float]] = {c: [] for c in configs}
+    decode: dict[str, list[float]] = {c: [] for c in configs}
+    for round_index in range(args.rounds):
+        order = configs[round_index % len(configs):] + configs[: round_index % len(configs)]
+        for config in order:
+            llm = prepare(config)
+            prefill[config].append(time_prefill(llm, prompt))
+            decode[config].append(time_decode(llm, decode_context, decode_tokens))
+        print(f"round {round_index + 1}/{args.rounds}: " + ", ".join(
+            f"{c} {prefill[c][-1]:.0f}/{decode[c][-1]:.1f}" for c in configs), flush=True)
+
+    def ratio(values: dict[str, list[float]], config: str, base: str) -> float:
+        return statistics.median(a / b for a, b in zip(values[config], values[base]))
+
+    print(f"\nmodel {path}\nk={args.k} units spread over {shape.n_layers} layers; {args.rounds} rounds; "
+          f"prefill {args.prefill} tokens, decode {args.decode} tokens; {args.threads} threads")
+    print(f"{'config':8} {'prefill t/s':>12} {'/plain':>8} {'/off':>8} {'decode t/s':>11} {'/plain':>8} {'/off':>8}")
+    for config in configs:
+        print(f"{config:8} {statistics.median(prefill[config]):12.1f} {ratio(prefill, config, 'plain'):8.3f} "
+              f"{ratio(prefill, config, 'off'):8.3f} {statistics.median(decode[config]):11.2f} "
+              f"{ratio(decode, config, 'plain'):8.3f} {ratio(decode, config, 'off'):8.3f}")
+
+
+if __name__ == "__main__":
+    main()
