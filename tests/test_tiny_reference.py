@@ -11,11 +11,12 @@ from conftest import logits_of, open_steered
 from reference import ReferenceModel
 
 TOKENS = [262, 270, 290, 300, 265, 300, 280, 3, 41, 99, 150, 284, 291, 276, 277]
-# Relative L2 error of llama.cpp's logits against the reference. Measured: 1e-7 to 6e-7 for rows whose
-# F16 roundings (KV cache, attention operands) fall the same way in both; when a float32-level difference
-# tips one value across an F16 rounding boundary, that row and the rows attending to it move by up to
-# ~1e-4. The steering effects tested are at least 20 times larger than the tolerance.
-TOLERANCE = {"F32": 2e-4, "Q8_0": 2e-4}
+# Relative L2 error of llama.cpp's logits against the reference. Measured: 1e-7 to 6e-7 when every rounding
+# falls the same way in both. A float32-level difference can tip one value across a rounding boundary: an
+# F16 one (KV cache, attention operands) moves the logits by up to ~1e-4, a Q8_0 activation step (weights in
+# Q8_0 quantize their input in blocks of 32) by up to ~1.2e-3. The steering effects tested are at least 20
+# times larger than the tolerance.
+TOLERANCE = {"F32": 2e-4, "Q8_0": 3e-3}
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
