@@ -18,6 +18,7 @@ def atomic_output(target: Path) -> Iterator[tuple[BinaryIO, Path]]:
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     temporary_path = Path(temporary)
     try:
+        os.chmod(temporary_path, _mode_for(target))
         with os.fdopen(handle, "wb") as file:
             yield file, temporary_path
             file.flush()
@@ -27,6 +28,15 @@ def atomic_output(target: Path) -> Iterator[tuple[BinaryIO, Path]]:
         with contextlib.suppress(FileNotFoundError):
             temporary_path.unlink()
         raise
+
+
+def _mode_for(target: Path) -> int:
+    """Keep the mode of a file being replaced; a new file gets the usual 0o666 minus the umask."""
+    if target.exists():
+        return target.stat().st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write_text(target: Path, text: str) -> None:

@@ -15,10 +15,17 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gguf
+
+from .atomic import atomic_output
 from .fingerprint import ModelFingerprint
+from .gguf_file import GgufLayout, scan
 from .profile import SCHEMA_VERSION, Profile, Unit
 
 FORMAT_VERSION = 1
@@ -103,7 +110,109 @@ def profiles_from_metadata(metadata: dict[str, Any]) -> dict[str, Profile]:
 
 
 def read_profiles(path: str | Path) -> dict[str, Profile]:
-    """The profiles embedded in a GGUF file (read with gguf-py)."""
-    from .gguf_file import read_fields
+    """The profiles embedded in a GGUF file."""
+    return profiles_from_metadata(scan(path).values())
 
-    return profiles_from_metadata(read_fields(path))
+
+# ---- writing ---------------------------------------------------------------------------------------------
+
+MetadataValue = str | int
+
+
+@dataclass(frozen=True)
+class ProfileSummary:
+    name: str
+    sites: tuple[str, ...]
+    k: int
+    alpha: float
+    layers: tuple[int, ...]
+
+
+def summarize(profile: Profile) -> ProfileSummary:
+    return ProfileSummary(profile.name, profile.sites, profile.k, profile.alpha, profile.layers)
+
+
+def embed_profiles(source: str | Path, profiles: list[Profile], target: str | Path) -> Path:
+    """Write `target` as `source` with these profiles added (a profile of the same name is replaced)."""
+    layout = scan(source)
+    existing = profiles_from_metadata(layout.values())
+    for profile in profiles:
+        check_name(profile.name)
+        existing[profile.name] = profile
+    return _rewrite(layout, Path(target), _profile_keys(existing))
+
+
+def strip_profiles(source: str | Path, target: str | Path, names: list[str] | None = None) -> Path:
+    """Write `target` as `source` without the named profiles (all of them when names is None)."""
+    layout = scan(source)
+    existing = profiles_from_metadata(layout.values())
+    if names is not None:
+        unknown = [name for name in names if name not in existing]
+        if unknown:
+            raise ValueError(f"no embedded profile named {', '.join(unknown)}; the model has "
+                             f"{', '.join(existing) or 'none'}")
+        kept = {name: profile for name, profile in existing.items() if name not in names}
+    else:
+        kept = {}
+    return _rewrite(layout, Path(target), _profile_keys(kept))
+
+
+def _profile_keys(profiles: dict[str, Profile]) -> dict[str, MetadataValue]:
+    if not profiles:
+        return {}
+    keys: dict[str, MetadataValue] = {VERSION_KEY: FORMAT_VERSION, NAMES_KEY: ",".join(profiles)}
+    for name, profile in profiles.items():
+        keys[profile_key(name)] = encode_profile(profile)
+    return keys
+
+
+def _is_profile_key(name: str) -> bool:
+    return name in (VERSION_KEY, NAMES_KEY) or name.startswith("austeer.profile.")
+
+
+def _rewrite(layout: GgufLayout, target: Path, profile_keys: dict[str, MetadataValue]) -> Path:
+    """Copy the file to `target` with its austeer profile keys replaced by `profile_keys`.
+
+    Every other entry, the tensor infos and the tensor data are copied byte for byte (tensor offsets are
+    relative to the data section, so they stay valid); the data section is then compared with the source.
+    """
+    kept = [entry for key, entry in layout.metadata.items() if not _is_profile_key(key)]
+    info_start, info_end = layout.tensor_info_span
+    with layout.path.open("rb") as original, atomic_output(target) as (out, temporary):
+        out.write(b"GGUF" + struct.pack("<IQQ", layout.version, len(layout.tensors), len(kept) + len(profile_keys)))
+        for entry in kept:
+            original.seek(entry.start)
+            out.write(original.read(entry.end - entry.start))
+        for key, value in profile_keys.items():
+            out.write(_encode_entry(key, value))
+        original.seek(info_start)
+        out.write(original.read(info_end - info_start))
+        out.write(b"\0" * (-out.tell() % layout.alignment))
+        data_start = out.tell()
+        original.seek(layout.data_offset)
+        shutil.copyfileobj(original, out, length=1 << 22)
+        out.flush()
+        _verify_data(layout.path, layout.data_offset, temporary, data_start)
+    return target
+
+
+def _encode_entry(key: str, value: MetadataValue) -> bytes:
+    encoded_key = key.encode("utf-8")
+    head = struct.pack("<Q", len(encoded_key)) + encoded_key
+    if isinstance(value, str):
+        text = value.encode("utf-8")
+        return head + struct.pack("<IQ", gguf.GGUFValueType.STRING, len(text)) + text
+    return head + struct.pack("<II", gguf.GGUFValueType.UINT32, value)
+
+
+def _verify_data(source: Path, source_offset: int, written: Path, written_offset: int) -> None:
+    chunk = 1 << 22
+    with source.open("rb") as a, written.open("rb") as b:
+        a.seek(source_offset)
+        b.seek(written_offset)
+        while True:
+            left, right = a.read(chunk), b.read(chunk)
+            if left != right:
+                raise RuntimeError(f"tensor data written to {written} differs from {source}; nothing was replaced")
+            if not left:
+                return

@@ -85,6 +85,28 @@ def fetch(name: str = DEFAULT_MODEL, *, quiet: bool = False) -> Path:
     return target
 
 
+def float_copy(name: str = DEFAULT_MODEL, dtype: str = "f32") -> Path:
+    """The float copy of a built-in model (for localization), written by `dequantize` on first use."""
+    from .dequantize import dequantize
+
+    source = fetch(name)
+    target = source.with_name(f"{source.stem}.{dtype}.gguf")
+    if not target.is_file():
+        print(f"writing the {dtype} copy of {source.name} (once)", file=sys.stderr)
+        dequantize(source, target, dtype=dtype)
+    return target
+
+
+def resolve(model: str) -> Path:
+    """A model argument: a GGUF path, or the name of a built-in model (fetched if needed)."""
+    path = Path(model)
+    if path.is_file():
+        return path
+    if model in MODELS:
+        return fetch(model)
+    raise FileNotFoundError(f"{model}: no such file, and not a built-in model ({', '.join(MODELS)})")
+
+
 def _model(name: str) -> BuiltinModel:
     if name not in MODELS:
         raise ValueError(f"unknown built-in model {name!r}; choose one of {', '.join(MODELS)}")

@@ -1,0 +1,186 @@
+"""Last-token activations of the site tensors at every layer, many sequences per decode.
+
+The two texts of a pair share their prompt: the shared prefix is decoded once on one sequence, copied to a
+second sequence in the KV cache (`llama_memory_seq_cp`), and only the two tails are decoded after it, with
+the native callback recording the last token of each tail. Groups of pairs go through one decode per
+phase, on distinct sequence ids of a unified KV cache (which keeps the batch order, so rows are known).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from .pairs import TokenPair
+from .sites import SITE_CODES, SITES
+from .steered_llama import SteeredLlama
+
+
+@dataclass(frozen=True)
+class PairActivations:
+    indices: list[int]  # positions of these pairs in the input sequence
+    positive: dict[str, np.ndarray]  # site -> [pairs, layers, width]
+    negative: dict[str, np.ndarray]
+
+
+class ActivationCapture:
+    """A model opened for capture. `batch_tokens` bounds the tokens of one decode."""
+
+    def __init__(self, model_path: str | Path, *, batch_tokens: int = 1024, n_ctx: int = 4096,
+                 n_seq_max: int = 64, n_threads: int | None = None, verbose: bool = False) -> None:
+        threads = n_threads or os.cpu_count() or 1
+        self.batch_tokens = batch_tokens
+        self.n_ctx = n_ctx
+        self.n_seq_max = min(n_seq_max, batch_tokens)  # llama.cpp aborts when n_seq_max > n_batch
+        self.llm = SteeredLlama(
+            str(model_path), n_ctx=n_ctx, n_batch=batch_tokens, n_ubatch=batch_tokens, n_threads=threads,
+            n_threads_batch=threads, swa_full=True, verbose=verbose,
+            _context_overrides={"n_seq_max": self.n_seq_max, "kv_unified": True},
+        )
+        self.shape = self.llm.shape
+        self._state = self.llm._native_state
+        self._batch = llama_cpp.llama_batch_init(batch_tokens, 0, 1)
+        self._memory = llama_cpp.llama_get_memory(self.llm.ctx)
+
+    def close(self) -> None:
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        self.llm.close()
+
+    def __enter__(self) -> ActivationCapture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def tokenize(self, text: str) -> list[int]:
+        """As the model's own tokenizer settings say (BOS only where the model adds it)."""
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+
+    @property
+    def max_pair_tokens(self) -> int:
+        """The longest text a pair may have so that both tails of a pair fit one decode."""
+        return self.batch_tokens // 2
+
+    # ---- pairs ------------------------------------------------------------------------------------------
+
+    def pairs(self, pairs: Sequence[TokenPair], sites: Sequence[str], *,
+              share_prefix: bool = True) -> Iterator[PairActivations]:
+        for group in self._groups(pairs, share_prefix):
+            yield self._capture_group(pairs, group, sites, share_prefix)
+
+    def _groups(self, pairs: Sequence[TokenPair], share_prefix: bool) -> Iterator[list[int]]:
+        group: list[int] = []
+        prefix_tokens = tail_tokens = cells = 0
+        for index, pair in enumerate(pairs):
+            prefix, tails = self._cost(pair, share_prefix)
+            if max(prefix, tails) > self.batch_tokens:
+                raise ValueError(f"pair #{index} has {len(pair.positive)}/{len(pair.negative)} tokens; at most "
+                                 f"{self.max_pair_tokens} fit (cut pairs with max_tokens)")
+            if group and (prefix_tokens + prefix > self.batch_tokens or tail_tokens + tails > self.batch_tokens
+                          or cells + prefix + tails > self.n_ctx or 2 * len(group) + 2 > self.n_seq_max):
+                yield group
+                group, prefix_tokens, tail_tokens, cells = [], 0, 0, 0
+            group.append(index)
+            prefix_tokens, tail_tokens, cells = prefix_tokens + prefix, tail_tokens + tails, cells + prefix + tails
+        if group:
+            yield group
+
+    @staticmethod
+    def _cost(pair: TokenPair, share_prefix: bool) -> tuple[int, int]:
+        if share_prefix:
+            return len(pair.shared), len(pair.positive_tail) + len(pair.negative_tail)
+        return 0, len(pair.positive) + len(pair.negative)
+
+    def _capture_group(self, pairs: Sequence[TokenPair], group: list[int], sites: Sequence[str],
+                       share_prefix: bool) -> PairActivations:
+        llama_cpp.llama_memory_clear(self._memory, False)
+        tails: list[tuple[int, list[int], int]] = []
+        if share_prefix:
+            prefixes = [(2 * slot, pairs[i].shared, 0) for slot, i in enumerate(group) if pairs[i].shared]
+            if prefixes:
+                self._fill(prefixes, outputs=False)
+                self._decode()
+                for seq, _, _ in prefixes:
+                    llama_cpp.llama_memory_seq_cp(self._memory, seq, seq + 1, -1, -1)
+            for slot, i in enumerate(group):
+                start = len(pairs[i].shared)
+                tails += [(2 * slot, pairs[i].positive_tail, start), (2 * slot + 1, pairs[i].negative_tail, start)]
+        else:
+            for slot, i in enumerate(group):
+                tails += [(2 * slot, pairs[i].positive, 0), (2 * slot + 1, pairs[i].negative, 0)]
+        rows = self._fill(tails, outputs=True)
+        values = self._capture(rows, sites)
+        return PairActivations(
+            indices=list(group),
+            positive={site: v[0::2] for site, v in values.items()},
+            negative={site: v[1::2] for site, v in values.items()},
+        )
+
+    # ---- plain sequences --------------------------------------------------------------------------------
+
+    def last_tokens(self, sequences: Sequence[list[int]], sites: Sequence[str]) -> dict[str, np.ndarray]:
+        """Last-token activations of whole sequences: site -> [sequences, layers, width]."""
+        collected: dict[str, list[np.ndarray]] = {site: [] for site in sites}
+        start = 0
+        while start < len(sequences):
+            end, tokens = start, 0
+            while end < len(sequences) and (end == start or (tokens + len(sequences[end]) <= self.batch_tokens
+                                                             and end - start < self.n_seq_max)):
+                tokens += len(sequences[end])
+                end += 1
+            if tokens > self.batch_tokens:
+                raise ValueError(f"sequence #{start} has {tokens} tokens; at most {self.batch_tokens} fit")
+            llama_cpp.llama_memory_clear(self._memory, False)
+            rows = self._fill([(slot, sequences[i], 0) for slot, i in enumerate(range(start, end))], outputs=True)
+            for site, values in self._capture(rows, sites).items():
+                collected[site].append(values)
+            start = end
+        return {site: np.concatenate(parts) for site, parts in collected.items()}
+
+    # ---- decoding ---------------------------------------------------------------------------------------
+
+    def _fill(self, entries: list[tuple[int, list[int], int]], *, outputs: bool) -> list[int]:
+        """Put (sequence id, tokens, first position) entries in the batch; returns each entry's last row."""
+        batch = self._batch
+        row, last_rows = 0, []
+        for seq, tokens, start in entries:
+            for offset, token in enumerate(tokens):
+                batch.token[row] = token
+                batch.pos[row] = start + offset
+                batch.n_seq_id[row] = 1
+                batch.seq_id[row][0] = seq
+                batch.logits[row] = outputs and offset == len(tokens) - 1
+                row += 1
+            last_rows.append(row - 1)
+        batch.n_tokens = row
+        return last_rows
+
+    def _decode(self) -> None:
+        status = llama_cpp.llama_decode(self.llm.ctx, self._batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode failed with status {status} (KV cache of {self.n_ctx} cells full?)")
+
+    def _capture(self, rows: list[int], sites: Sequence[str]) -> dict[str, np.ndarray]:
+        widths = [self.shape.widths[site] if site in sites else 0 for site in SITES]
+        self._state.begin_capture([SITE_CODES[site] for site in sites], self.shape.n_layers, widths, rows,
+                                  int(self._batch.n_tokens))
+        try:
+            self._decode()
+        finally:
+            self._state.end_capture()
+        values = {}
+        for site in sites:
+            captured, filled = self._state.captured(SITE_CODES[site])
+            if not filled.all():
+                missing = [layer for layer, ok in enumerate(filled) if not ok]
+                raise RuntimeError(f"no {site} activations were captured at layers {missing}: this llama.cpp "
+                                   "graph does not name its tensors as llama-cpp-python 0.3.36 does")
+            values[site] = np.ascontiguousarray(captured.transpose(1, 0, 2))
+        return values

@@ -1,0 +1,75 @@
+"""An interactive chat with a steering toggle: the detox switch of a desktop assistant.
+
+Commands: /steer on, /steer off, /strength S, /profile NAME|FILE, /status, /reset, /quit.
+A command takes effect at the next reply; the conversation so far is recomputed under the new setting.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from .profile import Profile
+
+HELP = "commands: /steer on|off, /strength S, /profile NAME|FILE, /status, /reset, /quit"
+
+
+def run_chat(llm, *, max_tokens: int, temperature: float, seed: int,
+             source: TextIO = sys.stdin, out: TextIO = sys.stdout) -> int:
+    history: list[dict[str, str]] = []
+    print(HELP, file=out)
+    print(_status(llm), file=out)
+    while True:
+        print("> ", end="", file=out, flush=True)
+        line = source.readline()
+        if not line:
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            if text in ("/quit", "/exit"):
+                return 0
+            if text == "/reset":
+                history.clear()
+                print("(conversation cleared)", file=out)
+                continue
+            try:
+                print(_command(llm, text), file=out)
+            except (ValueError, KeyError, FileNotFoundError) as error:
+                print(f"error: {error.args[0] if error.args else error}", file=out)
+            continue
+        history.append({"role": "user", "content": text})
+        reply = llm.create_chat_completion(history, max_tokens=max_tokens, temperature=temperature, seed=seed)
+        answer = (reply["choices"][0]["message"]["content"] or "").strip()
+        history.append({"role": "assistant", "content": answer})
+        print(answer, file=out, flush=True)
+
+
+def _command(llm, text: str) -> str:
+    name, _, argument = text.partition(" ")
+    argument = argument.strip()
+    if name == "/steer" and argument in ("on", "off"):
+        llm.steering.enabled = argument == "on"
+    elif name == "/strength":
+        try:
+            llm.steering.strength = float(argument)
+        except ValueError:
+            raise ValueError(f"/strength takes a number, got {argument!r}") from None
+    elif name == "/profile" and argument:
+        if argument in llm.steering.available:
+            llm.steering.use(argument)
+        else:
+            llm.steering.set_profile(Profile.from_json(Path(argument)))
+    elif name == "/status":
+        pass
+    else:
+        return f"unknown command {text!r}; {HELP}"
+    return _status(llm)
+
+
+def _status(llm) -> str:
+    steering = llm.steering
+    profile = steering.profile.name if steering.profile else "none"
+    return f"(steering {'on' if steering.enabled else 'off'}, profile {profile}, strength {steering.strength:g})"

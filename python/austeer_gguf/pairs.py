@@ -1,0 +1,135 @@
+"""Contrastive pairs: reading JSONL, rendering (optionally through the model's chat template), tokenizing.
+
+One pair a line, either ``{"prompt": P, "positive": A, "negative": B}`` (texts P+A and P+B, plain
+concatenation) or ``{"positive": full_text, "negative": full_text}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Pair:
+    prompt: str
+    positive: str
+    negative: str
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    """A pair as tokens: the longest shared prefix, then each side's own tail (never empty)."""
+
+    shared: list[int]
+    positive_tail: list[int]
+    negative_tail: list[int]
+
+    @property
+    def positive(self) -> list[int]:
+        return self.shared + self.positive_tail
+
+    @property
+    def negative(self) -> list[int]:
+        return self.shared + self.negative_tail
+
+
+def load_pairs(path: str | Path) -> list[Pair]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pairs file {path} does not exist")
+    pairs = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                pairs.append(_parse_line(path, number, line))
+    if not pairs:
+        raise ValueError(f"{path} holds no pairs: write one JSON object per line with 'positive' and "
+                         "'negative' (and optionally 'prompt')")
+    return pairs
+
+
+def _parse_line(path: Path, number: int, line: str) -> Pair:
+    where = f"{path}:{number}"
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a JSON object with 'positive' and 'negative'")
+    for key in ("positive", "negative"):
+        if key not in data:
+            raise ValueError(f"{where}: missing field {key!r}")
+    for key in ("prompt", "positive", "negative"):
+        value = data.get(key, "")
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: field {key!r} must be a string")
+        if key != "prompt" and not value.strip():
+            raise ValueError(f"{where}: field {key!r} is empty")
+    return Pair(data.get("prompt", ""), data["positive"], data["negative"])
+
+
+def data_sha256(pairs: Iterable[Pair]) -> str:
+    digest = hashlib.sha256()
+    for pair in pairs:
+        digest.update(json.dumps([pair.prompt, pair.positive, pair.negative]).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def chat_renderer(llm: Any) -> Callable[[str], str]:
+    """Renders a prompt as one user turn through the model's own chat template, ready for the answer."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise ValueError("this model has no chat template (tokenizer.chat_template); localize without --chat")
+    bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() != -1 else ""
+    eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() != -1 else ""
+    formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+
+    def render(prompt: str) -> str:
+        text = formatter(messages=[{"role": "user", "content": prompt}]).prompt
+        # The tokenizer adds BOS itself when the model asks for it.
+        return text[len(bos):] if bos and text.startswith(bos) else text
+
+    return render
+
+
+@dataclass
+class TokenizedPairs:
+    pairs: list[TokenPair]
+    truncated: int  # pairs cut to fit max_tokens (the same number of leading tokens off both sides)
+    identical: int  # pairs whose two sides tokenize identically (dropped)
+
+
+def tokenize_pairs(pairs: Sequence[Pair], tokenize: Callable[[str], list[int]], *, max_tokens: int,
+                   render_prompt: Callable[[str], str] | None = None) -> TokenizedPairs:
+    """Tokenize both full texts of every pair; cut over-long pairs from the front, equally on both sides."""
+    out, truncated, identical = [], 0, 0
+    for index, pair in enumerate(pairs):
+        prompt = render_prompt(pair.prompt) if render_prompt else pair.prompt
+        positive, negative = tokenize(prompt + pair.positive), tokenize(prompt + pair.negative)
+        if positive == negative:
+            identical += 1
+            warnings.warn(f"pair #{index} renders identically on both sides and is skipped", stacklevel=2)
+            continue
+        excess = max(len(positive), len(negative)) - max_tokens
+        if excess > 0:
+            truncated += 1
+            positive, negative = positive[excess:], negative[excess:]
+        shared = _shared_prefix_length(positive, negative)
+        out.append(TokenPair(positive[:shared], positive[shared:], negative[shared:]))
+    return TokenizedPairs(out, truncated, identical)
+
+
+def _shared_prefix_length(a: list[int], b: list[int]) -> int:
+    limit = min(len(a), len(b)) - 1  # each side keeps at least its last token
+    length = 0
+    while length < limit and a[length] == b[length]:
+        length += 1
+    return length
