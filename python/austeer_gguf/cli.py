@@ -180,8 +180,6 @@ def _check_profiles_fit(model: Path, profiles, *, force: bool) -> None:
 
 def _output_path(source: Path, args: argparse.Namespace, suffix: str) -> Path:
     if args.in_place:
-        if args.output:
-            raise UsageError("choose either -o/--output or --in-place")
         return source
     if args.output:
         return Path(args.output)
@@ -276,8 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_output(command: argparse.ArgumentParser, default_help: str) -> None:
-    command.add_argument("-o", "--output", help=f"file to write ({default_help})")
-    command.add_argument("--in-place", action="store_true", help="replace the model file itself (atomically)")
+    output = command.add_mutually_exclusive_group()
+    output.add_argument("-o", "--output", help=f"file to write ({default_help})")
+    output.add_argument("--in-place", action="store_true", help="replace the model file itself (atomically)")
 
 
 def _positive_int(text: str) -> int:

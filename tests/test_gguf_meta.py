@@ -1,0 +1,122 @@
+"""Profiles in GGUF metadata: exact round trips, byte-identical tensors, atomic and safe writes."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import resource
+import signal
+import subprocess
+import sys
+
+import gguf
+import llama_cpp
+import pytest
+
+from austeer_gguf import Profile, Unit
+from austeer_gguf.gguf_file import scan
+from austeer_gguf.gguf_meta import embed_profiles, profiles_from_metadata, read_profiles, strip_profiles
+from austeer_gguf.steered_llama import SteeredLlama
+
+
+def profiles() -> list[Profile]:
+    # Scores that six decimals would not keep: only an exact encoding reads them back equal.
+    first = Profile("polite", 7.25, [Unit(0, "attn", 5, 0.7125), Unit(2, "layer", 63, -1 / 3),
+                                     Unit(1, "ffn", 0, 2 / 7)], n_pairs=7, data_sha256="ab" * 32)
+    second = Profile("upbeat-2", 12.0, [Unit(1, "attn", 17, -0.55)])
+    return [first, second]
+
+
+def tensor_bytes(path) -> dict[str, bytes]:
+    return {t.name: bytes(t.data.tobytes()) for t in gguf.GGUFReader(str(path)).tensors}
+
+
+def metadata_without_profiles(path) -> dict:
+    return {k: v for k, v in scan(path).values().items() if not k.startswith("austeer.")}
+
+
+def test_round_trip_through_gguf_py_and_llama_cpp(tiny_f32, tmp_path):
+    target = embed_profiles(tiny_f32, profiles(), tmp_path / "steered.gguf")
+    assert list(read_profiles(target).values()) == profiles()
+
+    reader = gguf.GGUFReader(str(target))  # gguf-py's own reader
+    text = reader.fields["austeer.profile.polite"].contents()
+    assert profiles_from_metadata({"austeer.profiles": "polite", "austeer.profile.polite": text})["polite"] \
+        == profiles()[0]
+
+    plain = llama_cpp.Llama(str(target), verbose=False)  # llama.cpp's metadata API
+    assert list(profiles_from_metadata(plain.metadata).values()) == profiles()
+
+    steered = SteeredLlama(str(target), verbose=False)
+    assert steered.steering.available == ("polite", "upbeat-2")
+    steered.steering.use("upbeat-2")
+    assert steered.steering.profile == profiles()[1]
+
+
+def test_tensors_are_byte_identical_and_other_metadata_unchanged(tiny_q8, tmp_path):
+    target = embed_profiles(tiny_q8, profiles(), tmp_path / "steered.gguf")
+    assert tensor_bytes(target) == tensor_bytes(tiny_q8)
+    assert metadata_without_profiles(target) == metadata_without_profiles(tiny_q8)
+
+
+def test_embedding_again_replaces_a_profile_of_the_same_name(tiny_f32, tmp_path):
+    once = embed_profiles(tiny_f32, profiles(), tmp_path / "once.gguf")
+    renamed = Profile("polite", 1.0, [Unit(0, "ffn", 1, 0.5)])
+    twice = embed_profiles(once, [renamed], tmp_path / "twice.gguf")
+    assert read_profiles(twice) == {"polite": renamed, "upbeat-2": profiles()[1]}
+
+
+def test_strip_restores_the_original_file(tiny_f32, tmp_path):
+    steered = embed_profiles(tiny_f32, profiles(), tmp_path / "steered.gguf")
+    one_left = strip_profiles(steered, tmp_path / "one.gguf", ["polite"])
+    assert list(read_profiles(one_left)) == ["upbeat-2"]
+    stripped = strip_profiles(steered, tmp_path / "stripped.gguf")
+    assert filecmp.cmp(stripped, tiny_f32, shallow=False)
+    with pytest.raises(ValueError, match="no embedded profile named nope; the model has polite, upbeat-2"):
+        strip_profiles(steered, tmp_path / "x.gguf", ["nope"])
+
+
+def test_bad_names_are_refused(tiny_f32, tmp_path):
+    with pytest.raises(ValueError, match="cannot be embedded"):
+        embed_profiles(tiny_f32, [Profile("has space", 1.0, [])], tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_gguf", "empty"])
+def test_unreadable_inputs_fail_cleanly_and_leave_no_output(tiny_f32, tmp_path, damage):
+    source = tmp_path / "damaged.gguf"
+    data = tiny_f32.read_bytes()
+    source.write_bytes({"truncated": data[: len(data) // 2], "not_gguf": b"PK\x03\x04" + data[4:],
+                        "empty": b""}[damage])
+    with pytest.raises(ValueError, match="is not a readable GGUF file"):
+        embed_profiles(source, profiles(), tmp_path / "out.gguf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.gguf"]
+
+
+def test_in_place_embedding_that_fails_midway_leaves_the_original_intact(tiny_q8, tmp_path):
+    model = tmp_path / "model.gguf"
+    model.write_bytes(tiny_q8.read_bytes())
+    before = model.read_bytes()
+    profile_path = tmp_path / "p.json"
+    profiles()[0].to_json(profile_path)
+
+    def limit_file_size() -> None:  # the write fails with EFBIG once the new file passes half the size
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) // 2, len(before) // 2))
+
+    result = subprocess.run([sys.executable, "-m", "austeer_gguf", "embed", str(model), str(profile_path),
+                             "--in-place"], capture_output=True, text=True, preexec_fn=limit_file_size)
+    assert result.returncode == 2, result.stderr
+    assert "File too large" in result.stderr and "Traceback" not in result.stderr
+    assert model.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf", "p.json"]
+
+
+def test_in_place_embedding_replaces_the_file_and_keeps_its_mode(tiny_f32, tmp_path):
+    model = tmp_path / "model.gguf"
+    model.write_bytes(tiny_f32.read_bytes())
+    os.chmod(model, 0o640)
+    embed_profiles(model, profiles(), model)
+    assert list(read_profiles(model)) == ["polite", "upbeat-2"]
+    assert model.stat().st_mode & 0o777 == 0o640
+    assert tensor_bytes(model) == tensor_bytes(tiny_f32)

@@ -1,0 +1,72 @@
+"""Reading and tokenizing contrastive pairs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from austeer_gguf.pairs import Pair, data_sha256, load_pairs, tokenize_pairs
+
+
+def write_lines(path, lines: list[str]):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_both_formats_are_read(tmp_path):
+    path = write_lines(tmp_path / "p.jsonl", [
+        json.dumps({"prompt": "Q:", "positive": " yes", "negative": " no"}),
+        "",
+        json.dumps({"positive": "full good", "negative": "full bad"}),
+    ])
+    assert load_pairs(path) == [Pair("Q:", " yes", " no"), Pair("", "full good", "full bad")]
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"prompt": "a", "positive": " b"}'], r"p.jsonl:1: missing field 'negative'"),
+    (['{"positive": " b", "negative": " c"}', '{"positive": "", "negative": " c"}'], r"p.jsonl:2: field 'positive' is empty"),
+    (['{"positive": "b", "negative": 3}'], r"p.jsonl:1: field 'negative' must be a string"),
+    (['{"positive": "b", "negative": "c"}', "", '{"positive": "b",'], r"p.jsonl:3: not valid JSON"),
+    (['["b", "c"]'], r"p.jsonl:1: expected a JSON object"),
+    ([""], r"holds no pairs"),
+])
+def test_errors_name_the_line(tmp_path, lines, message):
+    with pytest.raises(ValueError, match=message):
+        load_pairs(write_lines(tmp_path / "p.jsonl", lines))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_pairs(tmp_path / "none.jsonl")
+
+
+def fake_tokenize(text: str) -> list[int]:
+    return [ord(c) for c in text]
+
+
+def test_tokenizing_splits_the_shared_prefix_and_keeps_a_last_token_on_each_side():
+    result = tokenize_pairs([Pair("ab", "cd", "ce"), Pair("", "xy", "xyz")], fake_tokenize, max_tokens=100)
+    first, second = result.pairs
+    assert (first.shared, first.positive_tail, first.negative_tail) == ([97, 98, 99], [100], [101])
+    assert (second.shared, second.positive_tail, second.negative_tail) == ([120], [121], [121, 122])
+    assert second.positive == [120, 121] and second.negative == [120, 121, 122]
+
+
+def test_long_pairs_are_cut_from_the_front_equally_and_counted():
+    result = tokenize_pairs([Pair("0123456789", "ab", "abcd"), Pair("x", "y", "z")], fake_tokenize, max_tokens=8)
+    assert result.truncated == 1
+    cut = result.pairs[0]
+    assert cut.negative == fake_tokenize("6789abcd") and cut.positive == fake_tokenize("6789ab")
+
+
+def test_identical_sides_warn_and_are_skipped():
+    with pytest.warns(UserWarning, match="pair #0 renders identically"):
+        result = tokenize_pairs([Pair("a", "b", "b"), Pair("a", "b", "c")], fake_tokenize, max_tokens=10)
+    assert result.identical == 1 and len(result.pairs) == 1
+
+
+def test_the_data_hash_depends_on_content_and_order():
+    a, b = Pair("p", "x", "y"), Pair("q", "x", "y")
+    assert data_sha256([a, b]) != data_sha256([b, a]) != data_sha256([a])
+    assert data_sha256([a, b]) == data_sha256([Pair("p", "x", "y"), Pair("q", "x", "y")])
