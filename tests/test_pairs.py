@@ -25,7 +25,8 @@ def test_both_formats_are_read(tmp_path):
 
 @pytest.mark.parametrize("lines, message", [
     (['{"prompt": "a", "positive": " b"}'], r"p.jsonl:1: missing field 'negative'"),
-    (['{"positive": " b", "negative": " c"}', '{"positive": "", "negative": " c"}'], r"p.jsonl:2: field 'positive' is empty"),
+    (['{"positive": " b", "negative": " c"}', '{"positive": "", "negative": " c"}'],
+     r"p.jsonl:2: field 'positive' is empty"),
     (['{"positive": "b", "negative": 3}'], r"p.jsonl:1: field 'negative' must be a string"),
     (['{"positive": "b", "negative": "c"}', "", '{"positive": "b",'], r"p.jsonl:3: not valid JSON"),
     (['["b", "c"]'], r"p.jsonl:1: expected a JSON object"),
