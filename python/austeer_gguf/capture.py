@@ -29,12 +29,20 @@ class PairActivations:
 
 
 class ActivationCapture:
-    """A model opened for capture. `batch_tokens` bounds the tokens of one decode."""
+    """A model opened for capture.
 
-    def __init__(self, model_path: str | Path, *, batch_tokens: int = 1024, n_ctx: int = 4096,
-                 n_seq_max: int = 64, n_threads: int | None = None, verbose: bool = False) -> None:
+    `batch_tokens` bounds the tokens of one decode. `group_cells` bounds the KV cells a group of pairs may
+    fill: llama.cpp attends densely over every used cell of the unified cache (other sequences masked), so
+    small groups keep attention cheap; measured on SmolLM2 (float32, 2 threads), 256 cells ran 1.5x faster
+    than 1024. A pair larger than the budget gets a group of its own.
+    """
+
+    def __init__(self, model_path: str | Path, *, batch_tokens: int = 1024, group_cells: int = 256,
+                 n_ctx: int = 4096, n_seq_max: int = 64, n_threads: int | None = None,
+                 verbose: bool = False) -> None:
         threads = n_threads or os.cpu_count() or 1
         self.batch_tokens = batch_tokens
+        self.group_cells = min(group_cells, n_ctx)
         self.n_ctx = n_ctx
         self.n_seq_max = min(n_seq_max, batch_tokens)  # llama.cpp aborts when n_seq_max > n_batch
         self.llm = SteeredLlama(
@@ -80,11 +88,11 @@ class ActivationCapture:
         prefix_tokens = tail_tokens = cells = 0
         for index, pair in enumerate(pairs):
             prefix, tails = self._cost(pair, share_prefix)
-            if max(prefix, tails) > self.batch_tokens:
+            if max(prefix, tails) > self.batch_tokens or prefix + tails > self.n_ctx:
                 raise ValueError(f"pair #{index} has {len(pair.positive)}/{len(pair.negative)} tokens; at most "
                                  f"{self.max_pair_tokens} fit (cut pairs with max_tokens)")
             if group and (prefix_tokens + prefix > self.batch_tokens or tail_tokens + tails > self.batch_tokens
-                          or cells + prefix + tails > self.n_ctx or 2 * len(group) + 2 > self.n_seq_max):
+                          or cells + prefix + tails > self.group_cells or 2 * len(group) + 2 > self.n_seq_max):
                 yield group
                 group, prefix_tokens, tail_tokens, cells = [], 0, 0, 0
             group.append(index)

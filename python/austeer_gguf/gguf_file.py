@@ -83,9 +83,12 @@ class _Cursor:
         self.position = end
         return text
 
-    def skip_string(self) -> None:
-        length = self.take("<Q")
-        self.position += length
+    def _skip_strings(self, count: int) -> None:
+        # A vocabulary holds tens of thousands of strings: keep this loop free of method calls.
+        buffer, position, unpack = self.buffer, self.position, struct.Struct("<Q").unpack_from
+        for _ in range(count):
+            position += 8 + unpack(buffer, position)[0]
+        self.position = position
 
     def value(self, value_type: gguf.GGUFValueType) -> Any:
         if value_type == gguf.GGUFValueType.STRING:
@@ -94,8 +97,7 @@ class _Cursor:
             item_type = gguf.GGUFValueType(self.take("<I"))
             count = self.take("<Q")
             if item_type == gguf.GGUFValueType.STRING:
-                for _ in range(count):
-                    self.skip_string()
+                self._skip_strings(count)
                 return None
             if item_type == gguf.GGUFValueType.ARRAY:
                 raise ValueError("nested arrays are not supported")

@@ -13,13 +13,15 @@ versioned JSON encoding that both gguf-py and llama.cpp read back exactly:
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import gguf
 
@@ -189,9 +191,8 @@ def _rewrite(layout: GgufLayout, target: Path, profile_keys: dict[str, MetadataV
         out.write(original.read(info_end - info_start))
         out.write(b"\0" * (-out.tell() % layout.alignment))
         data_start = out.tell()
-        original.seek(layout.data_offset)
-        shutil.copyfileobj(original, out, length=1 << 22)
         out.flush()
+        _copy_range(original, layout.data_offset, out, data_start, layout.path.stat().st_size - layout.data_offset)
         _verify_data(layout.path, layout.data_offset, temporary, data_start)
     return target
 
@@ -203,6 +204,25 @@ def _encode_entry(key: str, value: MetadataValue) -> bytes:
         text = value.encode("utf-8")
         return head + struct.pack("<IQ", gguf.GGUFValueType.STRING, len(text)) + text
     return head + struct.pack("<II", gguf.GGUFValueType.UINT32, value)
+
+
+def _copy_range(source: BinaryIO, source_offset: int, target: BinaryIO, target_offset: int, size: int) -> None:
+    """Copy `size` bytes in the kernel where it can (copy_file_range), else through a buffer."""
+    copied = 0
+    if hasattr(os, "copy_file_range"):
+        try:
+            while copied < size:
+                step = os.copy_file_range(source.fileno(), target.fileno(), size - copied,
+                                          source_offset + copied, target_offset + copied)
+                if step == 0:
+                    break
+                copied += step
+        except OSError as error:
+            if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP) or copied:
+                raise
+    source.seek(source_offset + copied)
+    target.seek(target_offset + copied)
+    shutil.copyfileobj(source, target, length=1 << 22)
 
 
 def _verify_data(source: Path, source_offset: int, written: Path, written_offset: int) -> None:

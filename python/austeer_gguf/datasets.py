@@ -1,0 +1,30 @@
+"""The datasets shipped with the package (see data/README.md for their provenance)."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+PAIR_SETS = ("polite", "sentiment")
+PROMPT_SETS = ("neutral", "provocative", "harmless")
+
+
+def _data_dir() -> Path:
+    return Path(str(resources.files("austeer_gguf") / "data"))
+
+
+def pairs_path(name: str, split: str) -> Path:
+    """A contrastive-pairs JSONL: name in PAIR_SETS, split train or test."""
+    path = _data_dir() / "pairs" / f"{name}.{split}.jsonl"
+    if not path.is_file():
+        raise ValueError(f"no shipped pairs {name!r} split {split!r}; pairs: {', '.join(PAIR_SETS)} (train, test)")
+    return path
+
+
+def prompts(name: str, split: str) -> list[str]:
+    """Evaluation prompts: name in PROMPT_SETS, split train, dev or test (as shipped)."""
+    path = _data_dir() / "prompts" / f"{name}.{split}.jsonl"
+    if not path.is_file():
+        raise ValueError(f"no shipped prompts {name!r} split {split!r}; prompts: {', '.join(PROMPT_SETS)}")
+    return [json.loads(line)["prompt"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,40 @@
+"""The shipped datasets: sizes, format, and disjoint splits."""
+
+from __future__ import annotations
+
+import pytest
+
+from austeer_gguf import datasets
+from austeer_gguf.pairs import load_pairs
+
+
+@pytest.mark.parametrize("name", datasets.PAIR_SETS)
+def test_pair_sets_have_disjoint_train_and_test_splits(name):
+    train = load_pairs(datasets.pairs_path(name, "train"))
+    test = load_pairs(datasets.pairs_path(name, "test"))
+    assert len(train) + len(test) >= 150 and len(test) >= 30
+    assert not {p.prompt for p in train} & {p.prompt for p in test}
+    for pair in train + test:
+        assert pair.positive.startswith(" ") and pair.negative.startswith(" ") and pair.positive != pair.negative
+
+
+def test_prompt_sets_are_disjoint_across_splits():
+    seen: dict[str, str] = {}
+    for name in datasets.PROMPT_SETS:
+        for split in ("train", "dev", "test"):
+            try:
+                prompts = datasets.prompts(name, split)
+            except ValueError:
+                continue
+            assert prompts, f"{name}.{split} is empty"
+            for prompt in prompts:
+                assert prompt not in seen, f"{prompt!r} in {name}.{split} and {seen[prompt]}"
+                seen[prompt] = f"{name}.{split}"
+    assert len(seen) >= 300
+
+
+def test_unknown_sets_are_refused():
+    with pytest.raises(ValueError, match="no shipped pairs 'rude'"):
+        datasets.pairs_path("rude", "train")
+    with pytest.raises(ValueError, match="no shipped prompts"):
+        datasets.prompts("neutral", "validation")

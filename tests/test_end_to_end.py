@@ -1,0 +1,37 @@
+"""The main job on SmolLM2: localize on the float copy, embed into the Q4_1 file, steer with SteeredLlama."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from austeer_gguf import SteeredLlama, datasets, models
+from austeer_gguf.fingerprint import fingerprint_file
+from austeer_gguf.gguf_meta import embed_profiles
+from austeer_gguf.localize import localize
+from austeer_gguf.pairs import load_pairs
+from austeer_gguf.scoring import answer_logprob
+
+from conftest import THREADS
+
+
+def test_held_out_margin_rises_with_the_embedded_profile(smollm2, tmp_path):
+    float_model = models.float_copy("smollm2")
+    result = localize(float_model, datasets.pairs_path("polite", "train"), sites="attn", k=20, alpha=10.0,
+                      name="polite", n_threads=THREADS, progress=False)
+    assert result.n_pairs == 170 and result.profile.k == 20
+    assert result.profile.model == fingerprint_file(smollm2)  # float and quantized files share it
+
+    steered_path = embed_profiles(smollm2, [result.profile], tmp_path / "smollm2.steered.gguf")
+    llm = SteeredLlama(str(steered_path), profile="polite", n_ctx=512, logits_all=True, verbose=False,
+                       n_threads=THREADS, n_threads_batch=THREADS)
+    test_pairs = load_pairs(datasets.pairs_path("polite", "test"))
+
+    def mean_margin() -> float:
+        return float(np.mean([answer_logprob(llm, p.prompt, p.positive) - answer_logprob(llm, p.prompt, p.negative)
+                              for p in test_pairs]))
+
+    llm.steering.disable()
+    off = mean_margin()
+    llm.steering.enable()
+    on = mean_margin()
+    assert on > off + 1.0, f"margin off {off:.2f}, on {on:.2f}"
