@@ -46,7 +46,7 @@ def main() -> None:
         actions = {"embed": lambda: embed_profiles(source, [profile], target),
                    "copy": lambda: shutil.copyfile(source, target), "copy+fsync": copy_fsync}
         times: dict[str, list[float]] = {name: [] for name in actions}
-        for name, action in actions.items():  # warm the page cache
+        for action in actions.values():  # warm the page cache
             action()
         for _ in range(args.rounds):
             for name, action in actions.items():
