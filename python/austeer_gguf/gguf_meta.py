@@ -13,21 +13,15 @@ versioned JSON encoding that both gguf-py and llama.cpp read back exactly:
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import re
-import shutil
-import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-import gguf
-
-from .atomic import atomic_output
 from .fingerprint import ModelFingerprint
 from .gguf_file import GgufLayout, scan
+from .gguf_write import MetadataValue, rewrite
 from .profile import SCHEMA_VERSION, Profile, Unit
 
 FORMAT_VERSION = 1
@@ -118,8 +112,6 @@ def read_profiles(path: str | Path) -> dict[str, Profile]:
 
 # ---- writing ---------------------------------------------------------------------------------------------
 
-MetadataValue = str | int
-
 
 @dataclass(frozen=True)
 class ProfileSummary:
@@ -173,66 +165,5 @@ def _is_profile_key(name: str) -> bool:
 
 
 def _rewrite(layout: GgufLayout, target: Path, profile_keys: dict[str, MetadataValue]) -> Path:
-    """Copy the file to `target` with its austeer profile keys replaced by `profile_keys`.
-
-    Every other entry, the tensor infos and the tensor data are copied byte for byte (tensor offsets are
-    relative to the data section, so they stay valid); the data section is then compared with the source.
-    """
-    kept = [entry for key, entry in layout.metadata.items() if not _is_profile_key(key)]
-    info_start, info_end = layout.tensor_info_span
-    with layout.path.open("rb") as original, atomic_output(target) as (out, temporary):
-        out.write(b"GGUF" + struct.pack("<IQQ", layout.version, len(layout.tensors), len(kept) + len(profile_keys)))
-        for entry in kept:
-            original.seek(entry.start)
-            out.write(original.read(entry.end - entry.start))
-        for key, value in profile_keys.items():
-            out.write(_encode_entry(key, value))
-        original.seek(info_start)
-        out.write(original.read(info_end - info_start))
-        out.write(b"\0" * (-out.tell() % layout.alignment))
-        data_start = out.tell()
-        out.flush()
-        _copy_range(original, layout.data_offset, out, data_start, layout.path.stat().st_size - layout.data_offset)
-        _verify_data(layout.path, layout.data_offset, temporary, data_start)
-    return target
-
-
-def _encode_entry(key: str, value: MetadataValue) -> bytes:
-    encoded_key = key.encode("utf-8")
-    head = struct.pack("<Q", len(encoded_key)) + encoded_key
-    if isinstance(value, str):
-        text = value.encode("utf-8")
-        return head + struct.pack("<IQ", gguf.GGUFValueType.STRING, len(text)) + text
-    return head + struct.pack("<II", gguf.GGUFValueType.UINT32, value)
-
-
-def _copy_range(source: BinaryIO, source_offset: int, target: BinaryIO, target_offset: int, size: int) -> None:
-    """Copy `size` bytes in the kernel where it can (copy_file_range), else through a buffer."""
-    copied = 0
-    if hasattr(os, "copy_file_range"):
-        try:
-            while copied < size:
-                step = os.copy_file_range(source.fileno(), target.fileno(), size - copied,
-                                          source_offset + copied, target_offset + copied)
-                if step == 0:
-                    break
-                copied += step
-        except OSError as error:
-            if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP) or copied:
-                raise
-    source.seek(source_offset + copied)
-    target.seek(target_offset + copied)
-    shutil.copyfileobj(source, target, length=1 << 22)
-
-
-def _verify_data(source: Path, source_offset: int, written: Path, written_offset: int) -> None:
-    chunk = 1 << 22
-    with source.open("rb") as a, written.open("rb") as b:
-        a.seek(source_offset)
-        b.seek(written_offset)
-        while True:
-            left, right = a.read(chunk), b.read(chunk)
-            if left != right:
-                raise RuntimeError(f"tensor data written to {written} differs from {source}; nothing was replaced")
-            if not left:
-                return
+    """Copy the file to `target` with its austeer profile keys replaced by `profile_keys`."""
+    return rewrite(layout, target, drop_key=_is_profile_key, new_keys=profile_keys)
