@@ -98,8 +98,12 @@ class ReferenceModel:
         x[:, dims] = (x[:, dims].astype(np.float32) * factors.astype(np.float32)).astype(np.float64)
         return x
 
-    def forward(self, tokens: list[int], steer: Steer | None = None) -> Forward:
+    def forward(self, tokens: list[int], steer: Steer | None = None,
+                residual_add: dict[int, np.ndarray] | None = None) -> Forward:
+        """`residual_add`: layer -> vector added to the residual after the FFN (where llama.cpp adds a control
+        vector, before the tensor is named l_out-L)."""
         steer = steer or {}
+        residual_add = residual_add or {}
         n = len(tokens)
         hd, nh, nkv = self.head_dim, self.n_head, self.n_head_kv
         result = Forward(logits=np.empty(0))
@@ -130,7 +134,10 @@ class ReferenceModel:
             ffn = self._matmul(p + "ffn_down.weight", gate / (1.0 + np.exp(-gate)) * up)
             ffn = self._apply(steer, "ffn", layer, ffn)
             result.activations[("ffn", layer)] = ffn
-            x = self._apply(steer, "layer", layer, x + ffn)
+            x = x + ffn
+            if layer in residual_add:
+                x = x.astype(np.float32).astype(np.float64) + residual_add[layer].astype(np.float64)
+            x = self._apply(steer, "layer", layer, x)
             result.activations[("layer", layer)] = x
         h = self._rms_norm(x, self.weights["output_norm.weight"])
         result.logits = self._matmul("output.weight", h)

@@ -115,6 +115,7 @@ def test_usage_errors_exit_2(args):
 
 
 def test_every_command_has_help():
-    for command in ("fetch", "localize", "embed", "inspect", "strip", "dequantize", "generate", "chat"):
+    for command in ("fetch", "localize", "embed", "inspect", "strip", "dequantize", "generate", "chat",
+                    "export-lora", "bake", "export-cvec"):
         result = run(command, "--help")
         assert result.returncode == 0 and "usage:" in result.stdout

@@ -75,7 +75,7 @@ def random_weights(config: TinyConfig, n_vocab: int, seed: int) -> dict[str, np.
 
 
 def write_tiny_llama(path: Path, *, seed: int = 0, weight_type: str = "F32",
-                     config: TinyConfig = TinyConfig()) -> Path:
+                     config: TinyConfig = TinyConfig(), extra_metadata: dict[str, str] | None = None) -> Path:
     """Write the model; `weight_type` F32, F16, Q8_0 or Q4_0 applies to the linear weights and the output."""
     tokens, scores, types = vocabulary()
     weights = random_weights(config, len(tokens), seed)
@@ -101,6 +101,8 @@ def write_tiny_llama(path: Path, *, seed: int = 0, weight_type: str = "F32",
     writer.add_eos_token_id(2)
     writer.add_unk_token_id(0)
     writer.add_add_bos_token(False)
+    for key, value in (extra_metadata or {}).items():
+        writer.add_string(key, value)
     for name, value in weights.items():
         is_linear = name == "output.weight" or any(f".{w}." in name for w in LINEAR_WEIGHTS)
         if is_linear and quant != gguf.GGMLQuantizationType.F32:

@@ -101,6 +101,45 @@ def cmd_dequantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_lora(args: argparse.Namespace) -> int:
+    from .lora import export_lora
+    from .profile import Profile
+
+    source = models.resolve(args.model)
+    profile = Profile.from_json(args.profile)
+    _check_profiles_fit(source, [profile], force=args.force)
+    report = export_lora(source, profile, args.output, skip_layer_units=args.skip_layer_units)
+    if report.skipped_layer_units:
+        print(f"warning: skipped {report.skipped_layer_units} layer units (runtime only)", file=sys.stderr)
+    print(report.target)
+    return 0
+
+
+def cmd_bake(args: argparse.Namespace) -> int:
+    from .bake import bake
+    from .profile import Profile
+
+    source = models.resolve(args.model)
+    profile = Profile.from_json(args.profile)
+    report = bake(source, profile, args.output, strength=args.strength, approximate=args.approximate,
+                  allow_model_mismatch=args.force)
+    if report.approximate_max_error is not None:
+        print(f"warning: attn units requantized; largest absolute weight error {report.approximate_max_error:.3g}",
+              file=sys.stderr)
+    print(report.target)
+    return 0
+
+
+def cmd_export_cvec(args: argparse.Namespace) -> int:
+    from .caa import compute_control_vector
+
+    model = models.float_copy(args.model) if args.model in models.MODELS else models.resolve(args.model)
+    vector = compute_control_vector(model, args.pairs, layers=args.layers, chat=args.chat,
+                                    max_tokens=args.max_tokens, n_threads=args.threads, progress=not args.quiet)
+    print(vector.to_gguf(args.output))
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     llm = _open_steered(args)
     if args.compare:
@@ -146,7 +185,11 @@ def _open_steered(args: argparse.Namespace):
     elif llm.steering.available:
         raise UsageError(f"the model embeds several profiles ({', '.join(llm.steering.available)}): "
                          "choose one with --profile")
-    if llm.steering.profile is None:
+    if args.cvec:
+        from .control_vector import ControlVector
+
+        llm.steering.set_control_vector(ControlVector.from_gguf(args.cvec), args.multiplier)
+    if llm.steering.profile is None and not args.cvec:
         print("warning: no profile: the model runs unsteered (pass --profile NAME|FILE)", file=sys.stderr)
     llm.steering.strength = args.strength
     return llm
@@ -253,6 +296,36 @@ def build_parser() -> argparse.ArgumentParser:
     dequantize.add_argument("--type", default="f16", choices=["f16", "f32"])
     dequantize.set_defaults(run=cmd_dequantize)
 
+    export_lora = commands.add_parser("export-lora", help="write a profile as a LoRA adapter GGUF (stock llama.cpp)")
+    export_lora.add_argument("model", help=model_help)
+    export_lora.add_argument("profile", help="profile JSON file")
+    export_lora.add_argument("-o", "--output", required=True, help="adapter GGUF to write")
+    export_lora.add_argument("--skip-layer-units", action="store_true",
+                             help="leave out residual-stream units (a LoRA cannot express them)")
+    export_lora.add_argument("--force", action="store_true", help="export a profile made for another model")
+    export_lora.set_defaults(run=cmd_export_lora)
+
+    bake = commands.add_parser("bake", help="fold a profile into the weights (a new GGUF, zero runtime cost)")
+    bake.add_argument("model", help=model_help)
+    bake.add_argument("profile", help="profile JSON file")
+    bake.add_argument("-o", "--output", required=True, help="GGUF to write")
+    bake.add_argument("--strength", type=float, default=1.0)
+    bake.add_argument("--approximate", action="store_true",
+                      help="requantize attn_output blocks where no exact fold exists (reports the error)")
+    bake.add_argument("--force", action="store_true", help="bake a profile made for another model")
+    bake.set_defaults(run=cmd_bake)
+
+    export_cvec = commands.add_parser("export-cvec", help="write the CAA control-vector baseline for llama.cpp")
+    export_cvec.add_argument("model", help=model_help + " (a built-in name uses its float copy)")
+    export_cvec.add_argument("pairs", help="contrastive pairs JSONL")
+    export_cvec.add_argument("-o", "--output", required=True, help="control-vector GGUF to write")
+    export_cvec.add_argument("--layers", type=_layer_range, help="A-B: keep directions of layers A..B (>= 1)")
+    export_cvec.add_argument("--chat", action="store_true")
+    export_cvec.add_argument("--max-tokens", type=_positive_int, default=512)
+    export_cvec.add_argument("--threads", type=_positive_int)
+    export_cvec.add_argument("--quiet", action="store_true")
+    export_cvec.set_defaults(run=cmd_export_cvec)
+
     for name, help_text in (("generate", "complete one prompt, steered (and unsteered with --compare)"),
                             ("chat", "interactive chat with /steer on|off, /strength S, /profile NAME")):
         command = commands.add_parser(name, help=help_text)
@@ -269,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--n-ctx", type=_positive_int, default=2048)
         command.add_argument("--threads", type=_positive_int)
         command.add_argument("--force", action="store_true", help="apply a profile made for another model")
+        command.add_argument("--cvec", help="also add a control-vector GGUF (the CAA baseline)")
+        command.add_argument("--multiplier", type=float, default=1.0, help="control-vector multiplier")
         command.set_defaults(run=cmd_generate if name == "generate" else cmd_chat)
     return parser
 
@@ -284,6 +359,16 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def _layer_range(text: str) -> tuple[int, int]:
+    try:
+        first, last = (int(part) for part in text.split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected A-B, got {text!r}") from None
+    if not 1 <= first <= last:
+        raise argparse.ArgumentTypeError(f"expected 1 <= A <= B, got {text!r}")
+    return first, last
 
 
 def _one_line_warnings() -> None:

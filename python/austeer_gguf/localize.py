@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from .capture import ActivationCapture
+from .capture import ActivationCapture, PairActivations
 from .fingerprint import fingerprint_file
 from .gguf_file import open_reader
 from .momentum import MomentumCounts, RankedUnit, rank_units
@@ -63,6 +63,41 @@ def warn_if_quantized(model_path: str | Path) -> None:
                       stacklevel=3)
 
 
+@dataclass
+class CaptureRun:
+    """What `captured_pairs` did, filled in as it runs."""
+
+    n_pairs: int = 0
+    truncated: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    n_layers: int = 0
+    widths: dict[str, int] | None = None
+
+
+def captured_pairs(model_path: str | Path, pairs: Sequence[Pair], sites: Sequence[str], run: CaptureRun, *,
+                   chat: bool = False, max_tokens: int = 512, share_prefix: bool = True,
+                   batch_tokens: int | None = None, n_threads: int | None = None, progress: bool = True,
+                   description: str = "capturing") -> Iterator[PairActivations]:
+    """Last-token activations of both texts of every pair, group by group; `run` records the counts."""
+    warn_if_quantized(model_path)
+    with ActivationCapture(model_path, batch_tokens=batch_tokens or 2 * max_tokens, n_threads=n_threads) as capture:
+        render = chat_renderer(capture.llm) if chat else None
+        tokenized = tokenize_pairs(pairs, capture.tokenize, max_tokens=min(max_tokens, capture.max_pair_tokens),
+                                   render_prompt=render)
+        if not tokenized.pairs:
+            raise ValueError("every pair renders identically on both sides: nothing to compare")
+        run.truncated, run.skipped = tokenized.truncated, tokenized.identical
+        run.n_layers, run.widths = capture.shape.n_layers, {site: capture.shape.widths[site] for site in sites}
+        start = time.perf_counter()
+        with tqdm(total=len(tokenized.pairs), unit="pair", desc=description, disable=not progress) as bar:
+            for group in capture.pairs(tokenized.pairs, sites, share_prefix=share_prefix):
+                yield group
+                run.n_pairs += len(group.indices)
+                bar.update(len(group.indices))
+        run.seconds = time.perf_counter() - start
+
+
 def localize(
     model_path: str | Path,
     pairs: Sequence[Pair] | str | Path,
@@ -88,23 +123,17 @@ def localize(
     pairs = list(pairs)
     if not pairs:
         raise ValueError("no pairs to localize on")
-    warn_if_quantized(model_path)
 
-    with ActivationCapture(model_path, batch_tokens=batch_tokens or 2 * max_tokens, n_threads=n_threads) as capture:
-        render = chat_renderer(capture.llm) if chat else None
-        tokenized = tokenize_pairs(pairs, capture.tokenize, max_tokens=min(max_tokens, capture.max_pair_tokens),
-                                   render_prompt=render)
-        if not tokenized.pairs:
-            raise ValueError("every pair renders identically on both sides: nothing to localize on")
-        counts = MomentumCounts(capture.shape.n_layers, {site: capture.shape.widths[site] for site in site_names})
-        start = time.perf_counter()
-        with tqdm(total=len(tokenized.pairs), unit="pair", desc="localizing", disable=not progress) as bar:
-            for group in capture.pairs(tokenized.pairs, site_names, share_prefix=share_prefix):
-                for site in site_names:
-                    counts.add(site, group.positive[site], group.negative[site])
-                counts.count_pairs(len(group.indices))
-                bar.update(len(group.indices))
-        seconds = time.perf_counter() - start
+    run = CaptureRun()
+    counts: MomentumCounts | None = None
+    for group in captured_pairs(model_path, pairs, site_names, run, chat=chat, max_tokens=max_tokens,
+                                share_prefix=share_prefix, batch_tokens=batch_tokens, n_threads=n_threads,
+                                progress=progress, description="localizing"):
+        counts = counts or MomentumCounts(run.n_layers, dict(run.widths or {}))
+        for site in site_names:
+            counts.add(site, group.positive[site], group.negative[site])
+        counts.count_pairs(len(group.indices))
+    assert counts is not None
 
     ranked = rank_units(counts, k)
     profile = Profile(
@@ -115,6 +144,6 @@ def localize(
         n_pairs=counts.n_pairs,
         data_sha256=data_sha256(pairs),
         extra={"sites": list(site_names), "k": k, "chat": chat, "max_tokens": max_tokens,
-               "truncated_pairs": tokenized.truncated, "skipped_pairs": tokenized.identical},
+               "truncated_pairs": run.truncated, "skipped_pairs": run.skipped},
     )
-    return Localization(profile, ranked, counts, counts.n_pairs, tokenized.truncated, tokenized.identical, seconds)
+    return Localization(profile, ranked, counts, counts.n_pairs, run.truncated, run.skipped, run.seconds)

@@ -10,11 +10,12 @@ from typing import Any
 import llama_cpp
 
 from . import context_hook, native
+from .control_vector import apply_control_vector
 from .fingerprint import ModelFingerprint, fingerprint_file
 from .gguf_meta import profiles_from_metadata
 from .profile import Profile
 from .sites import ModelShape
-from .steering import Steering, SteeringSetting
+from .steering import ControlSetting, Steering, SteeringSetting
 
 EvalCallback = Callable[[int, bool], bool]
 
@@ -57,6 +58,7 @@ class SteeredLlama(llama_cpp.Llama):
         self.fingerprint: ModelFingerprint | None = fingerprint_file(model_path)
         self.steering = Steering(self._native_state, self.shape, self.fingerprint)
         self._kv_setting: SteeringSetting | None = None
+        self._applied_control: ControlSetting | None = None
         self._generating = 0
 
         # Profiles embedded in the model file, read through llama.cpp's own metadata API.
@@ -69,6 +71,10 @@ class SteeredLlama(llama_cpp.Llama):
     def _sync_steering(self) -> bool:
         """Apply the requested setting; True when the KV cache holds tokens computed under another one."""
         setting = self.steering.apply()
+        if setting.control != self._applied_control:
+            control = setting.control
+            apply_control_vector(self, control.vector if control else None, control.multiplier if control else 0.0)
+            self._applied_control = control
         stale = self.n_tokens > 0 and setting != self._kv_setting
         self._kv_setting = setting
         return stale

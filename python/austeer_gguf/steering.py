@@ -11,21 +11,31 @@ import math
 import threading
 from dataclasses import dataclass
 
+from .control_vector import ControlVector
 from .fingerprint import ModelFingerprint
 from .profile import Profile
 from .sites import ModelShape
 
 
 @dataclass(frozen=True)
+class ControlSetting:
+    """A control vector (compared by identity) and its multiplier."""
+
+    vector: ControlVector
+    multiplier: float
+
+
+@dataclass(frozen=True)
 class SteeringSetting:
-    """What the native state applies. Equal settings steer identically; `OFF` steers nothing."""
+    """What a completion runs under. Equal settings steer identically; `OFF` steers nothing."""
 
     profile: Profile | None
     strength: float
+    control: ControlSetting | None = None
 
     @property
     def active(self) -> bool:
-        return self.profile is not None
+        return self.profile is not None or self.control is not None
 
 
 OFF = SteeringSetting(None, 0.0)
@@ -41,6 +51,7 @@ class Steering:
         self._enabled = True
         self._strength = 1.0
         self._library: dict[str, Profile] = {}
+        self._control: ControlSetting | None = None
         self._native_profile: Profile | None = None
         self._native_profile_version = -1
         self._profile_version = 0
@@ -81,6 +92,20 @@ class Steering:
     @property
     def profile(self) -> Profile | None:
         return self._profile
+
+    def set_control_vector(self, vector: ControlVector | None, multiplier: float = 1.0) -> None:
+        """Add a CAA control vector times `multiplier` to the residual stream (None: remove it). It is switched
+        on and off together with the profile."""
+        if vector is not None:
+            width = self._shape.widths["layer"]
+            for layer, direction in vector.directions.items():
+                if not 1 <= layer < self._shape.n_layers or direction.shape != (width,):
+                    raise ValueError(f"control vector direction.{layer} does not fit this model: layers "
+                                     f"1..{self._shape.n_layers - 1} of width {width}")
+            if not math.isfinite(multiplier):
+                raise ValueError(f"multiplier must be finite, got {multiplier!r}")
+        with self._lock:
+            self._control = ControlSetting(vector, float(multiplier)) if vector is not None else None
 
     def enable(self) -> None:
         self.enabled = True
@@ -129,10 +154,15 @@ class Steering:
                 self._native_profile = profile
                 self._native_profile_version = self._profile_version
             self._native.strength = setting.strength
-            self._native.enabled = setting.active
+            self._native.enabled = setting.profile is not None
             return setting
 
     def _requested_locked(self) -> SteeringSetting:
-        if not self._enabled or self._profile is None or not self._profile.units or self._strength == 0.0:
+        if not self._enabled:
             return OFF
-        return SteeringSetting(self._profile, self._strength)
+        steers_units = self._profile is not None and bool(self._profile.units) and self._strength != 0.0
+        if not steers_units and self._control is None:
+            return OFF
+        if not steers_units:
+            return SteeringSetting(None, 0.0, self._control)
+        return SteeringSetting(self._profile, self._strength, self._control)
