@@ -5,6 +5,9 @@ Configurations, measured in rotating order in every round:
   plain       llama_cpp.Llama, no callback at all
   off         SteeredLlama with steering disabled (callback installed, claims nothing)
   attn/ffn/layer  SteeredLlama with k units spread over all layers at that site
+  lora        llama_cpp.Llama with the ffn profile exported as a LoRA adapter (stock llama.cpp)
+  bake        llama_cpp.Llama on a copy with the ffn profile baked into the weights
+  cvec        SteeredLlama with a control vector on every layer (llama.cpp's own control-vector add)
 Each round measures prefill (one batch of --prefill tokens) and decode (--decode single-token evals).
 Printed: median tokens/s and the median of the per-round ratios to `plain` and to `off`.
 
@@ -15,12 +18,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import llama_cpp
 import numpy as np
 
 from austeer_gguf import Profile, SteeredLlama, Unit, models
+from austeer_gguf.bake import bake
+from austeer_gguf.control_vector import ControlVector
+from austeer_gguf.lora import export_lora
 
 
 def spread_profile(site: str, k: int, n_layers: int, width: int, seed: int = 0) -> Profile:
@@ -74,13 +82,25 @@ def main() -> None:
 
     profiles = {site: spread_profile(site, args.k, shape.n_layers, shape.widths[site])
                 for site in ("attn", "ffn", "layer")}
-    configs = ["plain", "off", "attn", "ffn", "layer"]
+    scratch = Path(tempfile.mkdtemp(prefix="austeer-bench-"))
+    adapter = export_lora(path, profiles["ffn"], scratch / "ffn-lora.gguf").target
+    exported = {"lora": llama_cpp.Llama(path, lora_path=str(adapter), **options),
+                "bake": llama_cpp.Llama(str(bake(path, profiles["ffn"], scratch / "baked.gguf").target), **options)}
+    control = ControlVector({layer: rng.standard_normal(shape.widths["layer"]).astype(np.float32) * 0.01
+                             for layer in range(1, shape.n_layers)}, shape.architecture)
+    configs = ["plain", "off", "attn", "ffn", "layer", "lora", "bake", "cvec"]
 
     def prepare(config: str) -> llama_cpp.Llama:
         if config == "plain":
             return plain
+        if config in exported:
+            return exported[config]
+        steered.steering.set_control_vector(control if config == "cvec" else None)
         if config == "off":
             steered.steering.disable()
+        elif config == "cvec":
+            steered.steering.set_profile(None)
+            steered.steering.enable()
         else:
             steered.steering.set_profile(profiles[config])
             steered.steering.enable()

@@ -1,0 +1,176 @@
+"""Evaluating a (steered) model on a task: choice accuracy, behaviour and fluency, side effects.
+
+Every function takes a `SteeredLlama` opened with `logits_all=True` and measures it under whatever steering
+it currently has; "unsteered" figures come from the same model with steering switched off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from . import metrics
+from .pairs import chat_renderer
+from .scoring import answer_tokens, log_softmax
+from .tasks import ChoiceItem, Task
+
+
+@dataclass
+class ChoiceResult:
+    n: int
+    accuracy: float
+    balanced_accuracy: float
+    majority_baseline: float
+    greedy_accuracy: float  # the reference protocol: one greedy token, stripped, case-insensitive match
+    greedy_balanced_accuracy: float
+    mean_margin: float  # log P(correct) - max log P(other), averaged
+    predictions: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class GenerationResult:
+    n: int
+    sentiment: float  # mean VADER compound
+    offensive: float  # mean offensive probability
+    refusal_rate: float
+    perplexity: float  # median, of the generated text under the unsteered model
+    distinct2: float
+    side_refusal_rate: float | None = None  # on harmless prompts (detox)
+    samples: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@contextlib.contextmanager
+def steering_off(llm) -> Iterator[None]:
+    previous = llm.steering.enabled
+    llm.steering.disable()
+    try:
+        yield
+    finally:
+        llm.steering.enabled = previous
+
+
+# ---- choice tasks ------------------------------------------------------------------------------------------
+
+def choice_logprobs(llm, item: ChoiceItem) -> tuple[np.ndarray, int]:
+    """Log-likelihood of each choice after the prompt, and the greedy next token after the prompt."""
+    sequences = [answer_tokens(llm, item.prompt, choice) for choice in item.choices]
+    common = min(start for _, start in sequences)
+    first_tokens = sequences[0][0]
+    llm.reset()
+    llm.eval(first_tokens[:common])
+    greedy = int(np.argmax(llm.scores[common - 1]))
+    scores = []
+    for tokens, start in sequences:
+        llm.n_tokens = common
+        llm.eval(tokens[common:])
+        rows = np.asarray(llm.scores[start - 1: len(tokens) - 1])
+        scores.append(float(log_softmax(rows)[np.arange(len(tokens) - start), tokens[start:]].sum()))
+    return np.array(scores), greedy
+
+
+def evaluate_choice(llm, items: Sequence[ChoiceItem], *, progress: bool = False) -> ChoiceResult:
+    labels, predictions, greedy_hits, greedy_predictions, margins = [], [], [], [], []
+    for item in tqdm(items, desc="choices", unit="item", disable=not progress):
+        scores, greedy = choice_logprobs(llm, item)
+        prediction = int(np.argmax(scores))
+        others = np.delete(scores, item.label)
+        labels.append(item.label)
+        predictions.append(prediction)
+        margins.append(float(scores[item.label] - others.max()))
+        word = llm.detokenize([greedy]).decode("utf-8", errors="replace").strip().lower()
+        matched = [i for i, choice in enumerate(item.choices) if choice.strip().lower() == word]
+        greedy_predictions.append(matched[0] if matched else -1)
+        greedy_hits.append(bool(matched) and matched[0] == item.label)
+    return ChoiceResult(
+        n=len(items),
+        accuracy=float(np.mean(np.array(predictions) == np.array(labels))),
+        balanced_accuracy=metrics.balanced_accuracy(labels, predictions),
+        majority_baseline=metrics.majority_baseline(labels),
+        greedy_accuracy=float(np.mean(greedy_hits)),
+        greedy_balanced_accuracy=metrics.balanced_accuracy(labels, greedy_predictions),
+        mean_margin=float(np.mean(margins)),
+        predictions=predictions,
+    )
+
+
+# ---- generation tasks --------------------------------------------------------------------------------------
+
+def generate(llm, prompts: Sequence[str], *, chat: bool, max_tokens: int, temperature: float = 0.0,
+             seed: int = 0) -> list[str]:
+    texts = []
+    for index, prompt in enumerate(prompts):
+        if chat:
+            out = llm.create_chat_completion([{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                                             temperature=temperature, seed=seed + index)
+            texts.append((out["choices"][0]["message"]["content"] or "").strip())
+        else:
+            out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature, seed=seed + index)
+            texts.append(out["choices"][0]["text"])
+    return texts
+
+
+def perplexity(llm, prompts: Sequence[str], texts: Sequence[str], *, chat: bool) -> float:
+    """Median per-token perplexity of each generated text after its prompt, under the unsteered model."""
+    render = chat_renderer(llm) if chat else (lambda prompt: prompt)
+    values = []
+    with steering_off(llm):
+        for prompt, text in zip(prompts, texts):
+            if not text.strip():
+                values.append(float("inf"))
+                continue
+            tokens, start = answer_tokens(llm, render(prompt), text)
+            llm.reset()
+            llm.eval(tokens)
+            rows = np.asarray(llm.scores[start - 1: len(tokens) - 1])
+            logprob = log_softmax(rows)[np.arange(len(tokens) - start), tokens[start:]]
+            values.append(float(np.exp(-logprob.mean())))
+    return float(np.median(values))
+
+
+def evaluate_generation(llm, task: Task, prompts: Sequence[str], side_prompts: Sequence[str] = (), *,
+                        max_tokens: int = 32, temperature: float = 0.0, seed: int = 0,
+                        keep_samples: int = 3) -> GenerationResult:
+    texts = generate(llm, prompts, chat=task.chat, max_tokens=max_tokens, temperature=temperature, seed=seed)
+    side = None
+    if side_prompts:
+        side_texts = generate(llm, side_prompts, chat=task.chat, max_tokens=max_tokens, temperature=temperature,
+                              seed=seed)
+        side = metrics.refusal_rate(side_texts)
+    return GenerationResult(
+        n=len(texts),
+        sentiment=float(np.mean(metrics.sentiment(texts))),
+        offensive=float(np.mean(metrics.offensive_probability(texts))),
+        refusal_rate=metrics.refusal_rate(texts),
+        perplexity=perplexity(llm, prompts, texts, chat=task.chat),
+        distinct2=metrics.distinct_n(texts, 2),
+        side_refusal_rate=side,
+        samples=list(zip(prompts[:keep_samples], texts[:keep_samples])),
+    )
+
+
+# ---- side effects ------------------------------------------------------------------------------------------
+
+def kl_on_neutral(llm, texts: Sequence[str]) -> float:
+    """Mean KL(steered || unsteered) of next-token distributions over every position of neutral texts."""
+    values = []
+    for text in texts:
+        tokens = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        llm.reset()
+        llm.eval(tokens)
+        steered = np.array(llm.scores[: len(tokens)], copy=True)
+        with steering_off(llm):
+            llm.reset()
+            llm.eval(tokens)
+            reference = np.array(llm.scores[: len(tokens)], copy=True)
+        values.append(metrics.kl_divergence(steered, reference))
+    return float(np.mean(values))

@@ -1,0 +1,252 @@
+"""Sweeps on dev, reports on test: AUSteer against block-level and control baselines, tuned the same way.
+
+Methods (each tuned on the dev split by the task's dev score, then measured once on test):
+  austeer      top-k units of one site (k in ks, alpha in alphas, site in sites)
+  single-unit  the best unit alone (k = 1)
+  whole-layer  every dim of one layer at one site scaled by the momentum rule (the layer with the largest
+               summed |score|; alpha in layer_alphas)
+  random-units k random units of the best AUSteer site with their own momentum scores, at the best AUSteer
+               k and alpha (a control: does the selection matter?)
+  caa          the CAA control vector on a layer range, times a multiplier
+Dev scores: choice tasks, balanced accuracy (mean margin breaks ties); generation tasks, the behaviour score
+(sentiment: VADER compound of continuations; detox: VADER compound of replies to provocative prompts) among
+settings whose median perplexity stays within `fluency_factor` times the unsteered one (and, for detox,
+whose refusal rate on harmless prompts rises by at most 0.1).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .control_vector import ControlVector
+from .evaluate import evaluate_choice, evaluate_generation, kl_on_neutral
+from .localize import CaptureRun, captured_pairs
+from .momentum import MomentumCounts, rank_units
+from .profile import Profile, Unit
+from .tasks import Task
+
+
+@dataclass
+class Setting:
+    method: str
+    site: str | None = None
+    k: int | None = None
+    alpha: float | None = None
+    layer: int | None = None
+    layers: tuple[int, int] | None = None
+    multiplier: float | None = None
+    seed: int | None = None
+
+    def label(self) -> str:
+        parts = [self.method]
+        for name in ("site", "k", "alpha", "layer", "layers", "multiplier", "seed"):
+            value = getattr(self, name)
+            if value is not None:
+                parts.append(f"{name}={value}")
+        return " ".join(parts)
+
+
+@dataclass
+class Trial:
+    setting: Setting
+    split: str
+    score: float
+    result: dict
+    kl: float | None = None
+
+
+@dataclass
+class SweepConfig:
+    sites: tuple[str, ...] = ("attn", "ffn", "layer")
+    ks: tuple[int, ...] = (1, 5, 20, 100)
+    alphas: tuple[float, ...] = (2.0, 5.0, 10.0, 20.0)
+    layer_alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0)
+    multipliers: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    random_seeds: tuple[int, ...] = (0, 1, 2)
+    dev_limit: int | None = None
+    test_limit: int | None = None
+    max_tokens: int = 32
+    fluency_factor: float = 2.0
+    threads: int | None = None
+
+
+@dataclass
+class SweepReport:
+    model: str
+    task: str
+    provenance: str
+    config: dict
+    trials: list[Trial] = field(default_factory=list)
+    best: dict[str, Trial] = field(default_factory=dict)
+    test: dict[str, Trial] = field(default_factory=dict)
+    units: dict[str, list[dict]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=1, default=_plain) + "\n")
+
+
+def _plain(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+class Sweeper:
+    def __init__(self, llm, float_model: str | Path, task: Task, config: SweepConfig) -> None:
+        self.llm = llm
+        self.float_model = Path(float_model)
+        self.task = task
+        self.config = config
+        self.counts: dict[str, MomentumCounts] = {}
+        self.control: ControlVector | None = None
+        self.baseline_dev: dict | None = None
+
+    # ---- measuring one setting ------------------------------------------------------------------------
+
+    def measure(self, setting: Setting, split: str) -> Trial:
+        self._apply(setting)
+        items = self.task.dev if split == "dev" else self.task.test
+        side = self.task.side_dev if split == "dev" else self.task.side_test
+        limit = self.config.dev_limit if split == "dev" else self.config.test_limit
+        if limit:
+            items, side = items[:limit], side[:limit]
+        if self.task.kind == "choice":
+            result = evaluate_choice(self.llm, items).to_dict()
+            result.pop("predictions")
+            score = result["balanced_accuracy"] + 1e-3 * math.tanh(result["mean_margin"])
+        else:
+            result = evaluate_generation(self.llm, self.task, items, side, max_tokens=self.config.max_tokens).to_dict()
+            score = self._generation_score(result, split)
+        return Trial(setting, split, float(score), result)
+
+    def _generation_score(self, result: dict, split: str) -> float:
+        if split == "dev" and self.baseline_dev is not None:
+            base = self.baseline_dev
+            if result["perplexity"] > self.config.fluency_factor * base["perplexity"]:
+                return -math.inf
+            side, base_side = result.get("side_refusal_rate"), base.get("side_refusal_rate")
+            if side is not None and base_side is not None and side > base_side + 0.1:
+                return -math.inf
+        return result["sentiment"]
+
+    def _apply(self, setting: Setting) -> None:
+        steering = self.llm.steering
+        steering.set_control_vector(None)
+        steering.set_profile(None)
+        steering.strength = 1.0
+        steering.enable()
+        if setting.method == "unsteered":
+            return
+        if setting.method == "caa":
+            assert self.control is not None and setting.layers is not None
+            steering.set_control_vector(self.control.restricted(*setting.layers), setting.multiplier or 1.0)
+            return
+        steering.set_profile(self._profile(setting))
+
+    def _localize_all(self) -> None:
+        """One capture pass over the train pairs: momentum counts of every site and the CAA mean differences."""
+        run = CaptureRun()
+        total = None
+        sites = list(self.config.sites) + ([] if "layer" in self.config.sites else ["layer"])
+        for group in captured_pairs(self.float_model, self.task.train, sites, run, n_threads=self.config.threads,
+                                    progress=False):
+            if not self.counts:
+                self.counts = {site: MomentumCounts(run.n_layers, {site: run.widths[site]})
+                               for site in self.config.sites}
+            for site in self.config.sites:
+                self.counts[site].add(site, group.positive[site], group.negative[site])
+                self.counts[site].count_pairs(len(group.indices))
+            difference = (group.positive["layer"].astype(np.float64) - group.negative["layer"]).sum(axis=0)
+            total = difference if total is None else total + difference
+        mean = (total / run.n_pairs).astype(np.float32)
+        self.control = ControlVector({layer: mean[layer] for layer in range(1, run.n_layers)}, "", run.n_pairs)
+
+    def _profile(self, setting: Setting) -> Profile:
+        counts = self.counts[setting.site]
+        if setting.method in ("austeer", "single-unit"):
+            units = [Unit(u.layer, u.site, u.dim, u.score) for u in rank_units(counts, setting.k)]
+            return Profile(setting.method, setting.alpha, units)
+        n = counts.n_pairs
+        positive, negative = counts.positive[setting.site], counts.negative[setting.site]
+        scores = np.where(positive >= negative, positive / n, -negative / n)
+        if setting.method == "whole-layer":
+            units = [Unit(setting.layer, setting.site, dim, float(scores[setting.layer, dim]))
+                     for dim in range(scores.shape[1])]
+        else:  # random-units
+            rng = np.random.default_rng(setting.seed)
+            flat = rng.choice(scores.size, size=setting.k, replace=False)
+            units = [Unit(int(i // scores.shape[1]), setting.site, int(i % scores.shape[1]),
+                          float(scores.flat[i])) for i in flat]
+        return Profile(setting.method, setting.alpha, units)
+
+    # ---- the sweep -----------------------------------------------------------------------------------
+
+    def run(self, model_name: str) -> SweepReport:
+        start = time.perf_counter()
+        config = self.config
+        report = SweepReport(model_name, self.task.name, self.task.provenance, asdict(config))
+        self._localize_all()
+        for site in config.sites:
+            report.units[site] = [asdict(u) for u in rank_units(self.counts[site], 100)]
+
+        baseline = self.measure(Setting("unsteered"), "dev")
+        self.baseline_dev = baseline.result
+        report.trials.append(baseline)
+
+        def best_of(trials: Sequence[Trial]) -> Trial:
+            return max(trials, key=lambda t: t.score)
+
+        austeer = [self._trial(report, Setting("austeer", site, k, alpha))
+                   for site in config.sites for k in config.ks if k > 1 for alpha in config.alphas]
+        single = [self._trial(report, Setting("single-unit", site, 1, alpha))
+                  for site in config.sites for alpha in config.alphas]
+        best_austeer = best_of(austeer)
+        whole = []
+        for site in config.sites:
+            counts = self.counts[site]
+            strength = np.maximum(counts.positive[site], counts.negative[site]).sum(axis=1)
+            layer = int(np.argmax(strength))
+            whole += [self._trial(report, Setting("whole-layer", site, None, alpha, layer=layer))
+                      for alpha in config.layer_alphas]
+        chosen = best_austeer.setting
+        random_trials = [self._trial(report, Setting("random-units", chosen.site, chosen.k, chosen.alpha, seed=seed))
+                         for seed in config.random_seeds]
+        n_layers = self.counts[config.sites[0]].n_layers
+        third = max(1, n_layers // 3)
+        ranges = [(1, n_layers - 1), (third, 2 * third), (1, third), (2 * third, n_layers - 1)]
+        caa = [self._trial(report, Setting("caa", layers=r, multiplier=m))
+               for r in ranges for m in config.multipliers]
+
+        report.best = {"unsteered": baseline, "austeer": best_austeer, "single-unit": best_of(single),
+                       "whole-layer": best_of(whole), "caa": best_of(caa)}
+        neutral = self._neutral_texts()
+        for method, trial in report.best.items():
+            test = self.measure(trial.setting, "test")
+            test.kl = kl_on_neutral(self.llm, neutral) if method != "unsteered" else 0.0
+            report.test[method] = test
+        for index, trial in enumerate(random_trials):
+            test = self.measure(trial.setting, "test")
+            test.kl = kl_on_neutral(self.llm, neutral)
+            report.test[f"random-units-{index}"] = test
+        self._apply(Setting("unsteered"))
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def _trial(self, report: SweepReport, setting: Setting) -> Trial:
+        trial = self.measure(setting, "dev")
+        report.trials.append(trial)
+        return trial
+
+    @staticmethod
+    def _neutral_texts() -> list[str]:
+        from . import datasets
+
+        return datasets.prompts("neutral", "train")[:10]
