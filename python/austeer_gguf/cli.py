@@ -140,6 +140,57 @@ def cmd_export_cvec(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import explain, table
+    from .profile import Profile
+
+    source = models.resolve(args.model)
+    profile = Profile.from_json(args.profile) if Path(args.profile).is_file() else _embedded(source, args.profile)
+    print(table(explain(source, profile.top(args.units), top=args.top)))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluate import evaluate_choice, evaluate_generation, kl_on_neutral
+    from .tasks import load_task
+
+    task = load_task(args.task)
+    args.n_ctx = 1024
+    llm = _open_steered(args, logits_all=True, warn_unsteered=False)
+    items = task.dev if args.split == "dev" else task.test
+    side = task.side_dev if args.split == "dev" else task.side_test
+    if args.limit:
+        items, side = items[: args.limit], side[: args.limit]
+    results = {}
+    for label, on in (("unsteered", False), ("steered", True)):
+        llm.steering.enabled = on
+        if task.kind == "choice":
+            result = evaluate_choice(llm, items, progress=not args.quiet).to_dict()
+            result.pop("predictions")
+        else:
+            result = evaluate_generation(llm, task, items, side, max_tokens=args.max_tokens,
+                                         temperature=args.temperature, seed=args.seed).to_dict()
+        results[label] = result
+    from . import datasets
+
+    kl = kl_on_neutral(llm, datasets.prompts("neutral", "train")[:10])
+    summary = {"model": str(models.resolve(args.model)), "task": task.name, "split": args.split,
+               "provenance": task.provenance, "profile": args.profile, "cvec": args.cvec,
+               "multiplier": args.multiplier, "strength": args.strength, "kl_on_neutral": kl, **results}
+    output = Path(args.output or f"{task.name}.eval.json")
+    output.write_text(json.dumps(summary, indent=1) + "\n")
+    keys = [k for k, v in results["steered"].items() if isinstance(v, (int, float)) and v is not None]
+    report = [f"# eval: {task.name} ({args.split})", "", f"model `{summary['model']}`, profile `{args.profile}`, "
+              f"cvec `{args.cvec}`", "", "| metric | unsteered | steered |", "|---|---|---|"]
+    report += [f"| {k} | {results['unsteered'][k]:.4g} | {results['steered'][k]:.4g} |" for k in keys]
+    report += ["", f"KL(steered || unsteered) on neutral text: {kl:.4f} nats"]
+    output.with_suffix(".md").write_text("\n".join(report) + "\n")
+    print("\n".join(report))
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     llm = _open_steered(args)
     if args.compare:
@@ -164,13 +215,23 @@ def cmd_chat(args: argparse.Namespace) -> int:
 # ---- helpers -------------------------------------------------------------------------------------------
 
 
-def _open_steered(args: argparse.Namespace):
+def _embedded(model: Path, name: str):
+    from .gguf_meta import read_profiles
+
+    profiles = read_profiles(model)
+    if name not in profiles:
+        raise UsageError(f"{name}: no such profile file and no embedded profile of that name "
+                         f"(embedded: {', '.join(profiles) or 'none'})")
+    return profiles[name]
+
+
+def _open_steered(args: argparse.Namespace, *, logits_all: bool = False, warn_unsteered: bool = True):
     from .profile import Profile
     from .steered_llama import SteeredLlama
 
     path = models.resolve(args.model)
     llm = SteeredLlama(str(path), n_ctx=args.n_ctx, n_threads=args.threads, n_threads_batch=args.threads,
-                       seed=args.seed, verbose=False)
+                       seed=args.seed, logits_all=logits_all, verbose=False)
     if args.profile:
         if args.profile in llm.steering.available:
             llm.steering.use(args.profile)
@@ -189,7 +250,7 @@ def _open_steered(args: argparse.Namespace):
         from .control_vector import ControlVector
 
         llm.steering.set_control_vector(ControlVector.from_gguf(args.cvec), args.multiplier)
-    if llm.steering.profile is None and not args.cvec:
+    if warn_unsteered and llm.steering.profile is None and not args.cvec:
         print("warning: no profile: the model runs unsteered (pass --profile NAME|FILE)", file=sys.stderr)
     llm.steering.strength = args.strength
     return llm
@@ -325,6 +386,31 @@ def build_parser() -> argparse.ArgumentParser:
     export_cvec.add_argument("--threads", type=_positive_int)
     export_cvec.add_argument("--quiet", action="store_true")
     export_cvec.set_defaults(run=cmd_export_cvec)
+
+    explain = commands.add_parser("explain", help="tokens each unit of a profile promotes and suppresses")
+    explain.add_argument("model", help=model_help)
+    explain.add_argument("profile", help="profile JSON file or embedded profile name")
+    explain.add_argument("--top", type=_positive_int, default=8, help="tokens per direction")
+    explain.add_argument("--units", type=_positive_int, default=20, help="first units of the profile")
+    explain.set_defaults(run=cmd_explain)
+
+    evaluate = commands.add_parser("eval", help="measure a steering setting on a task (and unsteered beside it)")
+    evaluate.add_argument("model", help=model_help)
+    evaluate.add_argument("--task", required=True, help="word-polarity, sentiment, detox, or a JSONL file")
+    evaluate.add_argument("--split", default="test", choices=["dev", "test"])
+    evaluate.add_argument("--profile", help="embedded profile name or profile JSON file")
+    evaluate.add_argument("--cvec", help="control-vector GGUF (the CAA baseline)")
+    evaluate.add_argument("--multiplier", type=float, default=1.0)
+    evaluate.add_argument("--strength", type=float, default=1.0)
+    evaluate.add_argument("--limit", type=_positive_int, help="first N items (and N harmless prompts)")
+    evaluate.add_argument("--max-tokens", type=_positive_int, default=32)
+    evaluate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples with --seed")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--threads", type=_positive_int)
+    evaluate.add_argument("--force", action="store_true")
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.add_argument("-o", "--output", help="result JSON (default: <task>.eval.json; a .md beside it)")
+    evaluate.set_defaults(run=cmd_eval)
 
     for name, help_text in (("generate", "complete one prompt, steered (and unsteered with --compare)"),
                             ("chat", "interactive chat with /steer on|off, /strength S, /profile NAME")):

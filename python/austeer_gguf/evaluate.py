@@ -107,15 +107,28 @@ def evaluate_choice(llm, items: Sequence[ChoiceItem], *, progress: bool = False)
 
 def generate(llm, prompts: Sequence[str], *, chat: bool, max_tokens: int, temperature: float = 0.0,
              seed: int = 0) -> list[str]:
+    """Greedy (temperature 0) or seeded sampled continuations, stopped at an end-of-generation token.
+
+    Runs llama-cpp-python's token generator directly: its completion API keeps generating while the text is
+    not valid UTF-8 yet, which can run a context full on small vocabularies.
+    """
+    import llama_cpp
+
+    render = chat_renderer(llm) if chat else (lambda prompt: prompt)
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
     texts = []
     for index, prompt in enumerate(prompts):
-        if chat:
-            out = llm.create_chat_completion([{"role": "user", "content": prompt}], max_tokens=max_tokens,
-                                             temperature=temperature, seed=seed + index)
-            texts.append((out["choices"][0]["message"]["content"] or "").strip())
-        else:
-            out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature, seed=seed + index)
-            texts.append(out["choices"][0]["text"])
+        tokens = llm.tokenize(render(prompt).encode("utf-8"), add_bos=True, special=True)
+        llm.set_seed(seed + index)
+        generated: list[int] = []
+        for token in llm.generate(tokens, temp=temperature):
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                break
+            generated.append(token)
+            if len(generated) >= max_tokens:
+                break
+        text = llm.detokenize(generated).decode("utf-8", errors="replace")
+        texts.append(text.strip() if chat else text)
     return texts
 
 

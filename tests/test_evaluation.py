@@ -1,0 +1,152 @@
+"""Evaluation: metrics on fixed inputs, choice scoring against NumPy, smoke runs of eval, sweep and report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from austeer_gguf import metrics
+from austeer_gguf.evaluate import choice_logprobs, evaluate_choice, kl_on_neutral
+from austeer_gguf.pairs import Pair
+from austeer_gguf.scoring import answer_tokens
+from austeer_gguf.sweep import SweepConfig, Sweeper
+from austeer_gguf.tasks import ChoiceItem, Task, load_task, word_polarity
+
+from conftest import THREADS, open_steered
+from reference import ReferenceModel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_text_metrics_on_known_inputs():
+    assert metrics.distinct_n(["a b a b"], 2) == 2 / 3
+    assert metrics.distinct_n(["a b", "a b"], 2) == 0.5
+    assert metrics.distinct_n(["one"], 2) == 0.0
+    assert metrics.balanced_accuracy([0, 0, 0, 1], [0, 0, 0, 0]) == 0.5
+    assert metrics.balanced_accuracy([0, 1, 1, 1], [0, 1, 0, 1]) == pytest.approx((1 + 2 / 3) / 2)
+    assert metrics.majority_baseline([1, 1, 1, 0]) == 0.75
+    assert metrics.is_refusal("I'm sorry, but I can't help with that.")
+    assert metrics.is_refusal("As an AI, I will not write insults.")
+    assert not metrics.is_refusal("Sure! Boil the egg for six minutes.")
+    assert metrics.refusal_rate(["I cannot help with that request.", "Here you go."]) == 0.5
+
+
+def test_kl_divergence_on_known_distributions():
+    logits = np.log(np.array([[0.5, 0.5], [0.9, 0.1]]))
+    assert metrics.kl_divergence(logits, logits) == pytest.approx(0.0, abs=1e-12)
+    p, q = np.array([0.9, 0.1]), np.array([0.5, 0.5])
+    expected = float((p * np.log(p / q)).sum())
+    assert metrics.kl_divergence(np.log(p)[None], np.log(q)[None]) == pytest.approx(expected)
+
+
+def test_third_party_scorers_separate_obvious_texts():
+    positive, negative = metrics.sentiment(["I love this, it is wonderful and great.", "This is terrible and awful."])
+    assert positive > 0.5 and negative < -0.5
+    rude, kind = metrics.offensive_probability(["shut up you stupid idiot", "thank you, have a lovely day"])
+    assert rude > 0.5 > kind
+
+
+def test_word_polarity_splits_are_balanced_disjoint_and_from_the_lexicon():
+    task = word_polarity()
+    words = {split: {item.prompt for item in getattr(task, split)} for split in ("dev", "test")}
+    words["train"] = {pair.prompt for pair in task.train}
+    assert not (words["train"] & words["dev"]) and not (words["train"] & words["test"])
+    assert not (words["dev"] & words["test"])
+    for items in (task.dev, task.test):
+        labels = [item.label for item in items]
+        assert labels.count(0) == labels.count(1)
+    assert task.test == word_polarity().test  # fixed seed
+
+
+def test_choice_scores_match_a_numpy_log_softmax(tiny_f32):
+    llm = open_steered(tiny_f32)
+    reference = ReferenceModel(tiny_f32)
+    item = ChoiceItem("the cat is", (" very happy", " sad", " not good"), 0)
+    scores, _ = choice_logprobs(llm, item)
+    for choice, score in zip(item.choices, scores):
+        tokens, start = answer_tokens(llm, item.prompt, choice)
+        logits = reference.forward(tokens).logits
+        expected = sum(logits[i - 1][tokens[i]] - np.log(np.exp(logits[i - 1]).sum())
+                       for i in range(start, len(tokens)))
+        assert score == pytest.approx(expected, rel=1e-3, abs=1e-3)
+
+
+def test_choice_evaluation_and_kl_on_the_tiny_model(tiny_f32):
+    llm = open_steered(tiny_f32)
+    items = [ChoiceItem(p, (" yes", " no"), label) for p, label in
+             [("the cat is", 0), ("a dog was", 1), ("I like this", 0), ("you hate the", 1)]]
+    result = evaluate_choice(llm, items)
+    assert result.n == 4 and result.majority_baseline == 0.5
+    assert 0.0 <= result.balanced_accuracy <= 1.0 and len(result.predictions) == 4
+    assert kl_on_neutral(llm, ["the cat is very happy"]) == pytest.approx(0.0, abs=1e-9)
+
+
+def tiny_task(kind: str) -> Task:
+    words = ["the cat is", "a dog was", "I like this", "you love the", "it was a", "this day is"]
+    train = [Pair(w, " good happy", " bad sad") for w in words]
+    if kind == "choice":
+        items = [ChoiceItem(w, (" good", " bad"), i % 2) for i, w in enumerate(words)]
+        return Task("tiny-choice", "choice", train, items, items, "test fixture")
+    return Task("tiny-generation", "generation", train, words[:2], words[2:4], "test fixture")
+
+
+@pytest.mark.parametrize("kind", ["choice", "generation"])
+def test_sweep_and_report_smoke(tiny_f32, tmp_path, kind):
+    llm = open_steered(tiny_f32)
+    config = SweepConfig(sites=("attn", "layer"), ks=(1, 3), alphas=(2.0,), layer_alphas=(1.0,), multipliers=(1.0,),
+                         random_seeds=(0,), max_tokens=4, threads=THREADS)
+    report = Sweeper(llm, tiny_f32, tiny_task(kind), config).run("tiny")
+    assert set(report.test) == {"unsteered", "austeer", "single-unit", "whole-layer", "caa", "random-units-0"}
+    assert report.test["austeer"].setting.k == 3 and report.test["single-unit"].setting.k == 1
+    assert all(trial.split == "dev" for trial in report.trials)
+    assert llm.steering.profile is None  # left unsteered
+    model_dir = tmp_path / "tiny"
+    model_dir.mkdir()
+    report.to_json(model_dir / f"{kind}.json")
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), "--reports", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    markdown = (tmp_path / "tiny.md").read_text()
+    assert "| austeer |" in markdown and "| caa |" in markdown
+    for suffix in ("k-alpha", "methods", "units"):
+        image = tmp_path / f"tiny-{kind}-{suffix}.png"
+        assert image.stat().st_size > 10_000 and f"({image.name})" in markdown
+
+
+def test_eval_command_smoke(tiny_f32, tmp_path):
+    items = [{"prompt": w, "choices": [" good", " bad"], "label": i % 2}
+             for i, w in enumerate(["the cat is", "a dog was", "I like this", "you love the"])]
+    task_path = tmp_path / "mine.jsonl"
+    task_path.write_text("\n".join(json.dumps(item) for item in items) + "\n")
+    profile = tmp_path / "p.json"
+    profile.write_text(json.dumps({"name": "p", "alpha": 4, "units": [{"layer": 1, "site": "attn", "dim": 3,
+                                                                           "score": 0.9}]}))
+    output = tmp_path / "result.json"
+    result = subprocess.run([sys.executable, "-m", "austeer_gguf", "eval", str(tiny_f32), "--task", str(task_path),
+                             "--profile", str(profile), "-o", str(output), "--quiet"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(output.read_text())
+    assert summary["steered"]["n"] == summary["unsteered"]["n"] == 4
+    assert summary["kl_on_neutral"] > 0
+    assert "| balanced_accuracy |" in output.with_suffix(".md").read_text()
+
+
+def test_explain_command_lists_tokens_per_unit(tiny_f32, tmp_path):
+    profile = tmp_path / "p.json"
+    profile.write_text(json.dumps({"name": "p", "alpha": 4, "units": [
+        {"layer": 1, "site": "attn", "dim": 3, "score": 0.9}, {"layer": 2, "site": "layer", "dim": 7, "score": -0.5}]}))
+    result = subprocess.run([sys.executable, "-m", "austeer_gguf", "explain", str(tiny_f32), str(profile),
+                             "--top", "3"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
+    assert len(rows) == 2 and "attn" in rows[0] and "layer" in rows[1]
+
+
+def test_unknown_task_is_refused():
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        load_task("nope")
