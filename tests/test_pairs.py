@@ -71,3 +71,27 @@ def test_the_data_hash_depends_on_content_and_order():
     a, b = Pair("p", "x", "y"), Pair("q", "x", "y")
     assert data_sha256([a, b]) != data_sha256([b, a]) != data_sha256([a])
     assert data_sha256([a, b]) == data_sha256([Pair("p", "x", "y"), Pair("q", "x", "y")])
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def test_chat_rendering_uses_the_model_template(tmp_path):
+    from austeer_gguf.pairs import chat_renderer
+
+    from conftest import open_steered
+    from tiny_model import write_tiny_llama
+
+    model = write_tiny_llama(tmp_path / "chat.gguf", extra_metadata={"tokenizer.chat_template": CHAT_TEMPLATE})
+    render = chat_renderer(open_steered(model))
+    assert render("the cat is") == "<|user|>the cat is<|assistant|>"
+
+
+def test_chat_rendering_needs_a_template(tiny_f32):
+    from austeer_gguf.pairs import chat_renderer
+
+    from conftest import open_steered
+
+    with pytest.raises(ValueError, match="has no chat template"):
+        chat_renderer(open_steered(tiny_f32))
