@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -42,9 +43,14 @@ def plot_k_and_alpha(report: dict, path: Path, score_name: str) -> None:
                   label=site)
         by_alpha.plot(alphas, [max(t["score"] for t in own if t["setting"]["alpha"] == a) for a in alphas], "o-",
                       color=color, label=site)
-    for axis, name in ((by_k, "k (units steered)"), (by_alpha, "alpha")):
+    ks = sorted({t["setting"]["k"] for t in trials})
+    alphas = sorted({t["setting"]["alpha"] for t in trials})
+    for axis, name, ticks in ((by_k, "k (units steered)", ks), (by_alpha, "alpha", alphas)):
         axis.axhline(base, color="gray", linestyle="--", label="unsteered")
         axis.set_xscale("log")
+        axis.set_xticks(ticks)
+        axis.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.set_xlabel(name)
         axis.set_ylabel(f"dev {score_name} (best over the other knob)")
         axis.legend()

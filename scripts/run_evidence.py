@@ -21,10 +21,10 @@ from austeer_gguf.sweep import SweepConfig, Sweeper
 from austeer_gguf.tasks import load_task
 
 GRIDS = {
-    "choice": SweepConfig(ks=(1, 5, 20, 100), alphas=(2.0, 5.0, 10.0, 20.0), dev_limit=40, test_limit=200),
-    "generation": SweepConfig(ks=(1, 10, 50), alphas=(2.0, 5.0, 10.0), layer_alphas=(1.0, 2.0),
-                              multipliers=(1.0, 4.0), random_seeds=(0,), dev_limit=10, test_limit=30,
-                              max_tokens=24),
+    "choice": SweepConfig(ks=(1, 5, 20, 100), alphas=(2.0, 5.0, 10.0), layer_alphas=(0.5, 2.0),
+                          multipliers=(1.0, 2.0, 4.0), ranges=3, dev_limit=30, test_limit=120),
+    "generation": SweepConfig(ks=(1, 10, 50), alphas=(2.0, 5.0), layer_alphas=(1.0,), multipliers=(1.0, 4.0),
+                              ranges=3, random_seeds=(0,), dev_limit=8, test_limit=24, max_tokens=20),
 }
 
 

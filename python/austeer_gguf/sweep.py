@@ -70,6 +70,7 @@ class SweepConfig:
     layer_alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0)
     multipliers: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
     random_seeds: tuple[int, ...] = (0, 1, 2)
+    ranges: int = 4  # CAA layer ranges tried: all layers, then the middle, first and last thirds
     dev_limit: int | None = None
     test_limit: int | None = None
     max_tokens: int = 32
@@ -221,7 +222,7 @@ class Sweeper:
                          for seed in config.random_seeds]
         n_layers = self.counts[config.sites[0]].n_layers
         third = max(1, n_layers // 3)
-        ranges = [(1, n_layers - 1), (third, 2 * third), (1, third), (2 * third, n_layers - 1)]
+        ranges = [(1, n_layers - 1), (third, 2 * third), (1, third), (2 * third, n_layers - 1)][: config.ranges]
         caa = [self._trial(report, Setting("caa", layers=r, multiplier=m))
                for r in ranges for m in config.multipliers]
 
