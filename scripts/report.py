@@ -141,6 +141,8 @@ def write_model_report(model: str, reports: dict[str, dict], out_dir: Path) -> P
                       "mean margin | KL |", "|---|---|---|---|---|---|---|"]
         for name, trial in test_rows(report):
             setting = " ".join(f"{k}={v}" for k, v in trial["setting"].items() if v is not None and k != "method")
+            if not trial.get("admissible", True):
+                setting += " (no setting within the fluency bounds on dev; the most fluent one)"
             lines.append(f"| {name} | {setting or '-'} | {describe(trial, generation)} |")
         stem = f"{model}-{task}"
         plot_k_and_alpha(report, out_dir / f"{stem}-k-alpha.png", score_name)

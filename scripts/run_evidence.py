@@ -23,7 +23,7 @@ from austeer_gguf.tasks import load_task
 GRIDS = {
     "choice": SweepConfig(ks=(1, 5, 20, 100), alphas=(2.0, 5.0, 10.0), layer_alphas=(0.5, 2.0),
                           multipliers=(1.0, 2.0, 4.0), ranges=3, dev_limit=30, test_limit=120),
-    "generation": SweepConfig(ks=(1, 10, 50), alphas=(2.0, 5.0), layer_alphas=(1.0,), multipliers=(1.0, 4.0),
+    "generation": SweepConfig(ks=(1, 10, 50), alphas=(2.0, 5.0), layer_alphas=(1.0,), multipliers=(0.25, 0.5, 1.0),
                               ranges=3, random_seeds=(0,), dev_limit=8, test_limit=24, max_tokens=20),
 }
 

@@ -10,8 +10,10 @@ Methods (each tuned on the dev split by the task's dev score, then measured once
   caa          the CAA control vector on a layer range, times a multiplier
 Dev scores: choice tasks, balanced accuracy (mean margin breaks ties); generation tasks, the behaviour score
 (sentiment: VADER compound of continuations; detox: VADER compound of replies to provocative prompts) among
-settings whose median perplexity stays within `fluency_factor` times the unsteered one (and, for detox,
-whose refusal rate on harmless prompts rises by at most 0.1).
+settings whose median perplexity stays within `fluency_factor` times the unsteered one, whose distinct-2 keeps
+at least half the unsteered one (repetition has a low perplexity), and, for detox, whose refusal rate on
+harmless prompts rises by at most 0.1. A method with no admissible setting is reported with its most fluent
+setting, marked inadmissible.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Trial:
     score: float
     result: dict
     kl: float | None = None
+    admissible: bool = True  # within the fluency bounds on dev (generation tasks)
 
 
 @dataclass
@@ -133,6 +136,8 @@ class Sweeper:
             base = self.baseline_dev
             if result["perplexity"] > self.config.fluency_factor * base["perplexity"]:
                 return -math.inf
+            if result["distinct2"] < 0.5 * base["distinct2"]:  # repetition has low perplexity: check it apart
+                return -math.inf
             side, base_side = result.get("side_refusal_rate"), base.get("side_refusal_rate")
             if side is not None and base_side is not None and side > base_side + 0.1:
                 return -math.inf
@@ -203,7 +208,12 @@ class Sweeper:
         report.trials.append(baseline)
 
         def best_of(trials: Sequence[Trial]) -> Trial:
-            return max(trials, key=lambda t: t.score)
+            """The best admissible trial; when none is, the most fluent one, marked inadmissible."""
+            best = max(trials, key=lambda t: t.score)
+            if best.score == -math.inf:
+                best = min(trials, key=lambda t: t.result.get("perplexity", math.inf))
+                best.admissible = False
+            return best
 
         austeer = [self._trial(report, Setting("austeer", site, k, alpha))
                    for site in config.sites for k in config.ks if k > 1 for alpha in config.alphas]
@@ -231,6 +241,7 @@ class Sweeper:
         neutral = self._neutral_texts()
         for method, trial in report.best.items():
             test = self.measure(trial.setting, "test")
+            test.admissible = trial.admissible
             test.kl = kl_on_neutral(self.llm, neutral) if method != "unsteered" else 0.0
             report.test[method] = test
         for index, trial in enumerate(random_trials):
