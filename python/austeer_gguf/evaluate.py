@@ -105,8 +105,15 @@ def evaluate_choice(llm, items: Sequence[ChoiceItem], *, progress: bool = False)
 
 # ---- generation tasks --------------------------------------------------------------------------------------
 
+def prompt_renderer(llm, chat: bool, frame: str = "{prompt}"):
+    """The model's chat template when asked for and present, else the plain `frame`."""
+    if chat and llm.metadata.get("tokenizer.chat_template"):
+        return chat_renderer(llm)
+    return lambda prompt: frame.format(prompt=prompt)
+
+
 def generate(llm, prompts: Sequence[str], *, chat: bool, max_tokens: int, temperature: float = 0.0,
-             seed: int = 0) -> list[str]:
+             seed: int = 0, frame: str = "{prompt}") -> list[str]:
     """Greedy (temperature 0) or seeded sampled continuations, stopped at an end-of-generation token.
 
     Runs llama-cpp-python's token generator directly: its completion API keeps generating while the text is
@@ -114,7 +121,7 @@ def generate(llm, prompts: Sequence[str], *, chat: bool, max_tokens: int, temper
     """
     import llama_cpp
 
-    render = chat_renderer(llm) if chat else (lambda prompt: prompt)
+    render = prompt_renderer(llm, chat, frame)
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     texts = []
     for index, prompt in enumerate(prompts):
@@ -132,9 +139,9 @@ def generate(llm, prompts: Sequence[str], *, chat: bool, max_tokens: int, temper
     return texts
 
 
-def perplexity(llm, prompts: Sequence[str], texts: Sequence[str], *, chat: bool) -> float:
+def perplexity(llm, prompts: Sequence[str], texts: Sequence[str], *, chat: bool, frame: str = "{prompt}") -> float:
     """Median per-token perplexity of each generated text after its prompt, under the unsteered model."""
-    render = chat_renderer(llm) if chat else (lambda prompt: prompt)
+    render = prompt_renderer(llm, chat, frame)
     values = []
     with steering_off(llm):
         for prompt, text in zip(prompts, texts):
@@ -153,18 +160,19 @@ def perplexity(llm, prompts: Sequence[str], texts: Sequence[str], *, chat: bool)
 def evaluate_generation(llm, task: Task, prompts: Sequence[str], side_prompts: Sequence[str] = (), *,
                         max_tokens: int = 32, temperature: float = 0.0, seed: int = 0,
                         keep_samples: int = 3) -> GenerationResult:
-    texts = generate(llm, prompts, chat=task.chat, max_tokens=max_tokens, temperature=temperature, seed=seed)
+    texts = generate(llm, prompts, chat=task.chat, max_tokens=max_tokens, temperature=temperature, seed=seed,
+                     frame=task.frame)
     side = None
     if side_prompts:
         side_texts = generate(llm, side_prompts, chat=task.chat, max_tokens=max_tokens, temperature=temperature,
-                              seed=seed)
+                              seed=seed, frame=task.frame)
         side = metrics.refusal_rate(side_texts)
     return GenerationResult(
         n=len(texts),
         sentiment=float(np.mean(metrics.sentiment(texts))),
         offensive=float(np.mean(metrics.offensive_probability(texts))),
         refusal_rate=metrics.refusal_rate(texts),
-        perplexity=perplexity(llm, prompts, texts, chat=task.chat),
+        perplexity=perplexity(llm, prompts, texts, chat=task.chat, frame=task.frame),
         distinct2=metrics.distinct_n(texts, 2),
         side_refusal_rate=side,
         samples=list(zip(prompts[:keep_samples], texts[:keep_samples])),

@@ -9,7 +9,8 @@
   shipped `sentiment` pairs, scored by VADER compound, against fluency.
 - `detox` (generation): steer replies to provocative messages toward polite ones, trained on the shipped
   `polite` pairs, scored by VADER compound and offensive probability of the replies; replies to harmless
-  requests must not turn into refusals.
+  requests must not turn into refusals. Prompts go through the model's chat template; a model without one
+  (the Gemma-3-270M file here is the base model) gets the pairs' own "User: ...\nAssistant:" framing.
 A user's own JSONL works too: choice items `{"prompt", "choices", "label"}`, or prompts `{"prompt"}`.
 """
 
@@ -43,7 +44,8 @@ class Task:
     dev: list  # ChoiceItem for choice tasks, prompt strings for generation tasks
     test: list
     provenance: str
-    chat: bool = False  # generation through the model's chat template
+    chat: bool = False  # generation through the model's chat template, when it has one
+    frame: str = "{prompt}"  # how a prompt is written for a model without a chat template
     side_dev: list[str] = field(default_factory=list)  # harmless prompts: refusals must not rise
     side_test: list[str] = field(default_factory=list)
 
@@ -59,7 +61,7 @@ def load_task(name: str) -> Task:
         return Task("detox", "generation", load_pairs(datasets.pairs_path("polite", "train")),
                     datasets.prompts("provocative", "dev"), datasets.prompts("provocative", "test"),
                     "austeer-gguf polite pairs and provocative/harmless prompts (written for the project)",
-                    chat=True, side_dev=datasets.prompts("harmless", "dev"),
+                    chat=True, frame="User: {prompt}\nAssistant:", side_dev=datasets.prompts("harmless", "dev"),
                     side_test=datasets.prompts("harmless", "test"))
     path = Path(name)
     if path.is_file():
