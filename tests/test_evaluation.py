@@ -15,7 +15,7 @@ from austeer_gguf.evaluate import choice_logprobs, evaluate_choice, kl_on_neutra
 from austeer_gguf.pairs import Pair
 from austeer_gguf.scoring import answer_tokens
 from austeer_gguf.sweep import SweepConfig, Sweeper
-from austeer_gguf.tasks import ChoiceItem, Task, load_task, word_polarity
+from austeer_gguf.tasks import ChoiceItem, Task, first_items, load_task, word_polarity
 
 from conftest import THREADS, open_steered
 from reference import ReferenceModel
@@ -61,6 +61,15 @@ def test_word_polarity_splits_are_balanced_disjoint_and_from_the_lexicon():
         labels = [item.label for item in items]
         assert labels.count(0) == labels.count(1)
     assert task.test == word_polarity().test  # fixed seed
+
+
+def test_limits_keep_choice_subsets_balanced():
+    task = word_polarity()
+    subset = first_items(task.test, 120)
+    labels = [item.label for item in subset]
+    assert len(subset) == 120 and labels.count(0) == labels.count(1) == 60
+    assert subset == [item for item in task.test if item in subset]  # order kept
+    assert first_items(["a", "b", "c"], 2) == ["a", "b"]
 
 
 def test_choice_scores_match_a_numpy_log_softmax(tiny_f32):

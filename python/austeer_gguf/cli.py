@@ -154,7 +154,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from .evaluate import evaluate_choice, evaluate_generation, kl_on_neutral
-    from .tasks import load_task
+    from .tasks import first_items, load_task
 
     task = load_task(args.task)
     args.n_ctx = 1024
@@ -162,7 +162,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     items = task.dev if args.split == "dev" else task.test
     side = task.side_dev if args.split == "dev" else task.side_test
     if args.limit:
-        items, side = items[: args.limit], side[: args.limit]
+        items, side = first_items(items, args.limit), side[: args.limit]
     results = {}
     for label, on in (("unsteered", False), ("steered", True)):
         llm.steering.enabled = on

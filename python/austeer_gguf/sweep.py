@@ -32,7 +32,7 @@ from .evaluate import evaluate_choice, evaluate_generation, kl_on_neutral
 from .localize import CaptureRun, captured_pairs
 from .momentum import MomentumCounts, rank_units
 from .profile import Profile, Unit
-from .tasks import Task
+from .tasks import Task, first_items
 
 
 @dataclass
@@ -120,8 +120,7 @@ class Sweeper:
         items = self.task.dev if split == "dev" else self.task.test
         side = self.task.side_dev if split == "dev" else self.task.side_test
         limit = self.config.dev_limit if split == "dev" else self.config.test_limit
-        if limit:
-            items, side = items[:limit], side[:limit]
+        items, side = first_items(items, limit), side[:limit] if limit else side
         if self.task.kind == "choice":
             result = evaluate_choice(self.llm, items).to_dict()
             result.pop("predictions")

@@ -50,6 +50,20 @@ class Task:
     side_test: list[str] = field(default_factory=list)
 
 
+def first_items(items: list, limit: int | None) -> list:
+    """The first `limit` items; for choice items, as many of each label as possible (a balanced subset)."""
+    if not limit or limit >= len(items):
+        return list(items)
+    if not items or not isinstance(items[0], ChoiceItem):
+        return list(items[:limit])
+    labels = sorted({item.label for item in items})
+    per_label = limit // len(labels)
+    chosen = []
+    for label in labels:
+        chosen += [index for index, item in enumerate(items) if item.label == label][:per_label]
+    return [items[index] for index in sorted(chosen)]
+
+
 def load_task(name: str) -> Task:
     if name == "word-polarity":
         return word_polarity()
