@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,19 +110,6 @@ def read_profiles(path: str | Path) -> dict[str, Profile]:
 
 
 # ---- writing ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProfileSummary:
-    name: str
-    sites: tuple[str, ...]
-    k: int
-    alpha: float
-    layers: tuple[int, ...]
-
-
-def summarize(profile: Profile) -> ProfileSummary:
-    return ProfileSummary(profile.name, profile.sites, profile.k, profile.alpha, profile.layers)
 
 
 def embed_profiles(source: str | Path, profiles: list[Profile], target: str | Path) -> Path:

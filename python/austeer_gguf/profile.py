@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -108,12 +109,9 @@ class Profile:
                 raise ValueError(f"profile {self.name!r}: unit #{index} {unit.describe()}: dim out of range; "
                                  f"this model has {shape.describe_range(unit.site)}")
 
-    def with_alpha(self, alpha: float) -> Profile:
-        return _replace(self, alpha=alpha)
-
     def top(self, k: int) -> Profile:
         """The first k units (profiles keep units in rank order)."""
-        return _replace(self, units=self.units[:k])
+        return dataclasses.replace(self, units=self.units[:k])
 
     # ---- JSON -------------------------------------------------------------------------------------------
 
@@ -183,12 +181,6 @@ class Profile:
         except json.JSONDecodeError as error:
             raise ValueError(f"{origin} is not valid JSON: {error}") from None
         return cls.from_dict(data)
-
-
-def _replace(profile: Profile, **changes: Any) -> Profile:
-    import dataclasses
-
-    return dataclasses.replace(profile, **changes)
 
 
 def _is_real(value: Any) -> bool:
