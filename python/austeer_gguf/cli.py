@@ -157,7 +157,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .tasks import first_items, load_task
 
     task = load_task(args.task)
-    args.n_ctx = 1024
     llm = _open_steered(args, logits_all=True, warn_unsteered=False)
     items = task.dev if args.split == "dev" else task.test
     side = task.side_dev if args.split == "dev" else task.side_test
@@ -407,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples with --seed")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--threads", type=_positive_int)
+    evaluate.add_argument("--n-ctx", type=_positive_int, default=1024)
     evaluate.add_argument("--force", action="store_true")
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.add_argument("-o", "--output", help="result JSON (default: <task>.eval.json; a .md beside it)")

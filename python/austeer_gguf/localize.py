@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from .capture import ActivationCapture, PairActivations
 from .fingerprint import fingerprint_file
-from .gguf_file import open_reader
+from .gguf_file import scan
 from .momentum import MomentumCounts, RankedUnit, rank_units
 from .pairs import Pair, chat_renderer, data_sha256, load_pairs, tokenize_pairs
 from .profile import Profile, Unit
@@ -55,7 +55,7 @@ def parse_sites(sites: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def warn_if_quantized(model_path: str | Path) -> None:
-    types = {tensor.tensor_type.name for tensor in open_reader(model_path).tensors if len(tensor.shape) >= 2}
+    types = {tensor.ggml_type.name for tensor in scan(model_path).tensors if len(tensor.shape) >= 2}
     quantized = sorted(types - FLOAT_TYPES)
     if quantized:
         warnings.warn(f"{model_path} has quantized weights ({', '.join(quantized)}); localization is meant for the "

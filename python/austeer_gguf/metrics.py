@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .scoring import log_softmax
+
 # Refusal phrases (case-insensitive), checked at the start of a reply or as a plain statement of refusal.
 REFUSAL_PATTERNS: tuple[str, ...] = (
     r"\bI can(?:no|')t (?:help|assist|do|provide|comply|fulfil|fulfill|create|write|answer|engage)",
@@ -56,8 +58,6 @@ def majority_baseline(labels: Sequence[int]) -> float:
 
 def kl_divergence(steered_logits: np.ndarray, reference_logits: np.ndarray) -> float:
     """Mean over positions of KL(steered || reference) of the next-token distributions, in nats."""
-    from .scoring import log_softmax
-
     log_p, log_q = log_softmax(steered_logits), log_softmax(reference_logits)
     return float(np.mean((np.exp(log_p) * (log_p - log_q)).sum(axis=-1)))
 

@@ -126,8 +126,7 @@ class SteeredLlama(llama_cpp.Llama):
         if isinstance(profile, Profile):
             return profile
         if isinstance(profile, str) and profile in self.steering.available:
-            self.steering.use(profile)
-            return self.steering.profile  # type: ignore[return-value]
+            return self.steering.named(profile)
         path = Path(profile)
         if path.is_file():
             return Profile.from_json(path)

@@ -81,13 +81,17 @@ class Steering:
         with self._lock:
             return tuple(self._library)
 
-    def use(self, name: str) -> None:
+    def named(self, name: str) -> Profile:
+        """An available (e.g. embedded) profile by name."""
         with self._lock:
             profile = self._library.get(name)
             names = ", ".join(self._library) or "none"
         if profile is None:
             raise KeyError(f"no profile named {name!r}; available: {names}")
-        self.set_profile(profile)
+        return profile
+
+    def use(self, name: str) -> None:
+        self.set_profile(self.named(name))
 
     @property
     def profile(self) -> Profile | None:
