@@ -120,3 +120,13 @@ def test_in_place_embedding_replaces_the_file_and_keeps_its_mode(tiny_f32, tmp_p
     assert list(read_profiles(model)) == ["polite", "upbeat-2"]
     assert model.stat().st_mode & 0o777 == 0o640
     assert tensor_bytes(model) == tensor_bytes(tiny_f32)
+
+
+def test_an_embedded_profile_that_does_not_fit_is_refused_on_use_not_on_load(tiny_f32, tmp_path):
+    wide = Profile("wide", 1.0, [Unit(9, "attn", 1, 0.5)])  # layer 9 of a 3-layer model
+    target = embed_profiles(tiny_f32, [wide, profiles()[1]], tmp_path / "steered.gguf")
+    llm = SteeredLlama(str(target), verbose=False)
+    llm.steering.use("upbeat-2")
+    with pytest.raises(ValueError, match="layer out of range"):
+        llm.steering.use("wide")
+    assert llm.steering.profile == profiles()[1]

@@ -25,7 +25,7 @@ class SteeredLlama(llama_cpp.Llama):
 
     `profile` may be a `Profile`, a path to a profile JSON file, or the name of a profile embedded in the
     model file. `eval_callback`, if given, is chained: it is asked about every node as llama.cpp would ask
-    it, after our own scaling. Every other keyword goes to `llama_cpp.Llama`.
+    it, and its compute call sees the values after our scaling. Every other keyword goes to `llama_cpp.Llama`.
 
     Steering changes take effect at the next completion; the prompt prefix llama-cpp-python would reuse from
     its KV cache is dropped whenever the setting differs from the one it was computed under.

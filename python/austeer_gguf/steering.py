@@ -70,9 +70,8 @@ class Steering:
             self._profile_version += 1
 
     def add_profiles(self, profiles: dict[str, Profile]) -> None:
-        """Make named profiles available to `use` (e.g. those embedded in the model file)."""
-        for profile in profiles.values():
-            profile.check_model(self._shape, self._fingerprint)
+        """Make named profiles available to `use` (e.g. those embedded in the model file); each is checked
+        against the model when it is used, so one that does not fit never stops the model from loading."""
         with self._lock:
             self._library.update(profiles)
 
