@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from . import metrics
 from .pairs import chat_renderer
-from .scoring import answer_tokens, log_softmax
+from .scoring import answer_tokens, token_logprobs
 from .tasks import ChoiceItem, Task
 
 
@@ -73,8 +73,7 @@ def choice_logprobs(llm, item: ChoiceItem) -> tuple[np.ndarray, int]:
     for tokens, start in sequences:
         llm.n_tokens = common
         llm.eval(tokens[common:])
-        rows = np.asarray(llm.scores[start - 1: len(tokens) - 1])
-        scores.append(float(log_softmax(rows)[np.arange(len(tokens) - start), tokens[start:]].sum()))
+        scores.append(float(token_logprobs(llm, tokens, start).sum()))
     return np.array(scores), greedy
 
 
@@ -151,9 +150,7 @@ def perplexity(llm, prompts: Sequence[str], texts: Sequence[str], *, chat: bool,
             tokens, start = answer_tokens(llm, render(prompt), text)
             llm.reset()
             llm.eval(tokens)
-            rows = np.asarray(llm.scores[start - 1: len(tokens) - 1])
-            logprob = log_softmax(rows)[np.arange(len(tokens) - start), tokens[start:]]
-            values.append(float(np.exp(-logprob.mean())))
+            values.append(float(np.exp(-token_logprobs(llm, tokens, start).mean())))
     return float(np.median(values))
 
 

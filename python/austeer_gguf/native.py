@@ -9,8 +9,6 @@ import llama_cpp  # loads libllama and, with it, libggml-base
 
 from . import _native
 
-SteeringState = _native.SteeringState
-
 
 def _candidates() -> list[Path]:
     lib_dir = Path(llama_cpp.__file__).parent / "lib"

@@ -21,10 +21,16 @@ def answer_tokens(llm, prompt: str, answer: str) -> tuple[list[int], int]:
     return full, max(start, 1)
 
 
+def token_logprobs(llm, tokens: list[int], start: int) -> np.ndarray:
+    """Log-probability of each of tokens[start:], read from the logits rows the last eval left in
+    `llm.scores` (the model must be opened with logits_all=True and hold `tokens`)."""
+    rows = np.asarray(llm.scores[start - 1: len(tokens) - 1])
+    return log_softmax(rows)[np.arange(len(tokens) - start), tokens[start:]]
+
+
 def answer_logprob(llm, prompt: str, answer: str) -> float:
     """Sum of the log-probabilities of the answer's tokens. `llm` must be opened with logits_all=True."""
     tokens, start = answer_tokens(llm, prompt, answer)
     llm.reset()
     llm.eval(tokens)
-    logits = np.asarray(llm.scores[start - 1: len(tokens) - 1])
-    return float(log_softmax(logits)[np.arange(len(tokens) - start), tokens[start:]].sum())
+    return float(token_logprobs(llm, tokens, start).sum())
