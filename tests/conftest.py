@@ -3,6 +3,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import llama_cpp
 import numpy as np
 import pytest
 
@@ -35,11 +36,17 @@ def gemma3() -> Path:
     return models.fetch("gemma3")
 
 
+TEST_OPTIONS = dict(n_ctx=256, n_batch=256, logits_all=True, verbose=False, n_threads=THREADS,
+                    n_threads_batch=THREADS)
+
+
 def open_steered(path: Path, **kwargs) -> SteeredLlama:
-    options = dict(n_ctx=256, n_batch=256, logits_all=True, verbose=False, n_threads=THREADS,
-                   n_threads_batch=THREADS)
-    options.update(kwargs)
-    return SteeredLlama(str(path), **options)
+    return SteeredLlama(str(path), **{**TEST_OPTIONS, **kwargs})
+
+
+def open_plain(path: Path, **kwargs) -> llama_cpp.Llama:
+    """A plain llama_cpp.Llama (no callback) with the same options as open_steered."""
+    return llama_cpp.Llama(str(path), **{**TEST_OPTIONS, **kwargs})
 
 
 def logits_of(llm, tokens: list[int]) -> np.ndarray:

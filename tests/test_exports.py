@@ -20,7 +20,7 @@ from austeer_gguf.gguf_file import TensorEntry, scan
 from austeer_gguf.lora import export_lora
 from austeer_gguf.pairs import Pair, tokenize_pairs
 
-from conftest import THREADS, logits_of, open_steered
+from conftest import THREADS, logits_of, open_plain, open_steered
 from reference import ReferenceModel
 from tiny_model import TinyConfig, write_tiny_llama
 
@@ -38,11 +38,6 @@ def profile_for(site: str, seed: int = 1, alpha: float = 3.0) -> Profile:
     return Profile(f"{site}-export", alpha, units)
 
 
-def plain(path, **kwargs) -> llama_cpp.Llama:
-    return llama_cpp.Llama(str(path), n_ctx=256, n_batch=256, logits_all=True, verbose=False,
-                           n_threads=THREADS, n_threads_batch=THREADS, **kwargs)
-
-
 def runtime_logits(path, profile: Profile, strength: float = 1.0) -> np.ndarray:
     llm = open_steered(path, profile=profile)
     llm.steering.strength = strength
@@ -54,11 +49,11 @@ def runtime_logits(path, profile: Profile, strength: float = 1.0) -> np.ndarray:
 @pytest.mark.parametrize("site", ["attn", "ffn"])
 def test_runtime_lora_and_bake_agree_on_float_weights(tiny_f32, tmp_path, site):
     profile = profile_for(site)
-    unsteered = logits_of(plain(tiny_f32), TOKENS)
+    unsteered = logits_of(open_plain(tiny_f32), TOKENS)
     runtime = runtime_logits(tiny_f32, profile)
     adapter = export_lora(tiny_f32, profile, tmp_path / "adapter.gguf").target
-    lora = logits_of(plain(tiny_f32, lora_path=str(adapter), lora_scale=1.0), TOKENS)
-    baked = logits_of(plain(bake(tiny_f32, profile, tmp_path / "baked.gguf").target), TOKENS)
+    lora = logits_of(open_plain(tiny_f32, lora_path=str(adapter), lora_scale=1.0), TOKENS)
+    baked = logits_of(open_plain(bake(tiny_f32, profile, tmp_path / "baked.gguf").target), TOKENS)
 
     effect = relative(runtime, unsteered)
     assert effect > 0.1
@@ -67,8 +62,8 @@ def test_runtime_lora_and_bake_agree_on_float_weights(tiny_f32, tmp_path, site):
     assert relative(lora, runtime) < 2e-4
     assert relative(baked, runtime) < 2e-4
 
-    assert relative(logits_of(plain(tiny_f32, lora_path=str(adapter), lora_scale=0.0), TOKENS), unsteered) < 1e-6
-    lora_twice = logits_of(plain(tiny_f32, lora_path=str(adapter), lora_scale=2.0), TOKENS)
+    assert relative(logits_of(open_plain(tiny_f32, lora_path=str(adapter), lora_scale=0.0), TOKENS), unsteered) < 1e-6
+    lora_twice = logits_of(open_plain(tiny_f32, lora_path=str(adapter), lora_scale=2.0), TOKENS)
     assert relative(lora_twice, runtime_logits(tiny_f32, profile, strength=2.0)) < 2e-4
 
 
@@ -92,8 +87,8 @@ def test_bake_equals_the_callback_on_quantized_weights(tiny_q8, tmp_path):
     # Later layers quantize their (slightly different) inputs to Q8 again, and the random tiny model
     # amplifies each rounding step; measured 1.1% on the logits, against a steering effect of over 10%.
     runtime_logits_ = runtime_logits(tiny_q8, profile)
-    assert relative(logits_of(plain(baked_path), TOKENS), runtime_logits_) < 3e-2
-    assert relative(runtime_logits_, logits_of(plain(tiny_q8), TOKENS)) > 0.1
+    assert relative(logits_of(open_plain(baked_path), TOKENS), runtime_logits_) < 3e-2
+    assert relative(runtime_logits_, logits_of(open_plain(tiny_q8), TOKENS)) > 0.1
 
 
 def test_lora_equals_the_callback_at_the_steered_node_within_activation_quantization(tiny_q8, tmp_path):
@@ -122,8 +117,8 @@ def test_attn_units_bake_through_attn_v_when_every_query_head_has_its_kv_head(tm
     # Scaled V goes through the fp16 block scales and the F16 KV cache; the callback scales in F32.
     assert relative(baked_attn[0], runtime_attn[0]) < 2e-3
     runtime = runtime_logits(model, profile)
-    assert relative(logits_of(plain(report.target), TOKENS), runtime) < 3e-2
-    assert relative(runtime, logits_of(plain(model), TOKENS)) > 0.1
+    assert relative(logits_of(open_plain(report.target), TOKENS), runtime) < 3e-2
+    assert relative(runtime, logits_of(open_plain(model), TOKENS)) > 0.1
 
 
 def test_quantized_attn_with_shared_kv_heads_is_refused_or_approximated(tiny_q8, tmp_path):
@@ -133,7 +128,7 @@ def test_quantized_attn_with_shared_kv_heads_is_refused_or_approximated(tiny_q8,
     assert not (tmp_path / "baked.gguf").exists()
     report = bake(tiny_q8, profile, tmp_path / "baked.gguf", approximate=True)
     assert report.approximate_max_error is not None and 0 < report.approximate_max_error < 0.05
-    baked = logits_of(plain(report.target), TOKENS)
+    baked = logits_of(open_plain(report.target), TOKENS)
     assert relative(baked, runtime_logits(tiny_q8, profile)) < 2e-2
 
 

@@ -9,7 +9,6 @@ input (Q8), so the difference grows through the layers (1-4% by the last layer) 
 
 from __future__ import annotations
 
-import llama_cpp
 import numpy as np
 import pytest
 
@@ -17,7 +16,7 @@ from austeer_gguf import Profile, SteeredLlama, Unit, models
 from austeer_gguf.bake import bake
 from austeer_gguf.lora import export_lora
 
-from conftest import THREADS
+from conftest import open_plain, open_steered
 
 PROMPTS = ["The best way to spend a rainy afternoon is", "Dear neighbour, about the noise last night,"]
 STEPS = 100
@@ -28,11 +27,6 @@ def spread(site: str, width: int, n_layers: int) -> Profile:
     units = [Unit(layer, site, int(dim), float(rng.choice([-0.6, 0.6])))
              for layer in range(1, n_layers, 2) for dim in rng.choice(width, 2, replace=False)]
     return Profile(f"{site}-real", 4.0, units)
-
-
-def open_llama(path, cls=llama_cpp.Llama, **kwargs):
-    return cls(str(path), n_ctx=256, n_batch=256, logits_all=True, verbose=False, n_threads=THREADS,
-               n_threads_batch=THREADS, **kwargs)
 
 
 def sequences(runtime: SteeredLlama) -> list[list[int]]:
@@ -74,19 +68,19 @@ def model_name(request):
 
 def test_bake_matches_the_runtime_on_the_quantized_file(model_name, tmp_path):
     path = models.fetch(model_name)
-    runtime = open_llama(path, SteeredLlama)
+    runtime = open_steered(path)
     profile = spread("ffn", runtime.shape.widths["ffn"], runtime.shape.n_layers)
     runtime.steering.set_profile(profile)
-    baked = open_llama(bake(path, profile, tmp_path / "baked.gguf").target)
+    baked = open_plain(bake(path, profile, tmp_path / "baked.gguf").target)
     assert_top1_agree(runtime, baked, f"{model_name} bake")
 
 
 @pytest.mark.parametrize("site", ["attn", "ffn"])
 def test_lora_matches_the_runtime_on_the_float_copy(model_name, site, tmp_path):
     path = models.float_copy(model_name)
-    runtime = open_llama(path, SteeredLlama)
+    runtime = open_steered(path)
     profile = spread(site, runtime.shape.widths[site], runtime.shape.n_layers)
     runtime.steering.set_profile(profile)
     adapter = export_lora(path, profile, tmp_path / "adapter.gguf").target
-    lora = open_llama(path, lora_path=str(adapter), lora_scale=1.0)
+    lora = open_plain(path, lora_path=str(adapter), lora_scale=1.0)
     assert_top1_agree(runtime, lora, f"{model_name} {site} LoRA")

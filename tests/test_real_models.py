@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import llama_cpp
 import numpy as np
 import pytest
 
 from austeer_gguf import Profile, Unit
 
-from conftest import THREADS, logits_of, open_steered
+from conftest import logits_of, open_plain, open_steered
 
 PROMPT = "Write one sentence about the weather today."
 
@@ -23,11 +22,6 @@ def spread_profile(site: str, n_layers: int, width: int) -> Profile:
     units = [Unit(layer, site, int(dim), 0.6) for layer in range(0, n_layers, 3)
              for dim in rng.choice(width, 3, replace=False)]
     return Profile(f"{site}-spread", alpha=10.0, units=units)
-
-
-def plain(path) -> llama_cpp.Llama:
-    return llama_cpp.Llama(str(path), n_ctx=256, n_batch=256, logits_all=True, verbose=False,
-                           n_threads=THREADS, n_threads_batch=THREADS)
 
 
 def complete(llm) -> str:
@@ -51,7 +45,7 @@ def test_steering_each_site_changes_the_logits(real_model):
 
 
 def test_disabled_equals_a_plain_llama_bit_for_bit(real_model):
-    reference = plain(real_model)
+    reference = open_plain(real_model)
     tokens = reference.tokenize(PROMPT.encode(), add_bos=False)
     expected = logits_of(reference, tokens)
     llm = open_steered(real_model)
@@ -62,7 +56,7 @@ def test_disabled_equals_a_plain_llama_bit_for_bit(real_model):
 
 
 def test_prompt_reuse_after_a_toggle_equals_a_fresh_context(real_model):
-    reference = plain(real_model)
+    reference = open_plain(real_model)
     fresh_text = complete(reference)
     fresh_logits = np.array(reference.scores[: reference.n_tokens], copy=True)
 

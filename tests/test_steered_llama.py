@@ -12,7 +12,7 @@ import numpy as np
 from austeer_gguf import Profile, Unit, context_hook
 from austeer_gguf.steering import OFF
 
-from conftest import logits_of, open_steered
+from conftest import logits_of, open_plain, open_steered
 from ggml_ctypes import tensor_name
 
 PROMPT = "hello world the cat is"
@@ -28,14 +28,9 @@ def complete(llm, prompt: str = PROMPT, max_tokens: int = 8) -> str:
     return llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0)["choices"][0]["text"]
 
 
-def plain_llama(path) -> llama_cpp.Llama:
-    return llama_cpp.Llama(str(path), n_ctx=256, n_batch=256, logits_all=True, verbose=False, n_threads=2,
-                           n_threads_batch=2)
-
-
 def test_plain_llama_objects_are_untouched(tiny_f32):
     steered = open_steered(tiny_f32)
-    plain = plain_llama(tiny_f32)
+    plain = open_plain(tiny_f32)
     assert context_hook.installed_callback(steered.context_params)[0] != 0
     assert context_hook.installed_callback(plain.context_params) == (0, 0)
 
@@ -56,8 +51,8 @@ def test_the_hook_changes_only_the_requesting_threads_parameters():
 
 
 def test_disabled_steering_equals_a_plain_llama_bit_for_bit(tiny_f32):
-    tokens = plain_llama(tiny_f32).tokenize(PROMPT.encode(), add_bos=False)
-    expected = logits_of(plain_llama(tiny_f32), tokens)
+    tokens = open_plain(tiny_f32).tokenize(PROMPT.encode(), add_bos=False)
+    expected = logits_of(open_plain(tiny_f32), tokens)
     llm = open_steered(tiny_f32, profile=strong_profile("a", "attn", 1))
     assert not np.array_equal(logits_of(llm, tokens), expected)
     llm.steering.disable()
@@ -65,7 +60,7 @@ def test_disabled_steering_equals_a_plain_llama_bit_for_bit(tiny_f32):
 
 
 def test_a_toggle_drops_the_reused_prompt_so_the_next_completion_is_fresh(tiny_f32):
-    plain = plain_llama(tiny_f32)
+    plain = open_plain(tiny_f32)
     fresh_text = complete(plain)
     fresh_prompt_logits = np.array(plain.scores[: plain.n_tokens], copy=True)
 
@@ -90,12 +85,12 @@ def test_eval_after_a_toggle_recomputes_the_cached_prefix(tiny_f32):
     llm.eval(tokens[:3])
     llm.steering.disable()
     llm.eval(tokens[3:])  # the first three tokens were computed with steering on
-    expected = logits_of(plain_llama(tiny_f32), tokens)
+    expected = logits_of(open_plain(tiny_f32), tokens)
     assert np.array_equal(llm.scores[: len(tokens)], expected)
 
 
 def test_saved_states_and_the_prompt_cache_respect_the_setting(tiny_f32):
-    expected_off = complete(plain_llama(tiny_f32))
+    expected_off = complete(open_plain(tiny_f32))
     llm = open_steered(tiny_f32, profile=strong_profile("a", "layer", 3))
     steered_text = complete(llm)
     state = llm.save_state()
@@ -119,7 +114,7 @@ def test_a_chained_python_callback_still_runs(tiny_f32):
         return False
 
     profile = strong_profile("a", "attn", 1)
-    tokens = plain_llama(tiny_f32).tokenize(PROMPT.encode(), add_bos=False)
+    tokens = open_plain(tiny_f32).tokenize(PROMPT.encode(), add_bos=False)
     expected = logits_of(open_steered(tiny_f32, profile=profile), tokens)
     llm = open_steered(tiny_f32, profile=profile, eval_callback=mine)
     assert np.array_equal(logits_of(llm, tokens), expected)
