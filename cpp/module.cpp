@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <memory>
 #include <stdexcept>
+#include <string>
+#include <utility>
 
 #include "steering.hpp"
 
@@ -17,46 +19,51 @@ using austeer::UnitTable;
 namespace {
 
 template <typename T>
-std::vector<T> to_vector(const py::array_t<T, py::array::c_style | py::array::forcecast> &array, const char *what) {
+using Array = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+template <typename T>
+std::vector<T> to_vector(const Array<T> &array, const char *what) {
     if (array.ndim() != 1) throw std::invalid_argument(std::string(what) + " must be one-dimensional");
     return std::vector<T>(array.data(), array.data() + array.size());
 }
 
-void set_units(SteeringState &state, int n_layers, const py::array_t<int32_t, py::array::c_style | py::array::forcecast> &layers,
-               const py::array_t<int32_t, py::array::c_style | py::array::forcecast> &sites,
-               const py::array_t<int32_t, py::array::c_style | py::array::forcecast> &dims,
-               const py::array_t<float, py::array::c_style | py::array::forcecast> &gains) {
-    state.set_units(std::make_unique<UnitTable>(n_layers, to_vector(layers, "layers"), to_vector(sites, "sites"),
-                                                to_vector(dims, "dims"), to_vector(gains, "gains")));
+std::unique_ptr<SteeringState> make_state(const std::string &ggml_base_path,
+                                          const std::vector<std::pair<std::string, bool>> &sites) {
+    std::vector<austeer::SiteName> names;
+    for (const auto &[prefix, first_in_layer] : sites) names.push_back({prefix, first_in_layer});
+    return std::make_unique<SteeringState>(austeer::GgmlApi::load(ggml_base_path), std::move(names));
+}
+
+void set_units(SteeringState &state, int n_layers, const Array<int32_t> &layers, const Array<int32_t> &sites,
+               const Array<int32_t> &dims, const Array<float> &factors) {
+    auto table = std::make_unique<UnitTable>(state.sites().size(), n_layers, to_vector(layers, "layers"),
+                                             to_vector(sites, "sites"), to_vector(dims, "dims"),
+                                             to_vector(factors, "factors"));
+    state.set_units(std::move(table));
 }
 
 void begin_capture(SteeringState &state, const std::vector<int> &sites, int n_layers,
                    const std::vector<int64_t> &widths, const std::vector<int64_t> &rows, int64_t n_batch_tokens) {
-    if (widths.size() != austeer::kNumSites) throw std::invalid_argument("widths needs one entry per site code");
     CaptureSpec spec;
     for (int site : sites) {
-        if (site < 0 || site >= austeer::kNumSites) throw std::invalid_argument("bad site code");
+        if (site < 0 || site >= state.sites().size()) throw std::invalid_argument("bad site code");
         spec.site_mask |= 1u << site;
     }
     spec.n_layers = n_layers;
     spec.n_batch_tokens = n_batch_tokens;
     spec.rows = rows;
-    for (int site = 0; site < austeer::kNumSites; ++site) spec.widths[site] = widths[site];
+    spec.widths = widths;
     state.begin_capture(std::move(spec));
 }
 
 py::tuple captured(const SteeringState &state, int site) {
-    std::vector<uint8_t> filled;
-    std::vector<float> values = state.captured(site, &filled);
-    const CaptureSpec spec = state.capture_spec();
-    const auto n_layers = py::ssize_t(filled.size());
-    const auto n_rows = py::ssize_t(spec.rows.size());
-    const auto width = n_layers > 0 ? py::ssize_t(spec.widths[site]) : 0;
-    py::array_t<float> out({n_layers, n_layers > 0 ? n_rows : 0, width});
-    std::copy(values.begin(), values.end(), out.mutable_data());
-    py::array_t<bool> layers_filled(n_layers);
-    std::copy(filled.begin(), filled.end(), layers_filled.mutable_data());
-    return py::make_tuple(out, layers_filled);
+    const austeer::Captured got = state.captured(site);
+    const auto n_layers = py::ssize_t(got.filled.size());
+    py::array_t<float> values({n_layers, py::ssize_t(got.n_rows), py::ssize_t(got.width)});
+    std::copy(got.values.begin(), got.values.end(), values.mutable_data());
+    py::array_t<bool> filled(n_layers);
+    std::copy(got.filled.begin(), got.filled.end(), filled.mutable_data());
+    return py::make_tuple(values, filled);
 }
 
 py::dict counters(const SteeringState &state) {
@@ -69,7 +76,9 @@ py::dict counters(const SteeringState &state) {
     out["skipped_not_contiguous"] = c.skipped_not_contiguous.load();
     out["skipped_width"] = c.skipped_width.load();
     out["skipped_no_data"] = c.skipped_no_data.load();
+    out["skipped_unknown_layout"] = c.skipped_unknown_layout.load();
     out["capture_row_mismatch"] = c.capture_row_mismatch.load();
+    out["errors"] = c.errors.load();
     return out;
 }
 
@@ -80,28 +89,24 @@ PYBIND11_MODULE(_native, m) {
 
     m.def("callback_address", [] { return reinterpret_cast<uintptr_t>(&SteeringState::eval_callback); },
           "Address of the C eval callback (bool (*)(ggml_tensor *, bool ask, void * user_data)).");
-    m.def("parse_site_name", [](const std::string &name) {
-        int layer = -1;
-        const int site = austeer::parse_site_name(name.c_str(), &layer);
-        return site < 0 ? py::object(py::none()) : py::object(py::make_tuple(site, layer));
-    });
 
     py::class_<SteeringState>(m, "SteeringState")
-        .def(py::init([](const std::string &ggml_base_path) {
-                 return std::make_unique<SteeringState>(austeer::GgmlApi::load(ggml_base_path));
-             }),
-             py::arg("ggml_base_path"))
+        .def(py::init(&make_state), py::arg("ggml_base_path"), py::arg("sites"))
         .def_property_readonly("user_data", [](SteeringState &s) { return reinterpret_cast<uintptr_t>(&s); })
+        .def("parse_site_name",
+             [](const SteeringState &s, const std::string &name) {
+                 int layer = -1;
+                 const int site = s.sites().match(name.c_str(), &layer);
+                 return site < 0 ? py::object(py::none()) : py::object(py::make_tuple(site, layer));
+             },
+             py::arg("name"))
         .def("set_units", &set_units, py::arg("n_layers"), py::arg("layers"), py::arg("sites"), py::arg("dims"),
-             py::arg("gains"))
+             py::arg("factors"))
         .def("clear_units", [](SteeringState &s) { s.set_units(nullptr); })
         .def_property_readonly("n_units", &SteeringState::n_units)
         .def_property(
             "enabled", [](const SteeringState &s) { return s.enabled.load(); },
             [](SteeringState &s, bool on) { s.enabled.store(on); })
-        .def_property(
-            "strength", [](const SteeringState &s) { return s.strength.load(); },
-            [](SteeringState &s, float value) { s.strength.store(value); })
         .def("set_chained",
              [](SteeringState &s, uintptr_t callback, uintptr_t user_data) {
                  s.set_chained(reinterpret_cast<austeer::EvalCallback>(callback), reinterpret_cast<void *>(user_data));
@@ -112,5 +117,6 @@ PYBIND11_MODULE(_native, m) {
         .def("end_capture", &SteeringState::end_capture)
         .def("captured", &captured, py::arg("site"))
         .def("counters", &counters)
-        .def("reset_counters", [](SteeringState &s) { s.counters.reset(); });
+        .def("skipped_names", &SteeringState::skipped_names)
+        .def("reset_counters", &SteeringState::reset_counters);
 }

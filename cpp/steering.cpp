@@ -62,40 +62,51 @@ GgmlApi GgmlApi::load(const std::string &path) {
     return api;
 }
 
-int parse_site_name(const char *name, int *layer) {
-    switch (name[0]) {
-        case 'k':
-            return std::strncmp(name, "kqv_out-", 8) == 0 && parse_layer(name + 8, layer) ? 0 : -1;
-        case 'f':
-            return std::strncmp(name, "ffn_out-", 8) == 0 && parse_layer(name + 8, layer) ? 1 : -1;
-        case 'l':
-            return std::strncmp(name, "l_out-", 6) == 0 && parse_layer(name + 6, layer) ? 2 : -1;
-        default:
-            return -1;
+SiteMatcher::SiteMatcher(std::vector<SiteName> sites) : sites_(std::move(sites)) {
+    if (sites_.empty() || sites_.size() > size_t(kMaxSites)) {
+        throw std::invalid_argument("between 1 and " + std::to_string(kMaxSites) + " sites are supported");
     }
+    for (const SiteName &site : sites_) {
+        if (site.prefix.empty() || site.prefix.find('-') != std::string::npos) {
+            throw std::invalid_argument("a site tensor prefix must be a non-empty name without '-'");
+        }
+    }
+}
+
+int SiteMatcher::match(const char *name, int *layer) const {
+    for (size_t code = 0; code < sites_.size(); ++code) {
+        const std::string &prefix = sites_[code].prefix;
+        if (name[0] != prefix[0] || std::strncmp(name, prefix.c_str(), prefix.size()) != 0) continue;
+        const char *rest = name + prefix.size();
+        if (rest[0] == '-' && parse_layer(rest + 1, layer)) return int(code);
+    }
+    return -1;
 }
 
 // ---------------------------------------------------------------------------------------------------------
 
-UnitTable::UnitTable(int n_layers, const std::vector<int32_t> &layers, const std::vector<int32_t> &sites,
-                     const std::vector<int32_t> &dims, const std::vector<float> &gains)
+UnitTable::UnitTable(int n_sites, int n_layers, const std::vector<int32_t> &layers,
+                     const std::vector<int32_t> &sites, const std::vector<int32_t> &dims,
+                     const std::vector<float> &factors)
     : n_layers_(n_layers) {
     if (n_layers <= 0 || n_layers > kMaxLayers) throw std::invalid_argument("n_layers out of range");
+    if (n_sites <= 0 || n_sites > kMaxSites) throw std::invalid_argument("n_sites out of range");
     const size_t n = layers.size();
-    if (sites.size() != n || dims.size() != n || gains.size() != n) {
-        throw std::invalid_argument("layers, sites, dims and gains must have the same length");
+    if (sites.size() != n || dims.size() != n || factors.size() != n) {
+        throw std::invalid_argument("layers, sites, dims and factors must have the same length");
     }
     struct Entry {
         int32_t site, layer, dim;
-        float gain;
+        float factor;
     };
     std::vector<Entry> entries(n);
     for (size_t i = 0; i < n; ++i) {
-        if (sites[i] < 0 || sites[i] >= kNumSites) throw std::invalid_argument("unit " + std::to_string(i) + ": bad site code");
-        if (layers[i] < 0 || layers[i] >= n_layers) throw std::invalid_argument("unit " + std::to_string(i) + ": layer out of range");
-        if (dims[i] < 0) throw std::invalid_argument("unit " + std::to_string(i) + ": negative dim");
-        if (!std::isfinite(gains[i])) throw std::invalid_argument("unit " + std::to_string(i) + ": gain is not finite");
-        entries[i] = {sites[i], layers[i], dims[i], gains[i]};
+        const std::string unit = "unit " + std::to_string(i);
+        if (sites[i] < 0 || sites[i] >= n_sites) throw std::invalid_argument(unit + ": bad site code");
+        if (layers[i] < 0 || layers[i] >= n_layers) throw std::invalid_argument(unit + ": layer out of range");
+        if (dims[i] < 0) throw std::invalid_argument(unit + ": negative dim");
+        if (!std::isfinite(factors[i])) throw std::invalid_argument(unit + ": factor is not finite");
+        entries[i] = {sites[i], layers[i], dims[i], factors[i]};
     }
     const auto key = [](const Entry &e) { return std::make_tuple(e.site, e.layer, e.dim); };
     std::sort(entries.begin(), entries.end(), [&](const Entry &a, const Entry &b) { return key(a) < key(b); });
@@ -103,25 +114,25 @@ UnitTable::UnitTable(int n_layers, const std::vector<int32_t> &layers, const std
         if (key(entries[i]) == key(entries[i - 1])) throw std::invalid_argument("duplicate unit");
     }
     units_.reserve(n);
-    offsets_.assign(size_t(kNumSites) * n_layers + 1, 0);
+    offsets_.assign(size_t(n_sites) * n_layers + 1, 0);
     for (const Entry &e : entries) {
-        units_.push_back({e.dim, e.gain});
+        units_.push_back({e.dim, e.factor});
         ++offsets_[size_t(e.site) * n_layers + e.layer + 1];
     }
     for (size_t i = 1; i < offsets_.size(); ++i) offsets_[i] += offsets_[i - 1];
 }
 
-const UnitGain *UnitTable::begin(int site, int layer) const {
+const UnitFactor *UnitTable::begin(int site, int layer) const {
     return units_.data() + offsets_[size_t(site) * n_layers_ + layer];
 }
 
-const UnitGain *UnitTable::end(int site, int layer) const {
+const UnitFactor *UnitTable::end(int site, int layer) const {
     return units_.data() + offsets_[size_t(site) * n_layers_ + layer + 1];
 }
 
 void Counters::reset() {
     for (auto *c : {&steered, &captured, &via_backend_api, &skipped_not_f32, &skipped_not_contiguous,
-                    &skipped_width, &skipped_no_data, &capture_row_mismatch}) {
+                    &skipped_width, &skipped_no_data, &skipped_unknown_layout, &capture_row_mismatch, &errors}) {
         c->store(0);
     }
 }
@@ -136,13 +147,25 @@ struct SteeringState::Access {
     bool via_backend = false;  // the copy must be written back with ggml_backend_tensor_set
 };
 
-SteeringState::SteeringState(GgmlApi api) : api_(api), ffn_out_seen_(kMaxLayers, 0) {}
+SteeringState::SteeringState(GgmlApi api, std::vector<SiteName> sites)
+    : api_(api),
+      sites_(std::move(sites)),
+      capture_buffers_(size_t(sites_.size())),
+      capture_filled_(size_t(sites_.size())),
+      first_seen_(size_t(sites_.size()) * kMaxLayers, 0) {}
 
 SteeringState::~SteeringState() = default;
 
-bool SteeringState::eval_callback(void *tensor, bool ask, void *user_data) {
+// Nothing may escape into ggml's scheduler: an exception is counted and the graph runs on unsteered.
+bool SteeringState::eval_callback(void *tensor, bool ask, void *user_data) noexcept {
     auto *state = static_cast<SteeringState *>(user_data);
-    return ask ? state->ask(tensor) : state->compute(tensor);
+    try {
+        return ask ? state->ask(tensor) : state->compute(tensor);
+    } catch (...) {
+        state->counters.errors.fetch_add(1);
+        state->pending_ = Pending{};
+        return true;
+    }
 }
 
 void SteeringState::set_units(std::unique_ptr<UnitTable> table) {
@@ -185,23 +208,25 @@ bool SteeringState::ask(void *tensor) {
     }
     const char *name = api_.get_name(tensor);
     int layer = -1;
-    int site = name != nullptr ? parse_site_name(name, &layer) : -1;
+    const int site = name != nullptr ? sites_.match(name, &layer) : -1;
     if (site < 0) return pending_.chained;
 
     // A control vector on layer L leaves the residual sum named ffn_out-L too: only the first ffn_out-L of
-    // a layer is the FFN output. kqv_out-L comes before it and l_out-L after it, so both re-arm the check.
-    if (site == 1) {
-        if (ffn_out_seen_[layer]) return pending_.chained;
-        ffn_out_seen_[layer] = 1;
+    // a layer is the FFN output. Any other site tensor of the layer (kqv_out-L before it, l_out-L after it)
+    // re-arms the check for the next graph.
+    if (sites_.site(site).first_in_layer) {
+        uint8_t &seen = first_seen_[size_t(site) * kMaxLayers + layer];
+        if (seen) return pending_.chained;
+        seen = 1;
     } else {
-        ffn_out_seen_[layer] = 0;
+        for (int other = 0; other < sites_.size(); ++other) first_seen_[size_t(other) * kMaxLayers + layer] = 0;
     }
 
     pending_.site = site;
     pending_.layer = layer;
     readers_.fetch_add(1);
     const UnitTable *table = table_.load();
-    pending_.steer = table != nullptr && enabled.load() && strength.load() != 0.0f && table->has(site, layer);
+    pending_.steer = table != nullptr && enabled.load() && table->has(site, layer);
     readers_.fetch_sub(1);
     pending_.capture = (capture_mask_.load() >> site) & 1u;
     return pending_.steer || pending_.capture || pending_.chained;
@@ -218,6 +243,27 @@ bool SteeringState::compute(void *tensor) {
     return true;
 }
 
+void SteeringState::note_skip(void *tensor, const char *reason) {
+    const char *name = api_.get_name(tensor);
+    std::string entry = std::string(name ? name : "(unnamed)") + ": " + reason;
+    std::lock_guard<std::mutex> lock(skipped_mutex_);
+    if (skipped_names_.size() >= kMaxSkippedNames) return;
+    if (std::find(skipped_names_.begin(), skipped_names_.end(), entry) == skipped_names_.end()) {
+        skipped_names_.push_back(std::move(entry));
+    }
+}
+
+std::vector<std::string> SteeringState::skipped_names() const {
+    std::lock_guard<std::mutex> lock(skipped_mutex_);
+    return skipped_names_;
+}
+
+void SteeringState::reset_counters() {
+    counters.reset();
+    std::lock_guard<std::mutex> lock(skipped_mutex_);
+    skipped_names_.clear();
+}
+
 bool SteeringState::open(void *tensor, Access *access) {
     const int64_t n_elements = api_.nelements(tensor);
     const int64_t n_rows = api_.nrows(tensor);
@@ -225,10 +271,12 @@ bool SteeringState::open(void *tensor, Access *access) {
     const size_t nbytes = api_.nbytes(tensor);
     if (element_size != sizeof(float) || nbytes != size_t(n_elements) * sizeof(float)) {
         counters.skipped_not_f32.fetch_add(1);
+        note_skip(tensor, "not F32");
         return false;
     }
     if (n_elements <= 0 || n_rows <= 0 || n_elements % n_rows != 0 || !api_.is_contiguous(tensor)) {
         counters.skipped_not_contiguous.fetch_add(1);
+        note_skip(tensor, "not contiguous");
         return false;
     }
     const auto *head = static_cast<const TensorHead *>(tensor);
@@ -236,23 +284,31 @@ bool SteeringState::open(void *tensor, Access *access) {
                               head->ne[1] * head->ne[2] * head->ne[3] == n_rows && head->nb[0] == element_size &&
                               head->type >= 0 && head->type < kGgmlTypeCount &&
                               api_.type_size(head->type) == element_size;
-    if (layout_known && head->type != kGgmlTypeF32) {
+    if (!layout_known) {
+        // Without the buffer field we cannot tell host from device memory, and the backend API aborts on a
+        // tensor without a buffer: leave it alone.
+        counters.skipped_unknown_layout.fetch_add(1);
+        note_skip(tensor, "tensor fields not as expected (ggml changed?)");
+        return false;
+    }
+    if (head->type != kGgmlTypeF32) {
         counters.skipped_not_f32.fetch_add(1);
+        note_skip(tensor, "not F32");
         return false;
     }
     access->row_width = n_elements / n_rows;
     access->n_rows = n_rows;
     access->nbytes = nbytes;
-    // A tensor without a buffer lives in a ggml context's own (host) memory.
-    if (layout_known && (head->buffer == nullptr || api_.buffer_is_host(head->buffer))) {
+    // A tensor without a buffer lives in a ggml context's own (host) memory, or has no memory at all.
+    if (head->buffer == nullptr || api_.buffer_is_host(head->buffer)) {
         access->data = static_cast<float *>(api_.get_data(tensor));
         access->via_backend = false;
         if (access->data != nullptr) return true;
         counters.skipped_no_data.fetch_add(1);
+        note_skip(tensor, "no data");
         return false;
     }
-    // Device memory (CUDA, Metal, ...) or a tensor whose fields we could not verify: copy through the
-    // backend API, which is a memcpy on host buffers.
+    // Device memory (CUDA, Metal, RPC, ...): copy through the backend API.
     scratch_.resize(size_t(n_elements));
     api_.tensor_get(tensor, scratch_.data(), 0, nbytes);
     access->data = scratch_.data();
@@ -263,44 +319,43 @@ bool SteeringState::open(void *tensor, Access *access) {
 
 void SteeringState::steer(void *tensor, int site, int layer) {
     readers_.fetch_add(1);
+    struct Release {
+        std::atomic<int> &readers;
+        ~Release() { readers.fetch_sub(1); }
+    } release{readers_};
     const UnitTable *table = table_.load();
-    const float s = strength.load();
-    if (table != nullptr && enabled.load() && s != 0.0f && table->has(site, layer)) {
-        const UnitGain *first = table->begin(site, layer);
-        const UnitGain *last = table->end(site, layer);
-        Access access;
-        if (open(tensor, &access)) {
-            if ((last - 1)->dim >= access.row_width) {
-                counters.skipped_width.fetch_add(1);
-            } else {
-                for (int64_t row = 0; row < access.n_rows; ++row) {
-                    float *values = access.data + row * access.row_width;
-                    for (const UnitGain *unit = first; unit != last; ++unit) {
-                        const float factor = 1.0f + s * unit->gain;  // built with -ffp-contract=off
-                        values[unit->dim] *= factor;
-                    }
-                }
-                if (access.via_backend) api_.tensor_set(tensor, access.data, 0, access.nbytes);
-                counters.steered.fetch_add(1);
-            }
-        }
+    if (table == nullptr || !enabled.load() || !table->has(site, layer)) return;
+    const UnitFactor *first = table->begin(site, layer);
+    const UnitFactor *last = table->end(site, layer);
+    Access access;
+    if (!open(tensor, &access)) return;
+    if ((last - 1)->dim >= access.row_width) {
+        counters.skipped_width.fetch_add(1);
+        note_skip(tensor, "a unit dim is beyond the row width");
+        return;
     }
-    readers_.fetch_sub(1);
+    for (int64_t row = 0; row < access.n_rows; ++row) {
+        float *values = access.data + row * access.row_width;
+        for (const UnitFactor *unit = first; unit != last; ++unit) values[unit->dim] *= unit->factor;
+    }
+    if (access.via_backend) api_.tensor_set(tensor, access.data, 0, access.nbytes);
+    counters.steered.fetch_add(1);
 }
 
 void SteeringState::begin_capture(CaptureSpec spec) {
     if (spec.n_layers <= 0 || spec.n_layers > kMaxLayers) throw std::invalid_argument("n_layers out of range");
     if (spec.rows.empty()) throw std::invalid_argument("capture needs at least one row");
+    if (spec.widths.size() != size_t(sites_.size())) throw std::invalid_argument("one width per site is needed");
     for (int64_t row : spec.rows) {
         if (row < 0 || row >= spec.n_batch_tokens) throw std::invalid_argument("capture row out of range");
     }
     std::lock_guard<std::mutex> lock(capture_mutex_);
-    for (int site = 0; site < kNumSites; ++site) {
+    for (int site = 0; site < sites_.size(); ++site) {
         const bool wanted = (spec.site_mask >> site) & 1u;
-        if (wanted && spec.widths[site] <= 0) throw std::invalid_argument("capture width must be positive");
-        const size_t size = wanted ? size_t(spec.n_layers) * spec.rows.size() * size_t(spec.widths[site]) : 0;
-        capture_buffers_[site].assign(size, 0.0f);
-        capture_filled_[site].assign(wanted ? size_t(spec.n_layers) : 0, 0);
+        if (wanted && spec.widths[size_t(site)] <= 0) throw std::invalid_argument("capture width must be positive");
+        const size_t size = wanted ? size_t(spec.n_layers) * spec.rows.size() * size_t(spec.widths[size_t(site)]) : 0;
+        capture_buffers_[size_t(site)].assign(size, 0.0f);
+        capture_filled_[size_t(site)].assign(wanted ? size_t(spec.n_layers) : 0, 0);
     }
     capture_ = std::move(spec);
     capture_mask_.store(capture_.site_mask);
@@ -310,16 +365,16 @@ void SteeringState::end_capture() {
     capture_mask_.store(0);
 }
 
-CaptureSpec SteeringState::capture_spec() const {
+Captured SteeringState::captured(int site) const {
+    if (site < 0 || site >= sites_.size()) throw std::invalid_argument("bad site code");
     std::lock_guard<std::mutex> lock(capture_mutex_);
-    return capture_;
-}
-
-std::vector<float> SteeringState::captured(int site, std::vector<uint8_t> *filled_layers) const {
-    std::lock_guard<std::mutex> lock(capture_mutex_);
-    if (site < 0 || site >= kNumSites) throw std::invalid_argument("bad site code");
-    *filled_layers = capture_filled_[site];
-    return capture_buffers_[site];
+    Captured out;
+    out.values = capture_buffers_[size_t(site)];
+    out.filled = capture_filled_[size_t(site)];
+    const bool wanted = !out.filled.empty();
+    out.n_rows = wanted ? int64_t(capture_.rows.size()) : 0;
+    out.width = wanted ? capture_.widths[size_t(site)] : 0;
+    return out;
 }
 
 void SteeringState::capture(void *tensor, int site, int layer) {
@@ -327,7 +382,7 @@ void SteeringState::capture(void *tensor, int site, int layer) {
     if (!((capture_.site_mask >> site) & 1u) || layer >= capture_.n_layers) return;
     Access access;
     if (!open(tensor, &access)) return;
-    const int64_t width = capture_.widths[site];
+    const int64_t width = capture_.widths[size_t(site)];
     const size_t n_selected = capture_.rows.size();
     const bool all_tokens = access.n_rows == capture_.n_batch_tokens;
     const bool outputs_only = !all_tokens && access.n_rows == int64_t(n_selected);
@@ -335,12 +390,12 @@ void SteeringState::capture(void *tensor, int site, int layer) {
         counters.capture_row_mismatch.fetch_add(1);
         return;
     }
-    float *destination = capture_buffers_[site].data() + size_t(layer) * n_selected * size_t(width);
+    float *destination = capture_buffers_[size_t(site)].data() + size_t(layer) * n_selected * size_t(width);
     for (size_t i = 0; i < n_selected; ++i) {
         const int64_t row = all_tokens ? capture_.rows[i] : int64_t(i);
         std::memcpy(destination + i * size_t(width), access.data + row * width, size_t(width) * sizeof(float));
     }
-    capture_filled_[site][layer] = 1;
+    capture_filled_[size_t(site)][size_t(layer)] = 1;
     counters.captured.fetch_add(1);
 }
 

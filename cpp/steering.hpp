@@ -1,51 +1,66 @@
 // Steering state and the ggml eval callback that scales atomic units in place.
 //
 // The callback is installed once, at context creation, and reads this state on every call, so steering can
-// change (enabled, strength, a new unit table) without a model reload. It knows three sites by tensor name:
-//   site 0 "attn"  = kqv_out-L   (attention output before the output projection)
-//   site 1 "ffn"   = ffn_out-L   (the first one of layer L: the FFN block output before the residual add)
-//   site 2 "layer" = l_out-L     (the residual stream after layer L)
-// and it can also capture chosen rows of site tensors into buffers (used by localization).
+// change (on/off, a new unit table) without a model reload. The state knows its sites only as graph tensor
+// prefixes handed in at construction ("<prefix>-<layer>"); site code i is the i-th prefix. It can also
+// capture chosen rows of site tensors into buffers (used by localization). It knows nothing of profiles,
+// scores or strengths: a unit arrives with its final factor.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "ggml_api.hpp"
 
 namespace austeer {
 
-constexpr int kNumSites = 3;
+constexpr int kMaxSites = 16;
 constexpr int kMaxLayers = 4096;
+constexpr size_t kMaxSkippedNames = 32;
 
-// Returns the site code of an exact "kqv_out-L", "ffn_out-L" or "l_out-L" name and sets *layer, else -1.
-int parse_site_name(const char *name, int *layer);
+struct SiteName {
+    std::string prefix;           // graph tensor prefix, e.g. "kqv_out"
+    bool first_in_layer = false;  // only the first tensor of that name in a layer is the site
+};
+
+// Exact "<prefix>-<layer>" names, for a fixed list of prefixes.
+class SiteMatcher {
+public:
+    explicit SiteMatcher(std::vector<SiteName> sites);
+    // The site code of `name` and its layer in *layer, or -1.
+    int match(const char *name, int *layer) const;
+    int size() const { return int(sites_.size()); }
+    const SiteName &site(int code) const { return sites_[size_t(code)]; }
+
+private:
+    std::vector<SiteName> sites_;
+};
 
 using EvalCallback = bool (*)(void *tensor, bool ask, void *user_data);
 
-struct UnitGain {
+struct UnitFactor {
     int32_t dim;
-    float gain;  // alpha * score; the factor applied is 1 + strength * gain
+    float factor;  // the value is multiplied by this
 };
 
 // An immutable table of units grouped by (site, layer), dims ascending within a group.
 class UnitTable {
 public:
-    UnitTable(int n_layers, const std::vector<int32_t> &layers, const std::vector<int32_t> &sites,
-              const std::vector<int32_t> &dims, const std::vector<float> &gains);
-    const UnitGain *begin(int site, int layer) const;
-    const UnitGain *end(int site, int layer) const;
+    UnitTable(int n_sites, int n_layers, const std::vector<int32_t> &layers, const std::vector<int32_t> &sites,
+              const std::vector<int32_t> &dims, const std::vector<float> &factors);
+    const UnitFactor *begin(int site, int layer) const;
+    const UnitFactor *end(int site, int layer) const;
     bool has(int site, int layer) const { return layer < n_layers_ && begin(site, layer) != end(site, layer); }
-    int n_layers() const { return n_layers_; }
     size_t size() const { return units_.size(); }
 
 private:
     int n_layers_;
-    std::vector<UnitGain> units_;
-    std::vector<uint32_t> offsets_;  // kNumSites * n_layers + 1 entries
+    std::vector<UnitFactor> units_;
+    std::vector<uint32_t> offsets_;  // n_sites * n_layers + 1 entries
 };
 
 struct Counters {
@@ -55,8 +70,10 @@ struct Counters {
     std::atomic<uint64_t> skipped_not_f32{0};
     std::atomic<uint64_t> skipped_not_contiguous{0};
     std::atomic<uint64_t> skipped_width{0};     // a unit dim beyond the tensor's row width
-    std::atomic<uint64_t> skipped_no_data{0};   // no memory attached to the tensor
+    std::atomic<uint64_t> skipped_no_data{0};   // no buffer and no memory attached to the tensor
+    std::atomic<uint64_t> skipped_unknown_layout{0};  // tensor fields we could not verify
     std::atomic<uint64_t> capture_row_mismatch{0};
+    std::atomic<uint64_t> errors{0};            // exceptions caught in the callback
     void reset();
 };
 
@@ -68,29 +85,40 @@ struct CaptureSpec {
     int n_layers = 0;
     int64_t n_batch_tokens = 0;
     std::vector<int64_t> rows;
-    int64_t widths[kNumSites] = {0, 0, 0};
+    std::vector<int64_t> widths;  // one per site code; 0 for sites not captured
+};
+
+// One site's captured values: [n_layers, rows, width] and which layers were filled.
+struct Captured {
+    std::vector<float> values;
+    std::vector<uint8_t> filled;
+    int64_t n_rows = 0;
+    int64_t width = 0;
 };
 
 class SteeringState {
 public:
-    explicit SteeringState(GgmlApi api);
+    SteeringState(GgmlApi api, std::vector<SiteName> sites);
     ~SteeringState();
 
     // The C callback to put in llama_context_params.cb_eval, with this object as its user data.
-    static bool eval_callback(void *tensor, bool ask, void *user_data);
+    static bool eval_callback(void *tensor, bool ask, void *user_data) noexcept;
+
+    const SiteMatcher &sites() const { return sites_; }
 
     void set_units(std::unique_ptr<UnitTable> table);  // nullptr clears
     size_t n_units() const;
     std::atomic<bool> enabled{false};
-    std::atomic<float> strength{1.0f};
 
     void set_chained(EvalCallback callback, void *user_data);
 
     void begin_capture(CaptureSpec spec);
     void end_capture();
-    // Copies out [n_layers, rows, width] for one site and which layers were filled.
-    std::vector<float> captured(int site, std::vector<uint8_t> *filled_layers) const;
-    CaptureSpec capture_spec() const;
+    Captured captured(int site) const;  // read under one lock
+
+    // "name: reason" of tensors that were claimed but left alone (at most kMaxSkippedNames, no repeats).
+    std::vector<std::string> skipped_names() const;
+    void reset_counters();
 
     Counters counters;
 
@@ -102,8 +130,10 @@ private:
     bool open(void *tensor, Access *access);
     void steer(void *tensor, int site, int layer);
     void capture(void *tensor, int site, int layer);
+    void note_skip(void *tensor, const char *reason);
 
     const GgmlApi api_;
+    const SiteMatcher sites_;
 
     // Unit tables are swapped atomically; a replaced table is freed only when no callback is running.
     std::atomic<const UnitTable *> table_{nullptr};
@@ -118,11 +148,14 @@ private:
     std::atomic<uint32_t> capture_mask_{0};
     mutable std::mutex capture_mutex_;
     CaptureSpec capture_;
-    std::vector<float> capture_buffers_[kNumSites];
-    std::vector<uint8_t> capture_filled_[kNumSites];
+    std::vector<std::vector<float>> capture_buffers_;
+    std::vector<std::vector<uint8_t>> capture_filled_;
+
+    mutable std::mutex skipped_mutex_;
+    std::vector<std::string> skipped_names_;
 
     // Per-graph bookkeeping, touched only by the thread that runs the graph.
-    std::vector<uint8_t> ffn_out_seen_;  // the first ffn_out-L of a layer is the FFN output
+    std::vector<uint8_t> first_seen_;  // [site * kMaxLayers + layer]: a first_in_layer site was seen
     struct Pending {
         const void *tensor = nullptr;
         int site = -1;

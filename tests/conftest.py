@@ -3,13 +3,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import llama_cpp
 import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from austeer_gguf import SteeredLlama, models  # noqa: E402
+from austeer_gguf import models  # noqa: E402
 
 from tiny_model import write_tiny_llama  # noqa: E402
 
@@ -40,12 +39,16 @@ TEST_OPTIONS = dict(n_ctx=256, n_batch=256, logits_all=True, verbose=False, n_th
                     n_threads_batch=THREADS)
 
 
-def open_steered(path: Path, **kwargs) -> SteeredLlama:
+def open_steered(path: Path, **kwargs):
+    from austeer_gguf import SteeredLlama
+
     return SteeredLlama(str(path), **{**TEST_OPTIONS, **kwargs})
 
 
-def open_plain(path: Path, **kwargs) -> llama_cpp.Llama:
+def open_plain(path: Path, **kwargs):
     """A plain llama_cpp.Llama (no callback) with the same options as open_steered."""
+    import llama_cpp
+
     return llama_cpp.Llama(str(path), **{**TEST_OPTIONS, **kwargs})
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from austeer_gguf.capture import ActivationCapture
-from austeer_gguf.pairs import TokenPair
+from austeer_gguf.localization.capture import ActivationCapture
+from austeer_gguf.localization.pairs import TokenPair
 from austeer_gguf.sites import SITES
 
 from reference import ReferenceModel

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from austeer_gguf import Profile
-from austeer_gguf.gguf_meta import read_profiles
+from austeer_gguf.ggufio.metadata import read_profiles
 
 WORDS = ["the cat is", "a dog was", "I like this", "you love the", "it was a", "this day is", "the world is",
          "I hate the", "a cat was", "you like a"]
@@ -75,7 +75,7 @@ def test_chat_toggles_steering_between_replies(tiny_f32, pairs_file, tmp_path):
     assert "(steering on, profile mood, strength 1)" in out
     assert "(steering off, profile mood, strength 1)" in out
     assert "(steering on, profile mood, strength 2)" in out
-    assert "error: profile file nope does not exist" in out
+    assert "error: profile 'nope' is neither a profile file nor a profile embedded in the model" in out
 
 
 def test_dequantize_writes_a_loadable_float_copy(tiny_q8, tmp_path):
@@ -91,7 +91,8 @@ def test_dequantize_writes_a_loadable_float_copy(tiny_q8, tmp_path):
     (["embed", "{model}", "{bad_profile}"], "error: profile 'wide': unit #0 (layer 9, site 'attn', dim 1"),
     (["localize", "{model}", "{bad_pairs}"], "bad.jsonl:2: not valid JSON"),
     (["inspect", "{bad_pairs}"], "is not a readable GGUF file"),
-    (["generate", "{model}", "hi", "--profile", "nothing"], "error: --profile nothing: no such file"),
+    (["generate", "{model}", "hi", "--profile", "nothing"], "error: profile 'nothing' is neither a profile file"
+     " nor a profile embedded"),
 ])
 def test_bad_input_gives_one_line_and_status_2(tiny_f32, tmp_path, args, message):
     bad_profile = tmp_path / "wide.json"

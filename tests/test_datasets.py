@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from austeer_gguf import datasets
-from austeer_gguf.pairs import load_pairs
+from austeer_gguf.localization.pairs import load_pairs
 
 
 @pytest.mark.parametrize("name", datasets.PAIR_SETS)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from austeer_gguf import SteeredLlama, datasets, models
+from austeer_gguf.evaluation.scoring import answer_logprob
 from austeer_gguf.fingerprint import fingerprint_file
-from austeer_gguf.gguf_meta import embed_profiles
-from austeer_gguf.localize import localize
-from austeer_gguf.pairs import load_pairs
-from austeer_gguf.scoring import answer_logprob
+from austeer_gguf.ggufio.metadata import embed_profiles
+from austeer_gguf.localization.localize import localize
+from austeer_gguf.localization.pairs import load_pairs
 
 from conftest import THREADS
 

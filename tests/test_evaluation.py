@@ -10,12 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from austeer_gguf import metrics
-from austeer_gguf.evaluate import choice_logprobs, evaluate_choice, kl_on_neutral
-from austeer_gguf.pairs import Pair
-from austeer_gguf.scoring import answer_tokens
-from austeer_gguf.sweep import SweepConfig, Sweeper
-from austeer_gguf.tasks import ChoiceItem, Task, first_items, load_task, word_polarity
+from austeer_gguf.evaluation import metrics
+from austeer_gguf.evaluation.evaluate import choice_logprobs, evaluate_choice, kl_on_neutral
+from austeer_gguf.evaluation.scoring import answer_tokens
+from austeer_gguf.evaluation.sweep import SweepConfig, Sweeper
+from austeer_gguf.evaluation.tasks import (
+    ChoiceItem,
+    ChoiceTask,
+    GenerationTask,
+    Task,
+    first_items,
+    load_task,
+    word_polarity,
+)
+from austeer_gguf.localization.pairs import Pair
 
 from conftest import THREADS, open_steered
 from reference import ReferenceModel
@@ -100,8 +108,8 @@ def tiny_task(kind: str) -> Task:
     train = [Pair(w, " good happy", " bad sad") for w in words]
     if kind == "choice":
         items = [ChoiceItem(w, (" good", " bad"), i % 2) for i, w in enumerate(words)]
-        return Task("tiny-choice", "choice", train, items, items, "test fixture")
-    return Task("tiny-generation", "generation", train, words[:2], words[2:4], "test fixture")
+        return ChoiceTask("tiny-choice", train, items, items, "test fixture")
+    return GenerationTask("tiny-generation", train, words[:2], words[2:4], "test fixture")
 
 
 @pytest.mark.parametrize("kind", ["choice", "generation"])

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from austeer_gguf import Profile, Unit
-from austeer_gguf.bake import SCALE_FIELDS, bake, scale_rows
-from austeer_gguf.caa import compute_control_vector
-from austeer_gguf.capture import ActivationCapture
 from austeer_gguf.control_vector import ControlVector
+from austeer_gguf.exports.bake import SCALE_FIELDS, bake, scale_rows
+from austeer_gguf.exports.lora import export_lora
 from austeer_gguf.fingerprint import fingerprint_file
-from austeer_gguf.gguf_file import TensorEntry, scan
-from austeer_gguf.lora import export_lora
-from austeer_gguf.pairs import Pair, tokenize_pairs
+from austeer_gguf.ggufio.layout import TensorEntry, scan
+from austeer_gguf.localization.capture import ActivationCapture
+from austeer_gguf.localization.localize import compute_control_vector
+from austeer_gguf.localization.pairs import Pair, tokenize_pairs
 
 from conftest import THREADS, logits_of, open_plain, open_steered
 from reference import ReferenceModel

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from austeer_gguf import Profile, SteeredLlama, Unit, models
-from austeer_gguf.bake import bake
-from austeer_gguf.lora import export_lora
+from austeer_gguf.exports.bake import bake
+from austeer_gguf.exports.lora import export_lora
 
 from conftest import open_plain, open_steered
 

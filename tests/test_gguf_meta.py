@@ -14,9 +14,9 @@ import llama_cpp
 import pytest
 
 from austeer_gguf import Profile, Unit
-from austeer_gguf.gguf_file import scan
-from austeer_gguf.gguf_meta import embed_profiles, profiles_from_metadata, read_profiles, strip_profiles
-from austeer_gguf.steered_llama import SteeredLlama
+from austeer_gguf.ggufio.layout import scan
+from austeer_gguf.ggufio.metadata import embed_profiles, profiles_from_metadata, read_profiles, strip_profiles
+from austeer_gguf.runtime.steered_llama import SteeredLlama
 
 
 def profiles() -> list[Profile]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from austeer_gguf.momentum import MomentumCounts, rank_units
+from austeer_gguf.localization.reducers import MomentumCounts, rank_units
 
 
 def brute_force(positive: dict, negative: dict, k: int) -> list[tuple[int, str, int, float]]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from austeer_gguf import _native, native
+from austeer_gguf import _native
+from austeer_gguf.runtime import native
 
 from ggml_ctypes import GGML_TYPE_F16, EvalCallback, GgmlContext
 
@@ -20,11 +21,11 @@ def ggml():
 
 
 def make_state(units: list[tuple[int, int, int, float]], n_layers: int = 12):
-    """units: (layer, site code, dim, gain)."""
+    """units: (layer, site code, dim, factor); site codes 0, 1, 2 are attn, ffn, layer."""
     state = native.new_state()
-    layers, sites, dims, gains = (np.array(column) for column in zip(*units))
+    layers, sites, dims, factors = (np.array(column) for column in zip(*units))
     state.set_units(n_layers, layers.astype(np.int32), sites.astype(np.int32), dims.astype(np.int32),
-                    gains.astype(np.float32))
+                    factors.astype(np.float32))
     state.enabled = True
     return state
 
@@ -42,14 +43,14 @@ def run_node(state, tensor: int) -> bool | None:
     ("ffn_out_gate-1", None), ("kqv_out", None), ("attn_out-3", None), ("l_out--1", None),
 ])
 def test_site_names_match_exactly(name, expected):
-    assert _native.parse_site_name(name) == expected
+    assert native.new_state().parse_site_name(name) == expected
 
 
 def test_scales_unit_dims_in_every_row_in_place(ggml):
     values = np.arange(24, dtype=np.float32).reshape(3, 8) - 10
     tensor = ggml.tensor("l_out-1", values)
-    state = make_state([(1, 2, 2, 1.5), (1, 2, 5, -2.0)])
-    state.strength = 2.0
+    factors = (np.float32(1) + np.float32(2) * np.float32(1.5), np.float32(1) + np.float32(2) * np.float32(-2.0))
+    state = make_state([(1, 2, 2, factors[0]), (1, 2, 5, factors[1])])
     assert run_node(state, tensor) is True
     expected = values.copy()
     expected[:, 2] *= np.float32(1) + np.float32(2) * np.float32(1.5)
@@ -59,20 +60,20 @@ def test_scales_unit_dims_in_every_row_in_place(ggml):
 
 
 def test_other_layers_sites_and_disabled_state_are_not_claimed(ggml):
-    state = make_state([(1, 2, 0, 1.0)])
+    state = make_state([(1, 2, 0, 2.0)])
     values = np.ones((2, 4), dtype=np.float32)
     for name in ("l_out-10", "l_out-0", "kqv_out-1", "ffn_out-1", "attn_norm-1"):
         assert run_node(state, ggml.tensor(name, values)) is None
     state.enabled = False
     assert run_node(state, ggml.tensor("l_out-1", values)) is None
     state.enabled = True
-    state.strength = 0.0
+    state.clear_units()
     assert run_node(state, ggml.tensor("l_out-1", values)) is None
 
 
 def test_only_the_first_ffn_out_of_a_layer_is_the_ffn_output(ggml):
     # With a control vector on a layer, llama.cpp leaves the residual sum named ffn_out-L as well.
-    state = make_state([(3, 1, 0, 1.0)])
+    state = make_state([(3, 1, 0, 2.0)])
     values = np.ones((1, 4), dtype=np.float32)
     sequence = ["kqv_out-3", "ffn_out-3", "ffn_out-3", "l_out-3", "kqv_out-3", "ffn_out-3"]
     claimed = [run_node(state, ggml.tensor(name, values)) is not None for name in sequence]
@@ -80,7 +81,7 @@ def test_only_the_first_ffn_out_of_a_layer_is_the_ffn_output(ggml):
 
 
 def test_tensors_that_are_not_f32_or_not_contiguous_are_left_alone_and_counted(ggml):
-    state = make_state([(0, 2, 1, 1.0), (1, 2, 1, 1.0), (2, 2, 9, 1.0)])
+    state = make_state([(0, 2, 1, 2.0), (1, 2, 1, 2.0), (2, 2, 9, 2.0)])
     half = ggml.tensor("l_out-0", np.ones((2, 4)), GGML_TYPE_F16)
     assert run_node(state, half) is True
     assert np.array_equal(ggml.view(half, (2, 4), np.float16), np.ones((2, 4)))
@@ -132,7 +133,7 @@ def test_a_chained_callback_is_asked_about_every_node_and_sees_steered_values(gg
         seen[tensor] = ggml.view(tensor, (2, 4)).copy()
         return True
 
-    state = make_state([(0, 2, 1, 1.0)])
+    state = make_state([(0, 2, 1, 2.0)])
     state.set_chained(int(ctypes_address(theirs)), 0)
     steered = ggml.tensor("l_out-0", np.ones((2, 4), dtype=np.float32))
     other = ggml.tensor("attn_norm-0", np.ones((2, 4), dtype=np.float32))
@@ -152,13 +153,13 @@ def ctypes_address(function) -> int:
 def test_unit_tables_refuse_bad_input():
     state = native.new_state()
     arrays = dict(layers=np.array([0], np.int32), sites=np.array([0], np.int32), dims=np.array([0], np.int32),
-                  gains=np.array([1.0], np.float32))
+                  factors=np.array([1.0], np.float32))
     with pytest.raises(ValueError, match="layer out of range"):
         state.set_units(0 + 1, **{**arrays, "layers": np.array([1], np.int32)})
     with pytest.raises(ValueError, match="bad site"):
         state.set_units(2, **{**arrays, "sites": np.array([3], np.int32)})
     with pytest.raises(ValueError, match="not finite"):
-        state.set_units(2, **{**arrays, "gains": np.array([np.nan], np.float32)})
+        state.set_units(2, **{**arrays, "factors": np.array([np.nan], np.float32)})
     with pytest.raises(ValueError, match="duplicate"):
         state.set_units(2, np.array([0, 0], np.int32), np.array([1, 1], np.int32), np.array([3, 3], np.int32),
                         np.array([1, 2], np.float32))
@@ -170,7 +171,7 @@ def test_swapping_tables_many_times_keeps_the_latest(ggml):
     state.enabled = True
     for gain in range(1, 2001):
         state.set_units(1, np.array([0], np.int32), np.array([2], np.int32), np.array([0], np.int32),
-                        np.array([gain], np.float32))
+                        np.array([1 + gain], np.float32))
     tensor = ggml.tensor("l_out-0", np.ones((1, 2), dtype=np.float32))
     run_node(state, tensor)
     assert ggml.view(tensor, (1, 2)).tolist() == [[2001.0, 1.0]]

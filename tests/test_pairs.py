@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from austeer_gguf.pairs import Pair, data_sha256, load_pairs, tokenize_pairs
+from austeer_gguf.localization.pairs import Pair, data_sha256, load_pairs, tokenize_pairs
 
 
 def write_lines(path, lines: list[str]):
@@ -78,7 +78,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfo
 
 
 def test_chat_rendering_uses_the_model_template(tmp_path):
-    from austeer_gguf.pairs import chat_renderer
+    from austeer_gguf.localization.pairs import chat_renderer
 
     from conftest import open_steered
     from tiny_model import write_tiny_llama
@@ -89,7 +89,7 @@ def test_chat_rendering_uses_the_model_template(tmp_path):
 
 
 def test_chat_rendering_needs_a_template(tiny_f32):
-    from austeer_gguf.pairs import chat_renderer
+    from austeer_gguf.localization.pairs import chat_renderer
 
     from conftest import open_steered
 

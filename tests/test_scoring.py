@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from austeer_gguf.scoring import answer_logprob, answer_tokens
+from austeer_gguf.evaluation.scoring import answer_logprob, answer_tokens
 
 from conftest import open_steered
 from reference import ReferenceModel

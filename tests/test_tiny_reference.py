@@ -33,9 +33,11 @@ def profile_on(site: str, width: int, n_layers: int, seed: int) -> Profile:
 
 
 def steer_of(profile: Profile, strength: float = 1.0):
-    factors = profile.factors(strength)
+    """The AUSteer formula, stated here on its own: x_j <- x_j * (1 + strength * alpha * s_j), in float32 as
+    the graph holds it."""
     steer: dict = {}
-    for unit, factor in zip(profile.units, factors):
+    for unit in profile.units:
+        factor = np.float32(1.0) + np.float32(strength) * np.float32(profile.alpha * unit.score)
         dims, values = steer.get((unit.site, unit.layer), ([], []))
         steer[(unit.site, unit.layer)] = (dims + [unit.dim], values + [factor])
     return {key: (np.array(d), np.array(f, dtype=np.float32)) for key, (d, f) in steer.items()}

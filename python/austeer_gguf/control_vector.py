@@ -9,15 +9,15 @@ measured), for L >= 1: layer 0 cannot take a control vector, so direction.0 is n
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gguf
 import numpy as np
 
-from .atomic import atomic_output
-from .gguf_file import open_reader
+from .errors import InputError
+from .ggufio.atomic import atomic_output
+from .ggufio.layout import open_reader
 
 
 @dataclass(eq=False)
@@ -34,7 +34,7 @@ class ControlVector:
     def restricted(self, first: int, last: int) -> ControlVector:
         kept = {layer: v for layer, v in self.directions.items() if first <= layer <= last}
         if not kept:
-            raise ValueError(f"the control vector has no direction in layers {first}-{last} (it has "
+            raise InputError(f"the control vector has no direction in layers {first}-{last} (it has "
                              f"{self.layers[0]}-{self.layers[-1]})")
         return ControlVector(kept, self.model_hint, self.n_pairs, dict(self.extra))
 
@@ -57,18 +57,21 @@ class ControlVector:
         reader = open_reader(path)
         architecture = reader.fields.get("general.architecture")
         if architecture is None or architecture.contents() != "controlvector":
-            raise ValueError(f"{path} is not a control-vector GGUF (general.architecture != controlvector)")
+            raise InputError(f"{path} is not a control-vector GGUF (general.architecture != controlvector)")
         hint = reader.fields.get("controlvector.model_hint")
         directions = {}
         for tensor in reader.tensors:
             if not tensor.name.startswith("direction."):
                 continue
-            layer = int(tensor.name.split(".", 1)[1])
+            suffix = tensor.name.split(".", 1)[1]
+            if not suffix.isdigit():
+                raise InputError(f"{path}: {tensor.name} is not named direction.<layer>")
+            layer = int(suffix)
             if layer < 1:
-                raise ValueError(f"{path}: {tensor.name}: llama.cpp applies no control vector to layer 0")
+                raise InputError(f"{path}: {tensor.name}: llama.cpp applies no control vector to layer 0")
             directions[layer] = np.array(tensor.data, dtype=np.float32).reshape(-1)
         if not directions:
-            raise ValueError(f"{path} holds no direction.N tensors")
+            raise InputError(f"{path} holds no direction.N tensors")
         return cls(directions, hint.contents() if hint else "")
 
     def buffer(self, n_layers: int, n_embd: int, multiplier: float) -> tuple[np.ndarray, int, int]:
@@ -76,23 +79,7 @@ class ControlVector:
         data = np.zeros(((n_layers - 1), n_embd), dtype=np.float32)
         for layer, direction in self.directions.items():
             if layer >= n_layers or direction.shape != (n_embd,):
-                raise ValueError(f"direction.{layer} ({direction.shape[0]} values) does not fit this model "
+                raise InputError(f"direction.{layer} ({direction.shape[0]} values) does not fit this model "
                                  f"({n_layers} layers of width {n_embd})")
             data[layer - 1] = direction * np.float32(multiplier)
         return data.reshape(-1), self.layers[0], self.layers[-1]
-
-
-def apply_control_vector(llm, vector: ControlVector | None, multiplier: float = 1.0) -> None:
-    """Set (or clear, with None) the control vector of a llama_cpp context."""
-    import llama_cpp
-
-    n_layers = int(llama_cpp.llama_model_n_layer(llm.model))
-    n_embd = int(llama_cpp.llama_model_n_embd(llm.model))
-    if vector is None:
-        status = llama_cpp.llama_set_adapter_cvec(llm.ctx, None, 0, n_embd, -1, -1)
-    else:
-        data, first, last = vector.buffer(n_layers, n_embd, multiplier)
-        pointer = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        status = llama_cpp.llama_set_adapter_cvec(llm.ctx, pointer, data.size, n_embd, first, last)
-    if status != 0:
-        raise RuntimeError(f"llama_set_adapter_cvec failed ({status})")

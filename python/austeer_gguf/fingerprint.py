@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .sites import SITES, ModelShape
+from .errors import InputError
+from .sites import ModelShape
 
 
 @dataclass(frozen=True)
@@ -28,22 +29,34 @@ class ModelFingerprint:
 
     @classmethod
     def from_dict(cls, data: Any) -> ModelFingerprint:
+        why = ("it needs architecture (a string), n_layers (an integer), widths (site -> integer) and "
+               "tensor_hash (a string)")
         if not isinstance(data, dict):
-            raise ValueError("profile field 'model' must be an object")
-        try:
-            widths = {site: int(data["widths"][site]) for site in SITES}
-            return cls(str(data["architecture"]), int(data["n_layers"]), widths, str(data["tensor_hash"]))
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"profile field 'model' is malformed ({error!r}): it needs architecture, "
-                             "n_layers, widths (attn, ffn, layer) and tensor_hash") from None
+            raise InputError(f"profile field 'model' must be an object: {why}")
+        architecture, n_layers = data.get("architecture"), data.get("n_layers")
+        widths, digest = data.get("widths"), data.get("tensor_hash")
+        valid = (isinstance(architecture, str) and _is_count(n_layers) and isinstance(digest, str)
+                 and isinstance(widths, dict) and all(isinstance(k, str) and _is_count(v) for k, v in widths.items()))
+        if not valid:
+            raise InputError(f"profile field 'model' is malformed: {why}")
+        return cls(architecture, int(n_layers), {site: int(width) for site, width in widths.items()}, digest)
 
     def mismatch(self, other: ModelFingerprint) -> str | None:
-        """A sentence saying how `other` differs from this fingerprint, or None when they match."""
-        for field in ("architecture", "n_layers", "widths", "tensor_hash"):
-            mine, theirs = getattr(self, field), getattr(other, field)
+        """A sentence saying how `other` differs from this fingerprint, or None when they match. Widths are
+        compared on the sites both know (a site registered later is not part of an older fingerprint)."""
+        shared = sorted(set(self.widths) & set(other.widths))
+        pairs = (("architecture", self.architecture, other.architecture),
+                 ("n_layers", self.n_layers, other.n_layers),
+                 ("widths", {s: self.widths[s] for s in shared}, {s: other.widths[s] for s in shared}),
+                 ("tensor_hash", self.tensor_hash, other.tensor_hash))
+        for name, mine, theirs in pairs:
             if mine != theirs:
-                return f"{field} differs (profile: {mine}, model: {theirs})"
+                return f"{name} differs (profile: {mine}, model: {theirs})"
         return None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 31
 
 
 def tensor_hash(tensors: list[tuple[str, tuple[int, ...]]]) -> str:
@@ -54,10 +67,14 @@ def tensor_hash(tensors: list[tuple[str, tuple[int, ...]]]) -> str:
     return digest.hexdigest()
 
 
-def fingerprint_file(path: str | Path) -> ModelFingerprint:
-    from .gguf_file import read_fields, read_tensor_shapes
-
-    fields = read_fields(path)
-    shape = ModelShape.from_gguf_fields(fields)
+def fingerprint_of(layout: Any) -> ModelFingerprint:
+    """The fingerprint of a scanned GGUF (`ggufio.layout.GgufLayout`)."""
+    shape = ModelShape.from_gguf_fields(layout.values())
     return ModelFingerprint(shape.architecture, shape.n_layers, dict(shape.widths),
-                            tensor_hash(read_tensor_shapes(path)))
+                            tensor_hash([(tensor.name, tensor.shape) for tensor in layout.tensors]))
+
+
+def fingerprint_file(path: str | Path) -> ModelFingerprint:
+    from .ggufio.layout import scan
+
+    return fingerprint_of(scan(path))

@@ -14,7 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_output
+from .ggufio.atomic import atomic_output
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def fetch(name: str = DEFAULT_MODEL, *, quiet: bool = False) -> Path:
 
 def float_copy(name: str = DEFAULT_MODEL, dtype: str = "f32") -> Path:
     """The float copy of a built-in model (for localization), written by `dequantize` on first use."""
-    from .dequantize import dequantize
+    from .ggufio.dequantize import dequantize
 
     source = fetch(name)
     target = source.with_name(f"{source.stem}.{dtype}.gguf")

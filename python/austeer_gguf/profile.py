@@ -1,20 +1,32 @@
-"""A steering profile: the atomic units to scale, their scores, and alpha."""
+"""A steering profile: the atomic units to scale, their scores, and alpha; the one steering formula.
+
+A unit's factor is ``1 + strength * alpha * score`` (`Profile.factors`): the native callback, the bake and
+the LoRA export all take their factors from there.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import sites
+from .errors import InputError
 from .fingerprint import ModelFingerprint
-from .sites import SITE_CODES, SITES, ModelShape
+from .sites import ModelShape
 
 SCHEMA_VERSION = 1
+MAX_UNITS = 65_536  # a whole layer of the widest built-in site is 1,024 units
+MAX_ALPHA = 10_000.0  # the reference's largest setting is 100
+MAX_STRENGTH = 1_000.0
+MAX_FACTOR = 1e6  # |1 + strength * alpha * score| beyond this is breakage, not steering
+MAX_PROFILE_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -34,8 +46,8 @@ class Unit:
 class Profile:
     """Units and alpha; a unit's factor is ``1 + strength * alpha * score``.
 
-    Construction checks everything that does not depend on a model (types, known sites, finite numbers,
-    no duplicate unit); `check_model` checks ranges against a loaded model.
+    Construction checks everything that does not depend on a model (types, known sites, finite numbers in
+    range, no duplicate unit); `check_model` checks ranges against a model.
     """
 
     name: str
@@ -49,20 +61,33 @@ class Profile:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
-            raise ValueError("profile name must be a non-empty string")
-        if not _is_real(self.alpha) or not math.isfinite(self.alpha):
-            raise ValueError(f"profile {self.name!r}: alpha must be a finite number, got {self.alpha!r}")
+            raise InputError("profile name must be a non-empty string")
+        if not _is_real(self.alpha) or not math.isfinite(self.alpha) or abs(self.alpha) > MAX_ALPHA:
+            raise InputError(f"profile {self.name!r}: alpha must be a finite number within +-{MAX_ALPHA:g}, "
+                             f"got {self.alpha!r}")
         object.__setattr__(self, "alpha", float(self.alpha))
+        if isinstance(self.units, (str, bytes, Mapping)):
+            raise InputError(f"profile {self.name!r}: units must be a sequence of Unit")
         object.__setattr__(self, "units", tuple(self.units))
+        if len(self.units) > MAX_UNITS:
+            raise InputError(f"profile {self.name!r} has {len(self.units)} units; at most {MAX_UNITS} are supported")
         seen: set[tuple[int, str, int]] = set()
         for index, unit in enumerate(self.units):
             _check_unit(self.name, index, unit)
             key = (unit.layer, unit.site, unit.dim)
             if key in seen:
-                raise ValueError(f"profile {self.name!r}: unit #{index} {unit.describe()} appears twice")
+                raise InputError(f"profile {self.name!r}: unit #{index} {unit.describe()} appears twice")
             seen.add(key)
+        if self.n_pairs is not None and (not _is_int(self.n_pairs) or self.n_pairs < 0):
+            raise InputError(f"profile {self.name!r}: n_pairs must be a non-negative integer")
+        if self.data_sha256 is not None and not isinstance(self.data_sha256, str):
+            raise InputError(f"profile {self.name!r}: data_sha256 must be a string")
+        if not isinstance(self.extra, dict):
+            raise InputError(f"profile {self.name!r}: extra must be an object, got {type(self.extra).__name__}")
+        if self.model is not None and not isinstance(self.model, ModelFingerprint):
+            raise InputError(f"profile {self.name!r}: model must be a ModelFingerprint")
         if self.schema_version != SCHEMA_VERSION:
-            raise ValueError(f"profile {self.name!r}: schema version {self.schema_version} is not supported "
+            raise InputError(f"profile {self.name!r}: schema version {self.schema_version} is not supported "
                              f"(this austeer-gguf reads version {SCHEMA_VERSION})")
 
     @property
@@ -72,46 +97,47 @@ class Profile:
     @property
     def sites(self) -> tuple[str, ...]:
         present = {unit.site for unit in self.units}
-        return tuple(site for site in SITES if site in present)
+        return tuple(site for site in sites.names() if site in present)
 
     @property
     def layers(self) -> tuple[int, ...]:
         return tuple(sorted({unit.layer for unit in self.units}))
 
     def factors(self, strength: float = 1.0) -> np.ndarray:
-        """The float32 factor of every unit, rounded exactly as the native callback computes it."""
-        gains = self.gains()
-        return np.float32(1.0) + np.float32(strength) * gains
-
-    def gains(self) -> np.ndarray:
-        return np.array([self.alpha * unit.score for unit in self.units], dtype=np.float32)
-
-    def native_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(layers, site codes, dims, gains) as the native state takes them."""
-        layers = np.array([u.layer for u in self.units], dtype=np.int32)
-        sites = np.array([SITE_CODES[u.site] for u in self.units], dtype=np.int32)
-        dims = np.array([u.dim for u in self.units], dtype=np.int32)
-        return layers, sites, dims, self.gains()
+        """The float32 factor ``1 + strength * alpha * score`` of every unit, in unit order."""
+        strength = check_strength(strength)
+        gains = np.array([self.alpha * unit.score for unit in self.units], dtype=np.float32)
+        factors = np.float32(1.0) + np.float32(strength) * gains
+        if factors.size and not float(np.abs(factors).max()) <= MAX_FACTOR:
+            raise InputError(f"profile {self.name!r} at strength {strength:g} scales a unit by more than "
+                             f"{MAX_FACTOR:g}: lower alpha or the strength")
+        return factors
 
     def check_model(self, shape: ModelShape, fingerprint: ModelFingerprint | None = None,
                     *, allow_mismatch: bool = False) -> None:
-        """Raise ValueError naming the first unit that does not fit `shape`, or a fingerprint mismatch."""
+        """Raise InputError naming the first unit that does not fit `shape`, or a fingerprint mismatch."""
         if fingerprint is not None and self.model is not None and not allow_mismatch:
             why = self.model.mismatch(fingerprint)
             if why is not None:
-                raise ValueError(f"profile {self.name!r} was made for another model: {why}. Localize it on "
+                raise InputError(f"profile {self.name!r} was made for another model: {why}. Localize it on "
                                  "this model, or pass allow_model_mismatch=True (--force) to apply it anyway")
         for index, unit in enumerate(self.units):
+            if unit.site not in shape.widths:
+                raise InputError(f"profile {self.name!r}: unit #{index} {unit.describe()}: this model has no "
+                                 f"width for site {unit.site!r}")
             if not 0 <= unit.layer < shape.n_layers:
-                raise ValueError(f"profile {self.name!r}: unit #{index} {unit.describe()}: layer out of range; "
+                raise InputError(f"profile {self.name!r}: unit #{index} {unit.describe()}: layer out of range; "
                                  f"this model has {shape.describe_range(unit.site)}")
             if not 0 <= unit.dim < shape.widths[unit.site]:
-                raise ValueError(f"profile {self.name!r}: unit #{index} {unit.describe()}: dim out of range; "
+                raise InputError(f"profile {self.name!r}: unit #{index} {unit.describe()}: dim out of range; "
                                  f"this model has {shape.describe_range(unit.site)}")
 
     def top(self, k: int) -> Profile:
         """The first k units (profiles keep units in rank order)."""
         return dataclasses.replace(self, units=self.units[:k])
+
+    def renamed(self, name: str) -> Profile:
+        return dataclasses.replace(self, name=name)
 
     # ---- JSON -------------------------------------------------------------------------------------------
 
@@ -124,6 +150,12 @@ class Profile:
             "sites": list(self.sites),
             "units": [{"layer": u.layer, "site": u.site, "dim": u.dim, "score": u.score} for u in self.units],
         }
+        data.update(self.provenance())
+        return data
+
+    def provenance(self) -> dict[str, Any]:
+        """The optional fields, as both the JSON file and the embedded encoding write them."""
+        data: dict[str, Any] = {}
         if self.model is not None:
             data["model"] = self.model.to_dict()
         if self.n_pairs is not None:
@@ -137,7 +169,7 @@ class Profile:
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=1) + "\n"
         if path is not None:
-            from .atomic import atomic_write_text
+            from .ggufio.atomic import atomic_write_text
 
             atomic_write_text(Path(path), text)
         return text
@@ -145,24 +177,18 @@ class Profile:
     @classmethod
     def from_dict(cls, data: Any) -> Profile:
         if not isinstance(data, dict):
-            raise ValueError("a profile must be a JSON object")
+            raise InputError("a profile must be a JSON object")
         for key in ("name", "alpha", "units"):
             if key not in data:
-                raise ValueError(f"profile is missing the field {key!r}")
+                raise InputError(f"profile is missing the field {key!r}")
         if not isinstance(data["units"], list):
-            raise ValueError("profile field 'units' must be a list")
+            raise InputError("profile field 'units' must be a list")
         units = tuple(_unit_from_dict(index, item) for index, item in enumerate(data["units"]))
-        n_pairs = data.get("n_pairs")
-        if n_pairs is not None and (not isinstance(n_pairs, int) or isinstance(n_pairs, bool)):
-            raise ValueError("profile field 'n_pairs' must be an integer")
         return cls(
             name=data["name"],
             alpha=data["alpha"],
             units=units,
-            model=ModelFingerprint.from_dict(data["model"]) if data.get("model") is not None else None,
-            n_pairs=n_pairs,
-            data_sha256=data.get("data_sha256"),
-            extra=dict(data.get("extra") or {}),
+            **provenance_from_dict(data),
             schema_version=data.get("schema_version", SCHEMA_VERSION),
         )
 
@@ -175,12 +201,56 @@ class Profile:
             path = Path(path_or_text)
             if not path.is_file():
                 raise FileNotFoundError(f"profile file {path} does not exist")
-            text, origin = path.read_text(encoding="utf-8"), str(path)
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{origin} is not valid JSON: {error}") from None
-        return cls.from_dict(data)
+            if path.stat().st_size > MAX_PROFILE_BYTES:
+                raise InputError(f"{path} is larger than {MAX_PROFILE_BYTES >> 20} MiB: not a profile")
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise InputError(f"{path} is not UTF-8 text: not a profile JSON file") from None
+            origin = str(path)
+        return cls.from_dict(load_json(text, origin))
+
+
+def load_json(text: str, origin: str) -> Any:
+    """JSON text as Python values; InputError for invalid, oversized or absurdly nested JSON."""
+    if len(text) > MAX_PROFILE_BYTES:
+        raise InputError(f"{origin} is larger than {MAX_PROFILE_BYTES >> 20} MiB")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(f"{origin} is not valid JSON: {error}") from None
+    except RecursionError:
+        raise InputError(f"{origin} nests too deeply to be a profile") from None
+
+
+def check_strength(strength: Any) -> float:
+    """A steering strength: a finite number within +-MAX_STRENGTH."""
+    if not _is_real(strength) or not math.isfinite(strength) or abs(strength) > MAX_STRENGTH:
+        raise InputError(f"strength must be a finite number within +-{MAX_STRENGTH:g}, got {strength!r}")
+    return float(strength)
+
+
+def resolve(spec: Profile | str | Path, embedded: Mapping[str, Profile]) -> Profile:
+    """The profile a user named, in this order:
+
+    1. a `Profile` is itself;
+    2. inline JSON text (starting with ``{``) is parsed;
+    3. the exact name of a profile embedded in the model;
+    4. a path to a profile JSON file.
+    Otherwise InputError, listing the embedded names. A file that shares an embedded profile's name is
+    reached with a path (``./polite``).
+    """
+    if isinstance(spec, Profile):
+        return spec
+    if isinstance(spec, str) and spec.lstrip().startswith("{"):
+        return Profile.from_json(spec)
+    if isinstance(spec, str) and spec in embedded:
+        return embedded[spec]
+    if isinstance(spec, (str, Path)) and Path(spec).is_file():
+        return Profile.from_json(Path(spec))
+    names = ", ".join(embedded) or "none"
+    raise InputError(f"profile {str(spec)!r} is neither a profile file nor a profile embedded in the model "
+                     f"(embedded: {names})")
 
 
 def _is_real(value: Any) -> bool:
@@ -194,21 +264,36 @@ def _is_int(value: Any) -> bool:
 def _check_unit(profile_name: str, index: int, unit: Any) -> None:
     where = f"profile {profile_name!r}: unit #{index}"
     if not isinstance(unit, Unit):
-        raise ValueError(f"{where} is a {type(unit).__name__}, not a Unit")
-    if unit.site not in SITE_CODES:
-        raise ValueError(f"{where} {unit.describe()}: unknown site {unit.site!r}; sites are {', '.join(SITES)}")
-    if not _is_int(unit.layer) or unit.layer < 0:
-        raise ValueError(f"{where} {unit.describe()}: layer must be a non-negative integer")
-    if not _is_int(unit.dim) or unit.dim < 0:
-        raise ValueError(f"{where} {unit.describe()}: dim must be a non-negative integer")
+        raise InputError(f"{where} is a {type(unit).__name__}, not a Unit")
+    if not isinstance(unit.site, str) or unit.site not in sites.names():
+        raise InputError(f"{where} {unit.describe()}: unknown site {unit.site!r}; sites are "
+                         f"{', '.join(sites.names())}")
+    if not _is_int(unit.layer) or not 0 <= unit.layer < sites.MAX_LAYERS:
+        raise InputError(f"{where} {unit.describe()}: layer must be a non-negative integer below "
+                         f"{sites.MAX_LAYERS}")
+    if not _is_int(unit.dim) or not 0 <= unit.dim < sites.MAX_WIDTH:
+        raise InputError(f"{where} {unit.describe()}: dim must be a non-negative integer below {sites.MAX_WIDTH}")
     if not _is_real(unit.score) or not math.isfinite(unit.score):
-        raise ValueError(f"{where} {unit.describe()}: score must be a finite number")
+        raise InputError(f"{where} {unit.describe()}: score must be a finite number")
+    if not -1.0 <= unit.score <= 1.0:
+        raise InputError(f"{where} {unit.describe()}: score must lie in [-1, 1] (a momentum score)")
 
 
 def _unit_from_dict(index: int, item: Any) -> Unit:
     if not isinstance(item, dict):
-        raise ValueError(f"unit #{index} must be an object with layer, site, dim and score")
+        raise InputError(f"unit #{index} must be an object with layer, site, dim and score")
     missing = [key for key in ("layer", "site", "dim", "score") if key not in item]
     if missing:
-        raise ValueError(f"unit #{index} is missing {', '.join(missing)}")
+        raise InputError(f"unit #{index} is missing {', '.join(missing)}")
     return Unit(layer=item["layer"], site=item["site"], dim=item["dim"], score=item["score"])
+
+
+def provenance_from_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """The optional fields of a profile (JSON file or embedded encoding) as Profile keyword arguments."""
+    model = data.get("model")
+    return {
+        "model": ModelFingerprint.from_dict(model) if model is not None else None,
+        "n_pairs": data.get("n_pairs"),
+        "data_sha256": data.get("data_sha256"),
+        "extra": data.get("extra") if data.get("extra") is not None else {},
+    }

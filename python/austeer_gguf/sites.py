@@ -1,18 +1,151 @@
-"""The three steering sites, their llama.cpp graph tensors, and the shape of a model at each site."""
+"""The site registry: where in llama.cpp's compute graph atomic units live, one record per site.
+
+A site is a family of graph tensors named ``<tensor>-<layer>`` (0-based layer); one unit is one coordinate
+of its rows. Everything that needs to know about sites asks this registry: the native callback (it receives
+the tensor prefixes from here), profile validation, the width check, the metadata encoding, the exports and
+`explain`. Adding a site is one `register` call (see tests/test_site_registry.py).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-SITES: tuple[str, ...] = ("attn", "ffn", "layer")
-SITE_CODES: dict[str, int] = {"attn": 0, "ffn": 1, "layer": 2}
-TENSOR_PREFIXES: dict[str, str] = {"attn": "kqv_out", "ffn": "ffn_out", "layer": "l_out"}
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """The model sizes site widths are computed from."""
+
+    n_embd: int
+    n_head: int
+    head_dim: int  # of the values: attention.value_length when present, else n_embd / n_head
+    n_ff: int
+
+    @classmethod
+    def from_fields(cls, architecture: str, fields: Mapping[str, Any]) -> Hyperparameters:
+        def number(key: str, default: Any = None) -> int:
+            value = fields.get(f"{architecture}.{key}", default)
+            if value is None:
+                raise InputError(f"the model metadata has no {architecture}.{key}")
+            # Some architectures store a per-layer array; widths then vary per layer and layer 0's is used.
+            value = value[0] if isinstance(value, (list, tuple)) and value else value
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise InputError(f"the model metadata {architecture}.{key} is not a number: {value!r}")
+            try:
+                result = int(value)
+            except (TypeError, ValueError, OverflowError):
+                raise InputError(f"the model metadata {architecture}.{key} is not a number: {value!r}") from None
+            if not 0 < result <= MAX_WIDTH:
+                raise InputError(f"the model metadata {architecture}.{key} = {result} is outside 1..{MAX_WIDTH}")
+            return result
+
+        n_embd, n_head = number("embedding_length"), number("attention.head_count")
+        value_length = fields.get(f"{architecture}.attention.value_length")
+        head_dim = number("attention.value_length") if value_length is not None else max(1, n_embd // n_head)
+        return cls(n_embd, n_head, head_dim, number("feed_forward_length", 0) or n_embd)
+
+
+MAX_WIDTH = 1 << 20  # no model has a site wider than this; a larger value is a damaged file
+
+
+@dataclass(frozen=True)
+class Site:
+    """One site.
+
+    `weight` and `axis` say which weight of the layer the coordinate belongs to: "input" = the unit scales
+    an input column of `blk.L.<weight>.weight` (the coordinate enters it), "output" = an output row (the
+    coordinate leaves it); None = the residual stream, which no weight owns. Exports fold units into that
+    weight, and `explain` follows the coordinate into the residual stream through it.
+    """
+
+    name: str
+    letter: str  # one letter per unit in embedded profiles
+    tensor: str  # graph tensor prefix
+    width: Callable[[Hyperparameters], int]
+    weight: str | None = None
+    axis: Literal["input", "output"] | None = None
+    first_in_layer: bool = False  # only the first tensor of that name in a layer is this site
+    description: str = ""
+
+
+_REGISTRY: dict[str, Site] = {}
+
+
+def register(site: Site) -> Site:
+    """Add a site. Its name, letter and tensor prefix must be new."""
+    for other in _REGISTRY.values():
+        if site.name == other.name or site.letter == other.letter or site.tensor == other.tensor:
+            raise ValueError(f"site {site.name!r} clashes with the registered site {other.name!r}")
+    if len(site.letter) != 1 or not site.tensor or "-" in site.tensor:
+        raise ValueError(f"site {site.name!r}: the letter must be one character and the tensor prefix must "
+                         "be a non-empty name without '-'")
+    if (site.weight is None) != (site.axis is None):
+        raise ValueError(f"site {site.name!r}: give both weight and axis, or neither")
+    _REGISTRY[site.name] = site
+    return site
+
+
+def unregister(name: str) -> None:
+    """Remove a site added with `register` (the three built-in sites stay)."""
+    if name in SITES:
+        raise ValueError(f"the built-in site {name!r} cannot be removed")
+    _REGISTRY.pop(name, None)
+
+
+def get(name: str) -> Site:
+    site = _REGISTRY.get(name)
+    if site is None:
+        raise InputError(f"unknown site {name!r}; sites are {', '.join(_REGISTRY)}")
+    return site
+
+
+def names() -> tuple[str, ...]:
+    """Registered site names in registry order (the order ties are broken in, after the layer)."""
+    return tuple(_REGISTRY)
+
+
+def all_sites() -> tuple[Site, ...]:
+    return tuple(_REGISTRY.values())
+
+
+def code(name: str) -> int:
+    """The site's index in the registry: the code the native state knows it by."""
+    return names().index(get(name).name)
+
+
+def by_letter(letter: str) -> Site:
+    for site in _REGISTRY.values():
+        if site.letter == letter:
+            return site
+    raise InputError(f"unknown site letter {letter!r}")
 
 
 def tensor_name(site: str, layer: int) -> str:
     """The llama.cpp graph tensor that holds `site` of `layer`, e.g. ``kqv_out-3``."""
-    return f"{TENSOR_PREFIXES[site]}-{layer}"
+    return f"{get(site).tensor}-{layer}"
+
+
+def parse(sites: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """A site choice ("attn", "all", or several names) as registry-ordered names."""
+    chosen = [sites] if isinstance(sites, str) else list(sites)
+    if chosen == ["all"]:
+        return names()
+    unknown = [name for name in chosen if name not in _REGISTRY]
+    if unknown or not chosen:
+        raise InputError(f"unknown site {', '.join(unknown) or '(none)'}; choose {', '.join(names())} or all")
+    return tuple(name for name in names() if name in chosen)
+
+
+SITES = ("attn", "ffn", "layer")  # the built-in sites
+register(Site("attn", "a", "kqv_out", lambda h: h.n_head * h.head_dim, weight="attn_output", axis="input",
+              description="attention output before the output projection (one column of attn_output)"))
+register(Site("ffn", "f", "ffn_out", lambda h: h.n_embd, weight="ffn_down", axis="output", first_in_layer=True,
+              description="FFN block output before the residual add (one row of ffn_down)"))
+register(Site("layer", "l", "l_out", lambda h: h.n_embd,
+              description="the residual stream after the layer"))
 
 
 @dataclass(frozen=True)
@@ -24,38 +157,20 @@ class ModelShape:
     widths: dict[str, int]
 
     @classmethod
-    def from_llama(cls, llm: Any) -> ModelShape:
-        import llama_cpp
-
-        metadata: dict[str, str] = getattr(llm, "metadata", {}) or {}
-        architecture = metadata.get("general.architecture", "unknown")
-        n_layers = int(llama_cpp.llama_model_n_layer(llm.model))
-        n_embd = int(llama_cpp.llama_model_n_embd(llm.model))
-        n_head = int(llama_cpp.llama_model_n_head(llm.model))
-        return cls(architecture, n_layers, site_widths(metadata, architecture, n_embd, n_head))
-
-    @classmethod
-    def from_gguf_fields(cls, fields: dict[str, Any]) -> ModelShape:
-        """From a GGUF's key/value metadata (as `austeer_gguf.gguf_meta.read_fields` returns it)."""
-        architecture = str(fields["general.architecture"])
-        n_layers = int(fields[f"{architecture}.block_count"])
-        n_embd = int(fields[f"{architecture}.embedding_length"])
-        n_head = _first_int(fields[f"{architecture}.attention.head_count"])
-        return cls(architecture, n_layers, site_widths(fields, architecture, n_embd, n_head))
+    def from_gguf_fields(cls, fields: Mapping[str, Any]) -> ModelShape:
+        """From a GGUF's key/value metadata (as `ggufio.layout.read_fields` returns it)."""
+        architecture = fields.get("general.architecture")
+        if not isinstance(architecture, str) or not architecture:
+            raise InputError("the model metadata has no general.architecture: is this a model GGUF?")
+        n_layers = fields.get(f"{architecture}.block_count")
+        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 0 < n_layers <= MAX_LAYERS:
+            raise InputError(f"the model metadata {architecture}.block_count is {n_layers!r}; expected a layer "
+                             f"count in 1..{MAX_LAYERS}")
+        hyper = Hyperparameters.from_fields(architecture, fields)
+        return cls(architecture, n_layers, {site.name: site.width(hyper) for site in all_sites()})
 
     def describe_range(self, site: str) -> str:
         return f"layers 0..{self.n_layers - 1}, dims 0..{self.widths[site] - 1} for site {site!r}"
 
 
-def site_widths(metadata: dict[str, Any], architecture: str, n_embd: int, n_head: int) -> dict[str, int]:
-    value_length = metadata.get(f"{architecture}.attention.value_length")
-    head_dim = int(value_length) if value_length is not None else n_embd // n_head
-    return {"attn": n_head * head_dim, "ffn": n_embd, "layer": n_embd}
-
-
-def _first_int(value: Any) -> int:
-    # Some architectures store a per-layer head count array; the attention width then varies per layer
-    # and the first layer's is used.
-    if isinstance(value, (list, tuple)):
-        return int(value[0])
-    return int(value)
+MAX_LAYERS = 4096  # the native core's bound as well

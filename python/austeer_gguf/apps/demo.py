@@ -14,17 +14,17 @@ import sys
 
 import numpy as np
 
-from . import datasets, models
-from .gguf_meta import embed_profiles
-from .localize import localize
-from .pairs import load_pairs
-from .scoring import answer_logprob
-from .steered_llama import SteeredLlama
+from .. import datasets, models, sites
+from ..evaluation.scoring import answer_logprob
+from ..ggufio.metadata import embed_profiles
+from ..localization.localize import localize
+from ..localization.pairs import load_pairs
+from ..runtime.steered_llama import SteeredLlama
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--site", default="attn", choices=["attn", "ffn", "layer"])
+    parser.add_argument("--site", default="attn", choices=sites.names())
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--alpha", type=float, default=10.0)
     parser.add_argument("--prompts", type=int, default=4, help="provocative test prompts to answer")

@@ -9,18 +9,22 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 from tqdm import tqdm
 
+from ..localization.pairs import chat_renderer
 from . import metrics
-from .pairs import chat_renderer
 from .scoring import answer_tokens, token_logprobs
-from .tasks import ChoiceItem, Task
+
+if TYPE_CHECKING:
+    from .tasks import ChoiceItem, GenerationTask
 
 
 @dataclass
 class ChoiceResult:
+    kind: ClassVar[str] = "choice"
     n: int
     accuracy: float
     balanced_accuracy: float
@@ -31,11 +35,12 @@ class ChoiceResult:
     predictions: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"task_kind": self.kind, **asdict(self)}
 
 
 @dataclass
 class GenerationResult:
+    kind: ClassVar[str] = "generation"
     n: int
     sentiment: float  # mean VADER compound
     offensive: float  # mean offensive probability
@@ -46,7 +51,7 @@ class GenerationResult:
     samples: list[tuple[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"task_kind": self.kind, **asdict(self)}
 
 
 @contextlib.contextmanager
@@ -154,7 +159,7 @@ def perplexity(llm, prompts: Sequence[str], texts: Sequence[str], *, chat: bool,
     return float(np.median(values))
 
 
-def evaluate_generation(llm, task: Task, prompts: Sequence[str], side_prompts: Sequence[str] = (), *,
+def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str], side_prompts: Sequence[str] = (), *,
                         max_tokens: int = 32, temperature: float = 0.0, seed: int = 0,
                         keep_samples: int = 3) -> GenerationResult:
     texts = generate(llm, prompts, chat=task.chat, max_tokens=max_tokens, temperature=temperature, seed=seed,

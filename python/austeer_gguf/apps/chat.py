@@ -7,10 +7,9 @@ A command takes effect at the next reply; the conversation so far is recomputed 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import TextIO
 
-from .profile import Profile
+from ..errors import InputError
 
 HELP = "commands: /steer on|off, /strength S, /profile NAME|FILE, /status, /reset, /quit"
 
@@ -37,8 +36,8 @@ def run_chat(llm, *, max_tokens: int, temperature: float, seed: int,
                 continue
             try:
                 print(_command(llm, text), file=out)
-            except (ValueError, KeyError, FileNotFoundError) as error:
-                print(f"error: {error.args[0] if error.args else error}", file=out)
+            except (InputError, OSError) as error:
+                print(f"error: {error}", file=out)
             continue
         history.append({"role": "user", "content": text})
         reply = llm.create_chat_completion(history, max_tokens=max_tokens, temperature=temperature, seed=seed)
@@ -54,14 +53,12 @@ def _command(llm, text: str) -> str:
         llm.steering.enabled = argument == "on"
     elif name == "/strength":
         try:
-            llm.steering.strength = float(argument)
+            value = float(argument)
         except ValueError:
-            raise ValueError(f"/strength takes a number, got {argument!r}") from None
+            raise InputError(f"/strength takes a number, got {argument!r}") from None
+        llm.steering.strength = value
     elif name == "/profile" and argument:
-        if argument in llm.steering.available:
-            llm.steering.use(argument)
-        else:
-            llm.steering.set_profile(Profile.from_json(Path(argument)))
+        llm.steering.set_profile(llm.resolve_profile(argument))
     elif name == "/status":
         pass
     else:

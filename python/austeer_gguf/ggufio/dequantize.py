@@ -13,7 +13,7 @@ import gguf
 import numpy as np
 
 from .atomic import atomic_output
-from .gguf_file import open_reader
+from .layout import open_reader
 
 FLOAT_TARGETS = {"f16": (gguf.GGMLQuantizationType.F16, np.float16, gguf.LlamaFileType.MOSTLY_F16),
                  "f32": (gguf.GGMLQuantizationType.F32, np.float32, gguf.LlamaFileType.ALL_F32)}

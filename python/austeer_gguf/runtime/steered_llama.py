@@ -3,29 +3,35 @@
 from __future__ import annotations
 
 import ctypes
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
 
-from . import context_hook, native
-from .control_vector import apply_control_vector
-from .fingerprint import ModelFingerprint, fingerprint_file
-from .gguf_meta import profiles_from_metadata
-from .profile import Profile
-from .sites import ModelShape
+from ..control_vector import ControlVector
+from ..fingerprint import ModelFingerprint, fingerprint_of
+from ..ggufio.layout import scan
+from ..ggufio.metadata import embedded_profiles
+from ..profile import Profile, resolve
+from ..sites import ModelShape
+from . import context_hook, limits, native
 from .steering import ControlSetting, Steering, SteeringSetting
 
 EvalCallback = Callable[[int, bool], bool]
+SKIP_COUNTERS = ("skipped_not_f32", "skipped_not_contiguous", "skipped_width", "skipped_no_data",
+                 "skipped_unknown_layout", "errors")
 
 
 class SteeredLlama(llama_cpp.Llama):
     """A `llama_cpp.Llama` with AUSteer steering, controlled through `.steering`.
 
-    `profile` may be a `Profile`, a path to a profile JSON file, or the name of a profile embedded in the
-    model file. `eval_callback`, if given, is chained: it is asked about every node as llama.cpp would ask
-    it, and its compute call sees the values after our scaling. Every other keyword goes to `llama_cpp.Llama`.
+    `profile` may be a `Profile`, the name of a profile embedded in the model file, a path to a profile JSON
+    file, or inline profile JSON (see `austeer_gguf.profile.resolve` for the order). `eval_callback`, if
+    given, is chained: it is asked about every node as llama.cpp would ask it, and its compute call sees the
+    values after our scaling. Every other keyword goes to `llama_cpp.Llama`, after the resource requests
+    (threads, n_ctx, n_batch) are checked against the model and the machine.
 
     Steering changes take effect at the next completion; the prompt prefix llama-cpp-python would reuse from
     its KV cache is dropped whenever the setting differs from the one it was computed under.
@@ -41,8 +47,16 @@ class SteeredLlama(llama_cpp.Llama):
         _context_overrides: dict[str, Any] | None = None,
         **llama_kwargs: Any,
     ) -> None:
+        # Read the file ourselves first: a damaged file gets a message that says what is wrong with it.
+        layout = scan(model_path)
+        fields = layout.values()
+        self.shape = ModelShape.from_gguf_fields(fields)
+        self.fingerprint: ModelFingerprint | None = fingerprint_of(layout)
+        _check_resources(llama_kwargs, fields, self.shape.n_layers)
+
         self._native_state = native.new_state()
         self._chained_callback = None
+        self._warned_skips = False
         if eval_callback is not None:
             self._chain(eval_callback)
         callback_address = native.callback_address()
@@ -54,17 +68,22 @@ class SteeredLlama(llama_cpp.Llama):
             raise RuntimeError("llama_cpp.Llama did not build its context from llama_context_default_params(): "
                                "austeer-gguf supports llama-cpp-python==0.3.36 only")
 
-        self.shape = ModelShape.from_llama(self)
-        self.fingerprint: ModelFingerprint | None = fingerprint_file(model_path)
         self.steering = Steering(self._native_state, self.shape, self.fingerprint)
         self._kv_setting: SteeringSetting | None = None
         self._applied_control: ControlSetting | None = None
         self._generating = 0
 
-        # Profiles embedded in the model file, read through llama.cpp's own metadata API.
-        self.steering.add_profiles(profiles_from_metadata(self.metadata))
+        embedded = embedded_profiles(fields)
+        for name, why in embedded.broken.items():
+            warnings.warn(f"{model_path}: embedded profile {name!r} is left out: {why} (remove it with "
+                          f"`python -m austeer_gguf strip MODEL --name {name}`)", stacklevel=2)
+        self.steering.add_profiles(embedded.profiles)
         if profile is not None:
-            self.steering.set_profile(self._resolve_profile(profile), allow_model_mismatch=allow_model_mismatch)
+            self.steering.set_profile(self.resolve_profile(profile), allow_model_mismatch=allow_model_mismatch)
+
+    def resolve_profile(self, spec: Profile | str | Path) -> Profile:
+        """A profile named by the user: see `austeer_gguf.profile.resolve` for the order."""
+        return resolve(spec, {name: self.steering.named(name) for name in self.steering.available})
 
     # ---- steering around every decode -----------------------------------------------------------------
 
@@ -73,7 +92,7 @@ class SteeredLlama(llama_cpp.Llama):
         setting = self.steering.apply()
         if setting.control != self._applied_control:
             control = setting.control
-            apply_control_vector(self, control.vector if control else None, control.multiplier if control else 0.0)
+            _apply_control_vector(self, control.vector if control else None, control.multiplier if control else 0.0)
             self._applied_control = control
         stale = self.n_tokens > 0 and setting != self._kv_setting
         self._kv_setting = setting
@@ -87,6 +106,7 @@ class SteeredLlama(llama_cpp.Llama):
             return (yield from super().generate(tokens, *args, **kwargs))
         finally:
             self._generating -= 1
+            self._warn_once_if_skipped()
 
     def eval(self, tokens: Sequence[int]) -> None:
         if not self._generating and self._sync_steering():
@@ -94,6 +114,8 @@ class SteeredLlama(llama_cpp.Llama):
             tokens = list(self._input_ids) + list(tokens)
             self.reset()
         super().eval(tokens)
+        if not self._generating:
+            self._warn_once_if_skipped()
 
     def embed(self, *args: Any, **kwargs: Any):  # type: ignore[override]
         self._sync_steering()
@@ -122,17 +144,16 @@ class SteeredLlama(llama_cpp.Llama):
         """What the callback did: tensors steered/captured, and tensors it had to skip (not F32, ...)."""
         return dict(self._native_state.counters())
 
-    def _resolve_profile(self, profile: Profile | str | Path) -> Profile:
-        if isinstance(profile, Profile):
-            return profile
-        if isinstance(profile, str) and profile in self.steering.available:
-            return self.steering.named(profile)
-        path = Path(profile)
-        if path.is_file():
-            return Profile.from_json(path)
-        available = ", ".join(self.steering.available) or "none"
-        raise ValueError(f"profile {profile!r} is neither a profile file nor a profile embedded in the model "
-                         f"(embedded: {available})")
+    def _warn_once_if_skipped(self) -> None:
+        """Steering that silently does nothing is worse than none: say which tensors were left alone."""
+        if self._warned_skips:
+            return
+        counters = self._native_state.counters()
+        if any(counters[name] for name in SKIP_COUNTERS):
+            self._warned_skips = True
+            names = "; ".join(self._native_state.skipped_names()) or "unknown tensors"
+            warnings.warn(f"steering left some site tensors alone, so part of the profile has no effect: {names}",
+                          RuntimeWarning, stacklevel=3)
 
     def _chain(self, callback: EvalCallback | Any) -> None:
         if isinstance(callback, llama_cpp.ggml_backend_sched_eval_callback):
@@ -148,3 +169,26 @@ class SteeredLlama(llama_cpp.Llama):
         self._chained_callback = pointer  # keep the ctypes thunk alive as long as the model
         address = ctypes.cast(pointer, ctypes.c_void_p).value or 0
         self._native_state.set_chained(address, 0)
+
+
+def _check_resources(kwargs: dict[str, Any], fields: dict[str, Any], n_layers: int) -> None:
+    """Refuse resource requests the model or machine cannot take, before llama.cpp allocates anything."""
+    for name in ("n_threads", "n_threads_batch"):
+        limits.check_threads(kwargs.get(name), name)
+    n_ctx = limits.check_context(kwargs.get("n_ctx", 512), fields, n_layers)
+    for name in ("n_batch", "n_ubatch"):
+        if kwargs.get(name) is not None:
+            limits.check_batch(kwargs[name], max(n_ctx, 1), name)
+
+
+def _apply_control_vector(llm: SteeredLlama, vector: ControlVector | None, multiplier: float) -> None:
+    """Set (or clear, with None) the control vector of the context."""
+    n_embd = llm.shape.widths["layer"]
+    if vector is None:
+        status = llama_cpp.llama_set_adapter_cvec(llm.ctx, None, 0, n_embd, -1, -1)
+    else:
+        data, first, last = vector.buffer(llm.shape.n_layers, n_embd, multiplier)
+        pointer = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        status = llama_cpp.llama_set_adapter_cvec(llm.ctx, pointer, data.size, n_embd, first, last)
+    if status != 0:
+        raise RuntimeError(f"llama_set_adapter_cvec failed ({status})")

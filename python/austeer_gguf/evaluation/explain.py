@@ -1,9 +1,11 @@
 """What each atomic unit writes into the vocabulary: its output direction through the final norm and the
 output embedding (a logit-lens view).
 
-A unit's output direction in the residual stream: for `attn` unit c of layer L, column c of `attn_output`;
-for `ffn` and `layer` unit c, the residual coordinate c itself (Gemma's post-FFN norm is a fixed elementwise
-scale here; post-norm statistics are ignored). The direction is scaled elementwise by the final norm's weight
+A unit's output direction in the residual stream follows its site's registry record: a unit that is an
+input column c of a weight (attn: `attn_output`) writes column c of that weight; a unit that is an output
+row of a weight writing the residual (ffn: `ffn_down`) or a residual coordinate (layer) is the residual
+coordinate c itself (Gemma's post-FFN norm is a fixed elementwise scale here; post-norm statistics are
+ignored). The direction is scaled elementwise by the final norm's weight
 and multiplied by the output embedding: the tokens with the largest values are promoted when the unit's
 value grows, the smallest suppressed. Amplifying a unit (score > 0) pushes it further along its current sign;
 the table lists tokens for a positive unit value.
@@ -17,8 +19,12 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from .gguf_file import open_reader
-from .profile import Profile
+from .. import sites
+from ..errors import InputError
+from ..fingerprint import fingerprint_of
+from ..ggufio.layout import open_reader, scan
+from ..profile import Profile
+from ..sites import ModelShape
 
 
 @dataclass
@@ -31,7 +37,11 @@ class UnitExplanation:
     suppressed: list[str]
 
 
-def explain(model: str | Path, profile: Profile, *, top: int = 8) -> list[UnitExplanation]:
+def explain(model: str | Path, profile: Profile, *, top: int = 8,
+            allow_model_mismatch: bool = False) -> list[UnitExplanation]:
+    layout = scan(model)
+    profile.check_model(ModelShape.from_gguf_fields(layout.values()), fingerprint_of(layout),
+                        allow_mismatch=allow_model_mismatch)
     reader = open_reader(model)
     tensors = {tensor.name: tensor for tensor in reader.tensors}
     tokens = [bytes(reader.fields["tokenizer.ggml.tokens"].parts[i]).decode("utf-8", errors="replace")
@@ -41,8 +51,12 @@ def explain(model: str | Path, profile: Profile, *, top: int = 8) -> list[UnitEx
     final_norm = _matrix(tensors["output_norm.weight"]).reshape(-1)
     explanations = []
     for unit in profile.units:
-        if unit.site == "attn":
-            direction = _matrix(tensors[f"blk.{unit.layer}.attn_output.weight"])[:, unit.dim]
+        site = sites.get(unit.site)
+        if site.axis == "input":
+            weight = tensors.get(f"blk.{unit.layer}.{site.weight}.weight")
+            if weight is None:
+                raise InputError(f"{model} has no blk.{unit.layer}.{site.weight}.weight to explain {unit.describe()}")
+            direction = _matrix(weight)[:, unit.dim]
         else:
             direction = np.zeros(unembed.shape[1], dtype=np.float32)
             direction[unit.dim] = 1.0

@@ -18,7 +18,7 @@ from typing import BinaryIO
 import gguf
 
 from .atomic import atomic_output
-from .gguf_file import GgufLayout
+from .layout import GgufLayout
 
 MetadataValue = str | int
 TensorPatch = Callable[[bytes], bytes]  # the tensor's bytes in, the same number of bytes out

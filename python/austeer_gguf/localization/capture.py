@@ -9,16 +9,25 @@ phase, on distinct sequence ids of a unified KV cache (which keeps the batch ord
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import llama_cpp
 import numpy as np
+from tqdm import tqdm
 
-from .pairs import TokenPair
-from .sites import SITE_CODES, SITES
-from .steered_llama import SteeredLlama
+from .. import sites
+from ..errors import InputError
+from ..ggufio.layout import scan
+from ..runtime import limits
+from ..runtime.steered_llama import SteeredLlama
+from .pairs import Pair, TokenPair, chat_renderer, tokenize_pairs
+
+FLOAT_TYPES = {"F32", "F16", "BF16"}
+MAX_PAIR_TOKENS = 2048  # one pair's text; its two tails go through one decode
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,10 @@ class ActivationCapture:
                  n_ctx: int = 4096, n_seq_max: int = 64, n_threads: int | None = None,
                  verbose: bool = False) -> None:
         threads = n_threads or os.cpu_count() or 1
+        n_ctx = min(n_ctx, limits.context_length(scan(model_path).values()) or n_ctx)
+        if not 0 < batch_tokens <= n_ctx:
+            raise InputError(f"a capture batch of {batch_tokens} tokens does not fit the {n_ctx}-token context: "
+                             f"pairs may have at most {n_ctx // 2} tokens")
         self.batch_tokens = batch_tokens
         self.group_cells = min(group_cells, n_ctx)
         self.n_ctx = n_ctx
@@ -89,7 +102,7 @@ class ActivationCapture:
         for index, pair in enumerate(pairs):
             prefix, tails = self._cost(pair, share_prefix)
             if max(prefix, tails) > self.batch_tokens or prefix + tails > self.n_ctx:
-                raise ValueError(f"pair #{index} has {len(pair.positive)}/{len(pair.negative)} tokens; at most "
+                raise InputError(f"pair #{index} has {len(pair.positive)}/{len(pair.negative)} tokens; at most "
                                  f"{self.max_pair_tokens} fit (cut pairs with max_tokens)")
             if group and (prefix_tokens + prefix > self.batch_tokens or tail_tokens + tails > self.batch_tokens
                           or cells + prefix + tails > self.group_cells or 2 * len(group) + 2 > self.n_seq_max):
@@ -144,7 +157,7 @@ class ActivationCapture:
                 tokens += len(sequences[end])
                 end += 1
             if tokens > self.batch_tokens:
-                raise ValueError(f"sequence #{start} has {tokens} tokens; at most {self.batch_tokens} fit")
+                raise InputError(f"sequence #{start} has {tokens} tokens; at most {self.batch_tokens} fit")
             llama_cpp.llama_memory_clear(self._memory, False)
             rows = self._fill([(slot, sequences[i], 0) for slot, i in enumerate(range(start, end))], outputs=True)
             for site, values in self._capture(rows, sites).items():
@@ -175,20 +188,108 @@ class ActivationCapture:
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status} (KV cache of {self.n_ctx} cells full?)")
 
-    def _capture(self, rows: list[int], sites: Sequence[str]) -> dict[str, np.ndarray]:
-        widths = [self.shape.widths[site] if site in sites else 0 for site in SITES]
-        self._state.begin_capture([SITE_CODES[site] for site in sites], self.shape.n_layers, widths, rows,
+    def _capture(self, rows: list[int], chosen: Sequence[str]) -> dict[str, np.ndarray]:
+        widths = [self.shape.widths.get(name, 0) if name in chosen else 0 for name in sites.names()]
+        self._state.begin_capture([sites.code(site) for site in chosen], self.shape.n_layers, widths, rows,
                                   int(self._batch.n_tokens))
         try:
             self._decode()
         finally:
             self._state.end_capture()
         values = {}
-        for site in sites:
-            captured, filled = self._state.captured(SITE_CODES[site])
+        for site in chosen:
+            captured, filled = self._state.captured(sites.code(site))
             if not filled.all():
                 missing = [layer for layer, ok in enumerate(filled) if not ok]
                 raise RuntimeError(f"no {site} activations were captured at layers {missing}: this llama.cpp "
                                    "graph does not name its tensors as llama-cpp-python 0.3.36 does")
             values[site] = np.ascontiguousarray(captured.transpose(1, 0, 2))
         return values
+
+
+# ---- one capture pass over contrastive pairs, feeding reducers ------------------------------------------
+
+
+class Reducer(Protocol):
+    """Consumes the groups of one capture pass (see `reducers.py`)."""
+
+    sites: tuple[str, ...]
+
+    def add_group(self, group: PairActivations) -> None: ...
+
+
+def warn_if_quantized(model_path: str | Path) -> None:
+    import warnings
+
+    types = {tensor.ggml_type.name for tensor in scan(model_path).tensors if len(tensor.shape) >= 2}
+    quantized = sorted(types - FLOAT_TYPES)
+    if quantized:
+        warnings.warn(f"{model_path} has quantized weights ({', '.join(quantized)}); localization is meant for the "
+                      "float model. Run `python -m austeer_gguf dequantize` first for units that match it.",
+                      stacklevel=4)
+
+
+class PairCapture:
+    """One capture pass over contrastive pairs: last-token activations of both texts of every pair.
+
+    Open it with `with`; then `shape`, `truncated` (pairs cut to max_tokens) and `skipped` (pairs whose sides
+    render identically) are known, and `feed(*reducers)` runs the pass, giving every group of pairs to every
+    reducer; `n_pairs` and `seconds` describe the pass afterwards.
+    """
+
+    def __init__(self, model_path: str | Path, pairs: Sequence[Pair], site_names: Sequence[str], *, chat: bool = False,
+                 max_tokens: int = 512, share_prefix: bool = True, batch_tokens: int | None = None,
+                 n_threads: int | None = None, progress: bool = True, description: str = "capturing") -> None:
+        limits.check_count(max_tokens, "max_tokens", 1, MAX_PAIR_TOKENS, "one pair's text is decoded at once")
+        self.model_path = Path(model_path)
+        self.pairs = list(pairs)
+        self.sites = tuple(site_names)
+        self.chat = chat
+        self.max_tokens = max_tokens
+        self.share_prefix = share_prefix
+        self.batch_tokens = batch_tokens or 2 * max_tokens
+        self.n_threads = limits.check_threads(n_threads)
+        self.progress = progress
+        self.description = description
+        self.n_pairs = 0
+        self.seconds = 0.0
+        self._capture: ActivationCapture | None = None
+        self._tokenized: list[TokenPair] = []
+
+    def __enter__(self) -> PairCapture:
+        warn_if_quantized(self.model_path)
+        self._capture = ActivationCapture(self.model_path, batch_tokens=self.batch_tokens, n_threads=self.n_threads)
+        try:
+            render = chat_renderer(self._capture.llm) if self.chat else None
+            tokenized = tokenize_pairs(self.pairs, self._capture.tokenize, render_prompt=render,
+                                       max_tokens=min(self.max_tokens, self._capture.max_pair_tokens))
+        except BaseException:
+            self._capture.close()
+            raise
+        if not tokenized.pairs:
+            self._capture.close()
+            raise InputError("every pair renders identically on both sides: nothing to compare")
+        self._tokenized = tokenized.pairs
+        self.truncated, self.skipped = tokenized.truncated, tokenized.identical
+        self.shape = self._capture.shape
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._capture is not None:
+            self._capture.close()
+            self._capture = None
+
+    def feed(self, *reducers: Reducer) -> None:
+        """Run the pass; every reducer gets every group (its `sites` must be among the captured ones)."""
+        assert self._capture is not None, "open the PairCapture with `with` first"
+        missing = {site for reducer in reducers for site in reducer.sites} - set(self.sites)
+        if missing:
+            raise ValueError(f"a reducer needs sites {sorted(missing)} that this pass does not capture")
+        start = time.perf_counter()
+        with tqdm(total=len(self._tokenized), unit="pair", desc=self.description, disable=not self.progress) as bar:
+            for group in self._capture.pairs(self._tokenized, self.sites, share_prefix=self.share_prefix):
+                for reducer in reducers:
+                    reducer.add_group(group)
+                self.n_pairs += len(group.indices)
+                bar.update(len(group.indices))
+        self.seconds += time.perf_counter() - start

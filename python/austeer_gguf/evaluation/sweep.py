@@ -8,12 +8,10 @@ Methods (each tuned on the dev split by the task's dev score, then measured once
   random-units k random units of the best AUSteer site with their own momentum scores, at the best AUSteer
                k and alpha (a control: does the selection matter?)
   caa          the CAA control vector on a layer range, times a multiplier
-Dev scores: choice tasks, balanced accuracy (mean margin breaks ties); generation tasks, the behaviour score
-(sentiment: VADER compound of continuations; detox: VADER compound of replies to provocative prompts) among
-settings whose median perplexity stays within `fluency_factor` times the unsteered one, whose distinct-2 keeps
-at least half the unsteered one (repetition has a low perplexity), and, for detox, whose refusal rate on
-harmless prompts rises by at most 0.1. A method with no admissible setting is reported with its most fluent
-setting, marked inadmissible.
+Dev scores are the task's own (`Task.score`: balanced accuracy for choice tasks; the behaviour metric among
+fluent settings for generation tasks, see `GenerationTask`). A method with no admissible setting is reported
+with its most fluent setting, marked inadmissible. One capture pass over the train pairs gives the momentum
+counts of every site and the CAA mean difference together.
 """
 
 from __future__ import annotations
@@ -27,12 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .control_vector import ControlVector
-from .evaluate import evaluate_choice, evaluate_generation, kl_on_neutral
-from .localize import CaptureRun, captured_pairs
-from .momentum import MomentumCounts, rank_units
-from .profile import Profile, Unit
-from .tasks import Task, first_items
+from .. import datasets
+from ..control_vector import ControlVector
+from ..localization.capture import PairCapture
+from ..localization.reducers import MeanDifference, MomentumCounts, rank_units
+from ..profile import Profile, Unit
+from .evaluate import ChoiceResult, GenerationResult, kl_on_neutral
+from .tasks import Task
 
 
 @dataclass
@@ -85,6 +84,7 @@ class SweepConfig:
 class SweepReport:
     model: str
     task: str
+    task_kind: str
     provenance: str
     config: dict
     trials: list[Trial] = field(default_factory=list)
@@ -109,38 +109,26 @@ class Sweeper:
         self.float_model = Path(float_model)
         self.task = task
         self.config = config
-        self.counts: dict[str, MomentumCounts] = {}
+        self.counts: MomentumCounts | None = None
         self.control: ControlVector | None = None
-        self.baseline_dev: dict | None = None
+        self.baseline_dev: ChoiceResult | GenerationResult | None = None
 
     # ---- measuring one setting ------------------------------------------------------------------------
 
     def measure(self, setting: Setting, split: str) -> Trial:
-        self._apply(setting)
-        items = self.task.dev if split == "dev" else self.task.test
-        side = self.task.side_dev if split == "dev" else self.task.side_test
-        limit = self.config.dev_limit if split == "dev" else self.config.test_limit
-        items, side = first_items(items, limit), side[:limit] if limit else side
-        if self.task.kind == "choice":
-            result = evaluate_choice(self.llm, items).to_dict()
-            result.pop("predictions")
-            score = result["balanced_accuracy"] + 1e-3 * math.tanh(result["mean_margin"])
-        else:
-            result = evaluate_generation(self.llm, self.task, items, side, max_tokens=self.config.max_tokens).to_dict()
-            score = self._generation_score(result, split)
-        return Trial(setting, split, float(score), result)
+        return self._scored(setting, split, self._evaluate(setting, split))
 
-    def _generation_score(self, result: dict, split: str) -> float:
-        if split == "dev" and self.baseline_dev is not None:
-            base = self.baseline_dev
-            if result["perplexity"] > self.config.fluency_factor * base["perplexity"]:
-                return -math.inf
-            if result["distinct2"] < 0.5 * base["distinct2"]:  # repetition has low perplexity: check it apart
-                return -math.inf
-            side, base_side = result.get("side_refusal_rate"), base.get("side_refusal_rate")
-            if side is not None and base_side is not None and side > base_side + 0.1:
-                return -math.inf
-        return result["sentiment"]
+    def _evaluate(self, setting: Setting, split: str) -> ChoiceResult | GenerationResult:
+        self._apply(setting)
+        limit = self.config.dev_limit if split == "dev" else self.config.test_limit
+        return self.task.evaluate(self.llm, split, limit=limit, max_tokens=self.config.max_tokens)
+
+    def _scored(self, setting: Setting, split: str, result: ChoiceResult | GenerationResult) -> Trial:
+        baseline = self.baseline_dev if split == "dev" else None
+        score = self.task.score(result, baseline, fluency_factor=self.config.fluency_factor)
+        data = result.to_dict()
+        data.pop("predictions", None)
+        return Trial(setting, split, float(score), data)
 
     def _apply(self, setting: Setting) -> None:
         steering = self.llm.steering
@@ -157,31 +145,22 @@ class Sweeper:
         steering.set_profile(self._profile(setting))
 
     def _localize_all(self) -> None:
-        """One capture pass over the train pairs: momentum counts of every site and the CAA mean differences."""
-        run = CaptureRun()
-        total = None
-        sites = list(self.config.sites) + ([] if "layer" in self.config.sites else ["layer"])
-        for group in captured_pairs(self.float_model, self.task.train, sites, run, n_threads=self.config.threads,
-                                    progress=False):
-            if not self.counts:
-                self.counts = {site: MomentumCounts(run.n_layers, {site: run.widths[site]})
-                               for site in self.config.sites}
-            for site in self.config.sites:
-                self.counts[site].add(site, group.positive[site], group.negative[site])
-                self.counts[site].count_pairs(len(group.indices))
-            difference = (group.positive["layer"].astype(np.float64) - group.negative["layer"]).sum(axis=0)
-            total = difference if total is None else total + difference
-        mean = (total / run.n_pairs).astype(np.float32)
-        self.control = ControlVector({layer: mean[layer] for layer in range(1, run.n_layers)}, "", run.n_pairs)
+        """One capture pass over the train pairs: momentum counts of every site and the CAA mean difference."""
+        captured = tuple(dict.fromkeys([*self.config.sites, "layer"]))
+        with PairCapture(self.float_model, self.task.train, captured, n_threads=self.config.threads,
+                         progress=False) as capture:
+            self.counts = MomentumCounts.for_shape(capture.shape, self.config.sites)
+            difference = MeanDifference.for_shape(capture.shape, "layer")
+            capture.feed(self.counts, difference)
+        self.control = difference.control_vector(capture.shape.architecture)
 
     def _profile(self, setting: Setting) -> Profile:
-        counts = self.counts[setting.site]
+        counts = self.counts
+        assert counts is not None
         if setting.method in ("austeer", "single-unit"):
-            units = [Unit(u.layer, u.site, u.dim, u.score) for u in rank_units(counts, setting.k)]
+            units = [Unit(u.layer, u.site, u.dim, u.score) for u in rank_units(counts.only(setting.site), setting.k)]
             return Profile(setting.method, setting.alpha, units)
-        n = counts.n_pairs
-        positive, negative = counts.positive[setting.site], counts.negative[setting.site]
-        scores = np.where(positive >= negative, positive / n, -negative / n)
+        scores = counts.scores(setting.site)
         if setting.method == "whole-layer":
             units = [Unit(setting.layer, setting.site, dim, float(scores[setting.layer, dim]))
                      for dim in range(scores.shape[1])]
@@ -197,13 +176,15 @@ class Sweeper:
     def run(self, model_name: str) -> SweepReport:
         start = time.perf_counter()
         config = self.config
-        report = SweepReport(model_name, self.task.name, self.task.provenance, asdict(config))
+        report = SweepReport(model_name, self.task.name, self.task.kind, self.task.provenance, asdict(config))
         self._localize_all()
         for site in config.sites:
-            report.units[site] = [asdict(u) for u in rank_units(self.counts[site], 100)]
+            report.units[site] = [asdict(u) for u in rank_units(self.counts.only(site), 100)]
 
-        baseline = self.measure(Setting("unsteered"), "dev")
-        self.baseline_dev = baseline.result
+        unsteered = Setting("unsteered")
+        baseline_result = self._evaluate(unsteered, "dev")
+        baseline = self._scored(unsteered, "dev", baseline_result)  # scored before it becomes the baseline
+        self.baseline_dev = baseline_result
         report.trials.append(baseline)
 
         def best_of(trials: Sequence[Trial]) -> Trial:
@@ -221,15 +202,13 @@ class Sweeper:
         best_austeer = best_of(austeer)
         whole = []
         for site in config.sites:
-            counts = self.counts[site]
-            strength = np.maximum(counts.positive[site], counts.negative[site]).sum(axis=1)
-            layer = int(np.argmax(strength))
+            layer = int(np.argmax(self.counts.layer_strength(site)))
             whole += [self._trial(report, Setting("whole-layer", site, None, alpha, layer=layer))
                       for alpha in config.layer_alphas]
         chosen = best_austeer.setting
         random_trials = [self._trial(report, Setting("random-units", chosen.site, chosen.k, chosen.alpha, seed=seed))
                          for seed in config.random_seeds]
-        n_layers = self.counts[config.sites[0]].n_layers
+        n_layers = self.counts.n_layers
         third = max(1, n_layers // 3)
         ranges = [(1, n_layers - 1), (third, 2 * third), (1, third), (2 * third, n_layers - 1)][: config.ranges]
         caa = [self._trial(report, Setting("caa", layers=r, multiplier=m))
@@ -258,6 +237,4 @@ class Sweeper:
 
     @staticmethod
     def _neutral_texts() -> list[str]:
-        from . import datasets
-
         return datasets.prompts("neutral", "train")[:10]

@@ -11,10 +11,14 @@ import math
 import threading
 from dataclasses import dataclass
 
-from .control_vector import ControlVector
-from .fingerprint import ModelFingerprint
-from .profile import Profile
-from .sites import ModelShape
+import numpy as np
+
+from .. import sites
+from ..control_vector import ControlVector
+from ..errors import InputError
+from ..fingerprint import ModelFingerprint
+from ..profile import Profile, check_strength
+from ..sites import ModelShape
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,15 @@ class SteeringSetting:
 
 
 OFF = SteeringSetting(None, 0.0)
+MAX_MULTIPLIER = 1_000.0
+
+
+def native_units(profile: Profile, strength: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(layers, site codes, dims, factors) as the native state takes them."""
+    layers = np.array([u.layer for u in profile.units], dtype=np.int32)
+    codes = np.array([sites.code(u.site) for u in profile.units], dtype=np.int32)
+    dims = np.array([u.dim for u in profile.units], dtype=np.int32)
+    return layers, codes, dims, profile.factors(strength)
 
 
 class Steering:
@@ -52,9 +65,8 @@ class Steering:
         self._strength = 1.0
         self._library: dict[str, Profile] = {}
         self._control: ControlSetting | None = None
-        self._native_profile: Profile | None = None
-        self._native_profile_version = -1
         self._profile_version = 0
+        self._native_key: tuple[int, float] | None = None  # (profile version, strength) the native table holds
 
     # ---- what users call ----------------------------------------------------------------------------------
 
@@ -64,6 +76,7 @@ class Steering:
         if profile is not None:
             if not isinstance(profile, Profile):
                 raise TypeError(f"set_profile takes a Profile or None, not {type(profile).__name__}")
+            profile.factors(self._strength)  # refuses a factor out of range now, not at the next completion
             profile.check_model(self._shape, self._fingerprint, allow_mismatch=allow_model_mismatch)
         with self._lock:
             self._profile = profile
@@ -86,7 +99,7 @@ class Steering:
             profile = self._library.get(name)
             names = ", ".join(self._library) or "none"
         if profile is None:
-            raise KeyError(f"no profile named {name!r}; available: {names}")
+            raise InputError(f"no profile named {name!r}; available: {names}")
         return profile
 
     def use(self, name: str) -> None:
@@ -103,10 +116,11 @@ class Steering:
             width = self._shape.widths["layer"]
             for layer, direction in vector.directions.items():
                 if not 1 <= layer < self._shape.n_layers or direction.shape != (width,):
-                    raise ValueError(f"control vector direction.{layer} does not fit this model: layers "
+                    raise InputError(f"control vector direction.{layer} does not fit this model: layers "
                                      f"1..{self._shape.n_layers - 1} of width {width}")
-            if not math.isfinite(multiplier):
-                raise ValueError(f"multiplier must be finite, got {multiplier!r}")
+            if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) \
+                    or not math.isfinite(multiplier) or abs(multiplier) > MAX_MULTIPLIER:
+                raise InputError(f"multiplier must be a finite number within +-{MAX_MULTIPLIER:g}, got {multiplier!r}")
         with self._lock:
             self._control = ControlSetting(vector, float(multiplier)) if vector is not None else None
 
@@ -122,8 +136,10 @@ class Steering:
 
     @enabled.setter
     def enabled(self, on: bool) -> None:
+        if not isinstance(on, bool):
+            raise InputError(f"enabled must be True or False, got {on!r}")
         with self._lock:
-            self._enabled = bool(on)
+            self._enabled = on
 
     @property
     def strength(self) -> float:
@@ -131,10 +147,11 @@ class Steering:
 
     @strength.setter
     def strength(self, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"strength must be a finite number, got {value!r}")
+        value = check_strength(value)
         with self._lock:
-            self._strength = float(value)
+            if self._profile is not None:
+                self._profile.factors(value)  # refuses a factor out of range now
+            self._strength = value
 
     @property
     def requested(self) -> SteeringSetting:
@@ -148,15 +165,13 @@ class Steering:
         """Hand the requested setting to the native state; returns it."""
         with self._lock:
             setting = self._requested_locked()
-            if self._native_profile_version != self._profile_version:
-                profile = self._profile
-                if profile is None or not profile.units:
+            key = (self._profile_version, setting.strength) if setting.profile is not None else None
+            if key != self._native_key:
+                if setting.profile is None:
                     self._native.clear_units()
                 else:
-                    self._native.set_units(self._shape.n_layers, *profile.native_arrays())
-                self._native_profile = profile
-                self._native_profile_version = self._profile_version
-            self._native.strength = setting.strength
+                    self._native.set_units(self._shape.n_layers, *native_units(setting.profile, setting.strength))
+                self._native_key = key
             self._native.enabled = setting.profile is not None
             return setting
 

@@ -5,10 +5,12 @@ llama.cpp computes `W x + scale * B (A x)` (A: ggml {n_in, r}, B: {r, n_out}), w
 alpha / rank when the adapter has a non-zero `adapter.lora.alpha`. We write alpha = 0, so the scale a user
 passes is used as it is: 0 = off, 1 = the profile, 2 = twice its effect.
 
-- attn unit c of layer L (input column c of attn_output scaled by 1 + g): A row = one-hot c,
+Each site's registry record names the weight its unit belongs to (`sites.Site.weight`, `.axis`); with
+g = factor - 1 (the factor from `Profile.factors`):
+- an input-column unit c (attn: column c of attn_output scaled by 1 + g): A row = one-hot c,
   B column = g * W[:, c] of the dequantized weight; rank one per unit, exact per query head.
-- ffn unit c (output row c of ffn_down): A row = g * W[c, :], B column = one-hot c.
-- layer units have no weight: refused unless skip_layer_units=True.
+- an output-row unit c (ffn: row c of ffn_down): A row = g * W[c, :], B column = one-hot c.
+- units no weight owns (layer, the residual stream): refused unless skip_layer_units=True.
 
 On float weights this equals the runtime callback up to float rounding. On quantized weights it does not
 match bit for bit: llama.cpp quantizes the activation entering a quantized matmul (Q8), so the callback's
@@ -23,9 +25,11 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from .atomic import atomic_output
-from .gguf_file import open_reader
-from .profile import Profile
+from .. import sites
+from ..errors import InputError
+from ..ggufio.atomic import atomic_output
+from ..ggufio.layout import open_reader
+from ..profile import Profile
 
 
 @dataclass
@@ -38,33 +42,34 @@ class LoraReport:
 
 def export_lora(model: str | Path, profile: Profile, target: str | Path, *,
                 skip_layer_units: bool = False) -> LoraReport:
-    layer_units = [u for u in profile.units if u.site == "layer"]
-    if layer_units and not skip_layer_units:
-        raise ValueError(f"profile {profile.name!r} has {len(layer_units)} 'layer' (residual stream) units, which a "
+    unowned = [u for u in profile.units if sites.get(u.site).weight is None]
+    if unowned and not skip_layer_units:
+        raise InputError(f"profile {profile.name!r} has {len(unowned)} 'layer' (residual stream) units, which a "
                          "LoRA adapter cannot express: steer them at run time with SteeredLlama, or pass "
                          "--skip-layer-units to export the others")
     reader = open_reader(model)
     tensors = {tensor.name: tensor for tensor in reader.tensors}
     architecture = reader.fields["general.architecture"].contents()
 
-    grouped: dict[tuple[str, int], list[tuple[int, float]]] = {}
-    for unit, gain in zip(profile.units, profile.gains()):
-        if unit.site != "layer":
-            grouped.setdefault((unit.site, unit.layer), []).append((unit.dim, float(gain)))
+    grouped: dict[tuple[int, str], list[tuple[int, float]]] = {}
+    for unit, factor in zip(profile.units, profile.factors().tolist()):
+        if sites.get(unit.site).weight is not None:
+            grouped.setdefault((unit.layer, unit.site), []).append((unit.dim, factor - 1.0))
 
     adapters: list[tuple[str, np.ndarray, np.ndarray]] = []
-    for (site, layer), units in sorted(grouped.items(), key=lambda item: (item[0][1], item[0][0])):
-        name = f"blk.{layer}.{'attn_output' if site == 'attn' else 'ffn_down'}.weight"
+    for (layer, site_name), units in sorted(grouped.items()):
+        site = sites.get(site_name)
+        name = f"blk.{layer}.{site.weight}.weight"
         if name not in tensors:
-            raise ValueError(f"{model} has no tensor {name}: cannot express {site} units of layer {layer}")
-        if site == "ffn" and f"blk.{layer}.ffn_down.bias" in tensors:
-            raise ValueError(f"blk.{layer}.ffn_down.bias exists: the FFN output includes a bias that a LoRA term "
-                             "cannot scale; steer these ffn units at run time")
+            raise InputError(f"{model} has no tensor {name}: cannot express {site_name} units of layer {layer}")
+        if site.axis == "output" and f"blk.{layer}.{site.weight}.bias" in tensors:
+            raise InputError(f"blk.{layer}.{site.weight}.bias exists: the output includes a bias that a LoRA term "
+                             f"cannot scale; steer these {site_name} units at run time")
         weight = _dequantized(tensors[name])  # (n_out, n_in)
         a = np.zeros((len(units), weight.shape[1]), dtype=np.float32)
         b = np.zeros((weight.shape[0], len(units)), dtype=np.float32)
         for j, (dim, gain) in enumerate(units):
-            if site == "attn":
+            if site.axis == "input":
                 a[j, dim] = 1.0
                 b[:, j] = gain * weight[:, dim]
             else:
@@ -86,7 +91,7 @@ def export_lora(model: str | Path, profile: Profile, target: str | Path, *,
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-    return LoraReport(target, 2 * len(adapters), sum(a.shape[0] for _, a, _ in adapters), len(layer_units))
+    return LoraReport(target, 2 * len(adapters), sum(a.shape[0] for _, a, _ in adapters), len(unowned))
 
 
 def _dequantized(tensor) -> np.ndarray:

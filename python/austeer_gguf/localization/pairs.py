@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
+
+MAX_PAIRS_FILE_BYTES = 1 << 30
+
 
 @dataclass(frozen=True)
 class Pair:
@@ -43,13 +47,18 @@ def load_pairs(path: str | Path) -> list[Pair]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pairs file {path} does not exist")
+    if path.stat().st_size > MAX_PAIRS_FILE_BYTES:
+        raise InputError(f"{path} is larger than {MAX_PAIRS_FILE_BYTES >> 30} GiB; split it")
     pairs = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if line.strip():
-                pairs.append(_parse_line(path, number, line))
+    with path.open(encoding="utf-8", errors="strict") as lines:
+        try:
+            for number, line in enumerate(lines, start=1):
+                if line.strip():
+                    pairs.append(_parse_line(path, number, line))
+        except UnicodeDecodeError:
+            raise InputError(f"{path}:{len(pairs) + 1}: not UTF-8 text: pairs are JSONL") from None
     if not pairs:
-        raise ValueError(f"{path} holds no pairs: write one JSON object per line with 'positive' and "
+        raise InputError(f"{path} holds no pairs: write one JSON object per line with 'positive' and "
                          "'negative' (and optionally 'prompt')")
     return pairs
 
@@ -59,18 +68,20 @@ def _parse_line(path: Path, number: int, line: str) -> Pair:
     try:
         data = json.loads(line)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
+        raise InputError(f"{where}: not valid JSON ({error.msg})") from None
+    except RecursionError:
+        raise InputError(f"{where}: nests too deeply to be a pair") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a JSON object with 'positive' and 'negative'")
+        raise InputError(f"{where}: expected a JSON object with 'positive' and 'negative'")
     for key in ("positive", "negative"):
         if key not in data:
-            raise ValueError(f"{where}: missing field {key!r}")
+            raise InputError(f"{where}: missing field {key!r}")
     for key in ("prompt", "positive", "negative"):
         value = data.get(key, "")
         if not isinstance(value, str):
-            raise ValueError(f"{where}: field {key!r} must be a string")
+            raise InputError(f"{where}: field {key!r} must be a string")
         if key != "prompt" and not value.strip():
-            raise ValueError(f"{where}: field {key!r} is empty")
+            raise InputError(f"{where}: field {key!r} is empty")
     return Pair(data.get("prompt", ""), data["positive"], data["negative"])
 
 
@@ -87,7 +98,7 @@ def chat_renderer(llm: Any) -> Callable[[str], str]:
 
     template = llm.metadata.get("tokenizer.chat_template")
     if not template:
-        raise ValueError("this model has no chat template (tokenizer.chat_template); localize without --chat")
+        raise InputError("this model has no chat template (tokenizer.chat_template); localize without --chat")
     bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() != -1 else ""
     eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() != -1 else ""
     formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)

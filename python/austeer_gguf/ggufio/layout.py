@@ -16,6 +16,8 @@ from typing import Any
 import gguf
 import numpy as np
 
+from ..errors import InputError
+
 _SCALARS = {
     gguf.GGUFValueType.UINT8: "<B", gguf.GGUFValueType.INT8: "<b", gguf.GGUFValueType.UINT16: "<H",
     gguf.GGUFValueType.INT16: "<h", gguf.GGUFValueType.UINT32: "<I", gguf.GGUFValueType.INT32: "<i",
@@ -109,15 +111,17 @@ class _Cursor:
 
 
 def scan(path: str | Path) -> GgufLayout:
-    """Read the layout of a GGUF file; ValueError for anything that is not a complete, readable GGUF."""
+    """Read the layout of a GGUF file; InputError for anything that is not a complete, readable GGUF."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise FileNotFoundError(f"{path}: no such file" if not path.exists() else f"{path} is not a regular file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path} is not a readable GGUF file (it is empty)")
     try:
         with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
             return _scan(path, buffer)
-    except (struct.error, ValueError, OverflowError, IndexError, KeyError) as error:
-        raise ValueError(f"{path} is not a readable GGUF file ({error})") from None
+    except (struct.error, ValueError, OverflowError, IndexError, KeyError, MemoryError) as error:
+        raise InputError(f"{path} is not a readable GGUF file ({error})") from None
 
 
 def _scan(path: Path, buffer: mmap.mmap) -> GgufLayout:
@@ -143,13 +147,17 @@ def _scan(path: Path, buffer: mmap.mmap) -> GgufLayout:
     for _ in range(n_tensors):
         name = cursor.string()
         n_dims = cursor.take("<I")
+        if n_dims > 4:
+            raise ValueError(f"tensor {name!r} has {n_dims} dimensions (ggml has at most 4)")
         shape = tuple(cursor.take("<Q") for _ in range(n_dims))
         ggml_type = gguf.GGMLQuantizationType(cursor.take("<I"))
         offset = cursor.take("<Q")
         block, type_size = gguf.GGML_QUANT_SIZES[ggml_type]
         tensors.append(TensorEntry(name, shape, ggml_type, offset, int(np.prod(shape)) * type_size // block))
     info_end = cursor.position
-    alignment = int(metadata["general.alignment"].value) if "general.alignment" in metadata else 32
+    alignment = metadata["general.alignment"].value if "general.alignment" in metadata else 32
+    if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise ValueError(f"general.alignment is {alignment!r}; it must be a positive power of two")
     data_offset = info_end + (-info_end % alignment)
     end_of_data = max((t.offset + t.nbytes for t in tensors), default=0)
     if data_offset + end_of_data > len(buffer):

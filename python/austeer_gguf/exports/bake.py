@@ -1,13 +1,15 @@
 """Fold a profile into the weights: the steered model then runs in any llama.cpp at zero runtime cost.
 
-- `ffn` units scale output rows of `ffn_down`. An output row is a contiguous run of quantization blocks that
+Each site's registry record names the weight its unit belongs to and whether the unit is an output row or
+an input column of it (`sites.Site.weight`, `.axis`):
+- output-row units (`ffn`: rows of `ffn_down`). An output row is a contiguous run of quantization blocks that
   belong to that row alone, so multiplying each block's scale fields by the unit's factor scales every
   dequantized value of the row: exact up to the fp16 rounding of the new scales.
-- `attn` units scale input columns of `attn_output`: exact for F32/F16/BF16 weights. For quantized weights a
+- input-column units (`attn`: columns of `attn_output`): exact for F32/F16/BF16 weights. For quantized weights a
   column shares its blocks with other columns; when every query head has its own KV head, the unit is an
   output row of `attn_v` instead (attention is linear in V) and is folded there exactly. Otherwise it is
   refused, or with `approximate=True` the touched blocks are requantized and the largest error reported.
-- `layer` units (the residual stream) have no weight to fold into: refused, use the runtime.
+- units no weight owns (`layer`, the residual stream) cannot be folded: refused, use the runtime.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from .gguf_file import GgufLayout, TensorEntry, scan
-from .gguf_meta import BAKED_KEY, encode_profile
-from .gguf_write import rewrite
-from .profile import Profile
-from .sites import ModelShape
+from .. import sites
+from ..errors import InputError
+from ..fingerprint import fingerprint_of
+from ..ggufio.layout import GgufLayout, TensorEntry, scan
+from ..ggufio.metadata import BAKED_KEY, encode_profile
+from ..ggufio.rewrite import rewrite
+from ..profile import Profile
+from ..sites import ModelShape
 
 T = gguf.GGMLQuantizationType
 # Byte offsets of the fp16 scale fields in one block; scaling them scales every value of the block.
@@ -52,57 +57,63 @@ def profile_digest(profile: Profile) -> str:
 
 def baked_entries(layout: GgufLayout) -> list[dict]:
     text = layout.value(BAKED_KEY)
-    return json.loads(text) if text else []
+    if not text:
+        return []
+    try:
+        entries = json.loads(str(text))
+    except (json.JSONDecodeError, RecursionError):
+        entries = None
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise InputError(f"{layout.path}: its {BAKED_KEY} record is damaged; bake from the original model")
+    return entries
 
 
 def bake(model: str | Path, profile: Profile, target: str | Path, *, strength: float = 1.0,
          approximate: bool = False, allow_model_mismatch: bool = False) -> BakeReport:
     layout = scan(model)
     shape = ModelShape.from_gguf_fields(layout.values())
-    from .fingerprint import fingerprint_file
-
-    profile.check_model(shape, fingerprint_file(model), allow_mismatch=allow_model_mismatch)
+    profile.check_model(shape, fingerprint_of(layout), allow_mismatch=allow_model_mismatch)
     digest = profile_digest(profile)
     done = baked_entries(layout)
     if any(entry.get("digest") == digest for entry in done):
-        raise ValueError(f"profile {profile.name!r} is already baked into {model}; baking it twice would apply "
+        raise InputError(f"profile {profile.name!r} is already baked into {model}; baking it twice would apply "
                          "it twice")
-    layer_units = [u for u in profile.units if u.site == "layer"]
-    if layer_units:
-        raise ValueError(f"profile {profile.name!r} has {len(layer_units)} 'layer' (residual stream) units, which "
-                         "no weight can express: steer them at run time with SteeredLlama")
+    unowned = [u for u in profile.units if sites.get(u.site).weight is None]
+    if unowned:
+        names = ", ".join(sorted({f"{u.site!r}" for u in unowned}))
+        raise InputError(f"profile {profile.name!r} has {len(unowned)} {names} (residual stream) units, which no "
+                         "weight can express: steer them at run time with SteeredLlama")
     tensors = {t.name: t for t in layout.tensors}
-    factors_by_tensor: dict[str, dict[int, float]] = {}
+    rows: dict[str, dict[int, float]] = {}
     columns: dict[str, dict[int, float]] = {}
     via_attn_v = False
-    for unit, gain in zip(profile.units, profile.gains()):
-        factor = float(np.float32(1.0) + np.float32(strength) * gain)
-        if unit.site == "ffn":
-            _refuse_bias(tensors, f"blk.{unit.layer}.ffn_down.bias", profile)
-            factors_by_tensor.setdefault(f"blk.{unit.layer}.ffn_down.weight", {})[unit.dim] = factor
+    for unit, factor in zip(profile.units, profile.factors(strength).tolist()):
+        site = sites.get(unit.site)
+        name = f"blk.{unit.layer}.{site.weight}.weight"
+        weight = tensors.get(name)
+        if weight is None:
+            raise InputError(f"{model} has no tensor {name} (fused weights?): cannot bake {unit.site} units")
+        if site.axis == "output":
+            _refuse_bias(tensors, f"blk.{unit.layer}.{site.weight}.bias", profile)
+            rows.setdefault(name, {})[unit.dim] = factor
+        elif weight.ggml_type in FLOAT_TYPES or approximate:
+            columns.setdefault(name, {})[unit.dim] = factor
+        elif site.weight == "attn_output" and _has_own_kv_heads(layout, shape):
+            # Attention is linear in V: with one KV head per query head, input column c of attn_output is
+            # output row c of attn_v, whose blocks belong to it alone.
+            via_attn_v = True
+            rows.setdefault(f"blk.{unit.layer}.attn_v.weight", {})[unit.dim] = factor
+            bias = f"blk.{unit.layer}.attn_v.bias"
+            if bias in tensors:
+                rows.setdefault(bias, {})[unit.dim] = factor
         else:
-            output = tensors.get(f"blk.{unit.layer}.attn_output.weight")
-            if output is None:
-                raise ValueError(f"layer {unit.layer} has no attn_output weight (fused attention?): cannot bake")
-            if output.ggml_type in FLOAT_TYPES or approximate:
-                columns.setdefault(output.name, {})[unit.dim] = factor
-            elif _has_own_kv_heads(layout, shape):
-                via_attn_v = True
-                factors_by_tensor.setdefault(f"blk.{unit.layer}.attn_v.weight", {})[unit.dim] = factor
-                bias = f"blk.{unit.layer}.attn_v.bias"
-                if bias in tensors:
-                    factors_by_tensor.setdefault(bias, {})[unit.dim] = factor
-            else:
-                raise ValueError(
-                    f"attn unit {unit.describe()} scales an input column of {output.name} ({output.ggml_type.name}), "
-                    "whose quantization blocks it shares with other columns, and the model shares KV heads "
-                    "between query heads, so attn_v cannot carry it either: bake with --approximate "
-                    "(requantizes the touched blocks and reports the error) or steer at run time")
+            raise InputError(
+                f"{unit.site} unit {unit.describe()} scales an input column of {name} ({weight.ggml_type.name}), "
+                "whose quantization blocks it shares with other columns, and the model shares KV heads "
+                "between query heads, so attn_v cannot carry it either: bake with --approximate "
+                "(requantizes the touched blocks and reports the error) or steer at run time")
 
-    patches = {}
-    for name, factors in factors_by_tensor.items():
-        tensor = tensors[name]
-        patches[name] = _row_patch(tensor, factors)
+    patches = {name: _row_patch(tensors[name], factors) for name, factors in rows.items()}
     max_error = None
     for name, factors in columns.items():
         tensor = tensors[name]
@@ -116,13 +127,13 @@ def bake(model: str | Path, profile: Profile, target: str | Path, *, strength: f
              "digest": digest, "approximate": max_error is not None}
     rewrite(layout, Path(target), drop_key=lambda key: key == BAKED_KEY,
             new_keys={BAKED_KEY: json.dumps(done + [entry], separators=(",", ":"))}, patches=patches)
-    rows = sum(len(f) for n, f in factors_by_tensor.items() if n.endswith(".weight"))
-    return BakeReport(Path(target), rows, sum(len(f) for f in columns.values()), via_attn_v, max_error)
+    n_rows = sum(len(f) for n, f in rows.items() if n.endswith(".weight"))
+    return BakeReport(Path(target), n_rows, sum(len(f) for f in columns.values()), via_attn_v, max_error)
 
 
 def _refuse_bias(tensors: dict[str, TensorEntry], name: str, profile: Profile) -> None:
     if name in tensors:
-        raise ValueError(f"{name} exists: the FFN output includes a bias, which scaling the weight rows does not "
+        raise InputError(f"{name} exists: the FFN output includes a bias, which scaling the weight rows does not "
                          f"scale; profile {profile.name!r} cannot be baked exactly (steer at run time)")
 
 
@@ -151,7 +162,7 @@ def _scale_row(row: np.ndarray, ggml_type: gguf.GGMLQuantizationType, factor: fl
         values = (row.view(np.uint16).astype(np.uint32) << 16).view(np.float32) * np.float32(factor)
         return _to_bf16(values).view(np.uint8)
     if ggml_type not in SCALE_FIELDS:
-        raise ValueError(f"{where}: cannot fold a factor into {ggml_type.name} blocks exactly; supported: "
+        raise InputError(f"{where}: cannot fold a factor into {ggml_type.name} blocks exactly; supported: "
                          f"{', '.join(t.name for t in (*FLOAT_TYPES, *SCALE_FIELDS))}")
     block_bytes = gguf.GGML_QUANT_SIZES[ggml_type][1]
     blocks = row.reshape(-1, block_bytes).copy()
@@ -163,7 +174,7 @@ def _scale_row(row: np.ndarray, ggml_type: gguf.GGMLQuantizationType, factor: fl
 
 def _to_f16(values: np.ndarray, where: str) -> np.ndarray:
     if np.abs(values).max(initial=0.0) > FP16_MAX:
-        raise ValueError(f"{where}: the scaled value exceeds the fp16 range ({FP16_MAX}); use a smaller alpha "
+        raise InputError(f"{where}: the scaled value exceeds the fp16 range ({FP16_MAX}); use a smaller alpha "
                          "or strength, or steer at run time")
     return values.astype(np.float16)
 
@@ -216,7 +227,7 @@ def _requantized_column_patch(layout: GgufLayout, tensor: TensorEntry, factors: 
     try:
         requantized = gguf.quants.quantize(exact, tensor.ggml_type)
     except NotImplementedError:
-        raise ValueError(f"{tensor.name} is {tensor.ggml_type.name}, which gguf-py cannot requantize: "
+        raise InputError(f"{tensor.name} is {tensor.ggml_type.name}, which gguf-py cannot requantize: "
                          "steer these attn units at run time") from None
     error = float(np.abs(gguf.quants.dequantize(requantized, tensor.ggml_type) - exact).max())
     blocks[:, touched] = requantized.reshape(n_rows, len(touched), block_bytes)

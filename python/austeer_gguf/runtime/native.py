@@ -7,7 +7,7 @@ from pathlib import Path
 
 import llama_cpp  # loads libllama and, with it, libggml-base
 
-from . import _native
+from .. import _native, sites
 
 
 def _candidates() -> list[Path]:
@@ -28,15 +28,20 @@ def ggml_base_library() -> Path:
     errors = []
     for path in _candidates():
         try:
-            _native.SteeringState(str(path))
+            _native.SteeringState(str(path), _site_prefixes())
             return path
         except RuntimeError as error:
             errors.append(str(error))
     raise RuntimeError("none of llama_cpp's libggml-base files is the loaded one:\n" + "\n".join(errors))
 
 
+def _site_prefixes() -> list[tuple[str, bool]]:
+    return [(site.tensor, site.first_in_layer) for site in sites.all_sites()]
+
+
 def new_state() -> _native.SteeringState:
-    return _native.SteeringState(str(ggml_base_library()))
+    """A steering state that knows every registered site; site code i is `sites.all_sites()[i]`."""
+    return _native.SteeringState(str(ggml_base_library()), _site_prefixes())
 
 
 def callback_address() -> int:

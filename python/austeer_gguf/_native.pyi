@@ -1,0 +1,55 @@
+"""austeer-gguf native core: a ggml eval callback that scales atomic units (cpp/, built by scikit-build-core).
+
+The core knows sites only as graph tensor prefixes and units only as (layer, site code, dim, factor); every
+policy (which units, which factor, when) lives in Python (`austeer_gguf.runtime`).
+"""
+
+import numpy as np
+import numpy.typing as npt
+
+def callback_address() -> int:
+    """Address of the C eval callback ``bool (*)(ggml_tensor *, bool ask, void *user_data)``; pass a
+    `SteeringState.user_data` as its user data."""
+
+class SteeringState:
+    """Steering and capture state read by the eval callback on every graph node.
+
+    `sites` lists (graph tensor prefix, first_in_layer) pairs; site code i is the i-th pair. A tensor named
+    exactly ``<prefix>-<layer>`` belongs to that site; with first_in_layer only the first such tensor of a
+    layer in a graph does. The state resolves the ggml functions it calls from the already loaded
+    libggml-base at `ggml_base_path` (RuntimeError when that library is not loaded).
+    """
+
+    def __init__(self, ggml_base_path: str, sites: list[tuple[str, bool]]) -> None: ...
+    @property
+    def user_data(self) -> int:
+        """The address to pass as the callback's user data."""
+    def parse_site_name(self, name: str) -> tuple[int, int] | None:
+        """(site code, layer) of an exact site tensor name, else None."""
+    def set_units(self, n_layers: int, layers: npt.ArrayLike, sites: npt.ArrayLike, dims: npt.ArrayLike,
+                  factors: npt.ArrayLike) -> None:
+        """Replace the unit table (atomically; a graph being computed finishes with the old one). Every row of a
+        site tensor has its `dim` multiplied by `factor`. ValueError on a bad site code, layer, non-finite
+        factor or duplicate unit."""
+    def clear_units(self) -> None:
+        """Steer nothing."""
+    @property
+    def n_units(self) -> int: ...
+    enabled: bool
+    """When false nothing is steered (capture still works)."""
+    def set_chained(self, callback: int, user_data: int) -> None:
+        """Another eval callback (address, user data) asked about every node before ours; 0 removes it."""
+    def begin_capture(self, sites: list[int], n_layers: int, widths: list[int], rows: list[int],
+                      n_batch_tokens: int) -> None:
+        """Record rows `rows` of the chosen sites' tensors at every layer during the next decodes. `widths` has
+        one entry per site code (0 for sites not captured)."""
+    def end_capture(self) -> None: ...
+    def captured(self, site: int) -> tuple[np.ndarray, np.ndarray]:
+        """([n_layers, rows, width] float32 values, [n_layers] bool filled) for one site, read under one lock."""
+    def counters(self) -> dict[str, int]:
+        """What the callback did: steered, captured, via_backend_api, skipped_not_f32, skipped_not_contiguous,
+        skipped_width, skipped_no_data, skipped_unknown_layout, capture_row_mismatch, errors."""
+    def skipped_names(self) -> list[str]:
+        """"tensor-name: reason" of claimed tensors that were left alone (at most 32, no repeats)."""
+    def reset_counters(self) -> None:
+        """Zero the counters and forget the skipped names."""

@@ -1,0 +1,1 @@
+"""Evaluation: typed tasks that evaluate and score themselves, metrics, sweeps against baselines, explain."""
