@@ -41,9 +41,16 @@ def tensor_name(tensor: int) -> str:
 class GgmlContext:
     def __init__(self, mem_size: int = 1 << 20) -> None:
         self.ctx = _lib.ggml_init(_InitParams(mem_size, None, False))
+        self.metadata_ctx = _lib.ggml_init(_InitParams(1 << 16, None, True))  # no_alloc: tensors without data
 
     def close(self) -> None:
         _lib.ggml_free(self.ctx)
+        _lib.ggml_free(self.metadata_ctx)
+
+    def tensor_without_data(self, name: str, rows: int, width: int) -> int:
+        tensor = _lib.ggml_new_tensor_2d(self.metadata_ctx, GGML_TYPE_F32, width, rows)
+        _lib.ggml_set_name(tensor, name.encode())
+        return tensor
 
     def tensor(self, name: str, values: np.ndarray, ggml_type: int = GGML_TYPE_F32) -> int:
         """A [rows, width] numpy array as a ggml tensor of ne = (width, rows)."""

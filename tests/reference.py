@@ -3,8 +3,9 @@
 It reads the weights back from the file with gguf-py and reproduces the roundings llama.cpp's CPU
 backend applies on the way (an F16 KV cache, F16 operands of the attention matmuls, and Q8_0
 quantization of activations entering a Q8_0/Q4_0 weight), so llama.cpp's logits can be compared tightly.
-Steering scales chosen coordinates of the three site tensors:
-  attn  = attention output before attn_output (kqv_out), ffn = ffn_down output, layer = residual after layer.
+Steering scales chosen coordinates of activations, named here by what they are:
+  attn  = attention output before attn_output (kqv_out), ffn = ffn_down output, layer = residual after layer,
+  ffn_input = the residual after the attention block, which the FFN norm reads (llama.cpp's ffn_inp).
 """
 
 from __future__ import annotations
@@ -127,6 +128,8 @@ class ReferenceModel:
             attn = self._apply(steer, "attn", layer, attn)
             result.activations[("attn", layer)] = attn
             x = x + self._matmul(p + "attn_output.weight", attn)
+            x = self._apply(steer, "ffn_input", layer, x)
+            result.activations[("ffn_input", layer)] = x
 
             h = self._rms_norm(x, self.weights[p + "ffn_norm.weight"])
             gate = self._matmul(p + "ffn_gate.weight", h)
@@ -142,3 +145,14 @@ class ReferenceModel:
         h = self._rms_norm(x, self.weights["output_norm.weight"])
         result.logits = self._matmul("output.weight", h)
         return result
+
+
+def steer_of(profile, strength: float = 1.0) -> Steer:
+    """The AUSteer formula, stated here on its own: x_j <- x_j * (1 + strength * alpha * s_j) for every unit
+    (layer, site, dim, s_j) of a profile, in float32 as the graph holds it."""
+    steer: dict = {}
+    for unit in profile.units:
+        factor = np.float32(1.0) + np.float32(strength) * np.float32(profile.alpha * unit.score)
+        dims, values = steer.get((unit.site, unit.layer), ([], []))
+        steer[(unit.site, unit.layer)] = (dims + [unit.dim], values + [factor])
+    return {key: (np.array(d), np.array(f, dtype=np.float32)) for key, (d, f) in steer.items()}

@@ -175,3 +175,13 @@ def test_swapping_tables_many_times_keeps_the_latest(ggml):
     tensor = ggml.tensor("l_out-0", np.ones((1, 2), dtype=np.float32))
     run_node(state, tensor)
     assert ggml.view(tensor, (1, 2)).tolist() == [[2001.0, 1.0]]
+
+
+def test_a_tensor_without_memory_is_skipped_and_counted_never_handed_to_ggml(ggml):
+    state = make_state([(0, 2, 1, 2.0)])
+    empty = ggml.tensor_without_data("l_out-0", 2, 4)  # no buffer and no data, as a no_alloc context makes
+    assert run_node(state, empty) is True
+    assert state.counters()["skipped_no_data"] == 1 and state.counters()["steered"] == 0
+    assert state.skipped_names() == ["l_out-0: no data"]
+    state.reset_counters()
+    assert state.skipped_names() == [] and state.counters()["skipped_no_data"] == 0

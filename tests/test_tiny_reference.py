@@ -8,7 +8,7 @@ import pytest
 from austeer_gguf import Profile, Unit
 
 from conftest import logits_of, open_steered
-from reference import ReferenceModel
+from reference import ReferenceModel, steer_of
 
 TOKENS = [262, 270, 290, 300, 265, 300, 280, 3, 41, 99, 150, 284, 291, 276, 277]
 # Relative L2 error of llama.cpp's logits against the reference. Measured: 1e-7 to 6e-7 when every rounding
@@ -30,17 +30,6 @@ def profile_on(site: str, width: int, n_layers: int, seed: int) -> Profile:
         for dim in rng.choice(width, size=4, replace=False):
             units.append(Unit(layer, site, int(dim), float(rng.choice([-0.75, -0.5, 0.5, 0.8]))))
     return Profile(f"{site}-test", alpha=3.0, units=units)
-
-
-def steer_of(profile: Profile, strength: float = 1.0):
-    """The AUSteer formula, stated here on its own: x_j <- x_j * (1 + strength * alpha * s_j), in float32 as
-    the graph holds it."""
-    steer: dict = {}
-    for unit in profile.units:
-        factor = np.float32(1.0) + np.float32(strength) * np.float32(profile.alpha * unit.score)
-        dims, values = steer.get((unit.site, unit.layer), ([], []))
-        steer[(unit.site, unit.layer)] = (dims + [unit.dim], values + [factor])
-    return {key: (np.array(d), np.array(f, dtype=np.float32)) for key, (d, f) in steer.items()}
 
 
 @pytest.fixture(params=["F32", "Q8_0"])

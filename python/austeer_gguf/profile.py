@@ -19,6 +19,7 @@ import numpy as np
 from . import sites
 from .errors import InputError
 from .fingerprint import ModelFingerprint
+from .jsonfile import load_json, read_json_file
 from .sites import ModelShape
 
 SCHEMA_VERSION = 1
@@ -26,7 +27,6 @@ MAX_UNITS = 65_536  # a whole layer of the widest built-in site is 1,024 units
 MAX_ALPHA = 10_000.0  # the reference's largest setting is 100
 MAX_STRENGTH = 1_000.0
 MAX_FACTOR = 1e6  # |1 + strength * alpha * score| beyond this is breakage, not steering
-MAX_PROFILE_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -196,31 +196,8 @@ class Profile:
     def from_json(cls, path_or_text: str | Path) -> Profile:
         """Read a profile from a JSON file path or from JSON text."""
         if isinstance(path_or_text, str) and path_or_text.lstrip().startswith(("{", "[")):
-            text, origin = path_or_text, "profile JSON"
-        else:
-            path = Path(path_or_text)
-            if not path.is_file():
-                raise FileNotFoundError(f"profile file {path} does not exist")
-            if path.stat().st_size > MAX_PROFILE_BYTES:
-                raise InputError(f"{path} is larger than {MAX_PROFILE_BYTES >> 20} MiB: not a profile")
-            try:
-                text = path.read_text(encoding="utf-8")
-            except UnicodeDecodeError:
-                raise InputError(f"{path} is not UTF-8 text: not a profile JSON file") from None
-            origin = str(path)
-        return cls.from_dict(load_json(text, origin))
-
-
-def load_json(text: str, origin: str) -> Any:
-    """JSON text as Python values; InputError for invalid, oversized or absurdly nested JSON."""
-    if len(text) > MAX_PROFILE_BYTES:
-        raise InputError(f"{origin} is larger than {MAX_PROFILE_BYTES >> 20} MiB")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InputError(f"{origin} is not valid JSON: {error}") from None
-    except RecursionError:
-        raise InputError(f"{origin} nests too deeply to be a profile") from None
+            return cls.from_dict(load_json(path_or_text, "profile JSON"))
+        return cls.from_dict(read_json_file(Path(path_or_text), "profile"))
 
 
 def check_strength(strength: Any) -> float:

@@ -16,7 +16,6 @@ A user's own JSONL works too: choice items `{"prompt", "choices", "label"}`, or 
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import ClassVar
 
 from .. import datasets
 from ..errors import InputError
+from ..jsonfile import read_jsonl_objects
 from ..localization.pairs import Pair, load_pairs
 from . import evaluate
 from .evaluate import ChoiceResult, GenerationResult
@@ -33,7 +33,6 @@ from .evaluate import ChoiceResult, GenerationResult
 SEED = 2026
 POLARITY_PROMPT = 'The word "{word}" has a sentiment that is'
 POLARITY_CHOICES = (" positive", " negative")
-MAX_TASK_FILE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -197,31 +196,14 @@ def load_task(name: str) -> Task:
 
 def user_task(path: Path) -> Task:
     """Choice items `{"prompt", "choices", "label"}` or prompts `{"prompt"}`, one JSON object a line."""
-    if path.stat().st_size > MAX_TASK_FILE_BYTES:
-        raise InputError(f"{path} is larger than {MAX_TASK_FILE_BYTES >> 20} MiB")
-    lines = []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
-        if line.strip():
-            lines.append(_task_line(path, number, line))
+    lines = read_jsonl_objects(path, "task item")
     if not lines:
         raise InputError(f"{path} is empty: write one JSON object a line")
     if "choices" in lines[0][1]:
-        items = [_choice_item(f"{path}:{number}", data) for number, data in lines]
+        items = [_choice_item(where, data) for where, data in lines]
         return ChoiceTask(path.stem, [], items, items, str(path))
-    prompts = [_prompt(f"{path}:{number}", data) for number, data in lines]
+    prompts = [_prompt(where, data) for where, data in lines]
     return GenerationTask(path.stem, [], prompts, prompts, str(path))
-
-
-def _task_line(path: Path, number: int, line: str) -> tuple[int, dict]:
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-    except RecursionError:
-        raise InputError(f"{path}:{number}: nests too deeply") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}:{number}: expected a JSON object with 'prompt' (and 'choices', 'label')")
-    return number, data
 
 
 def _prompt(where: str, data: dict) -> str:

@@ -25,7 +25,8 @@ from typing import Any
 
 from .. import sites
 from ..errors import InputError
-from ..profile import SCHEMA_VERSION, Profile, Unit, load_json, provenance_from_dict
+from ..jsonfile import load_json
+from ..profile import SCHEMA_VERSION, Profile, Unit, provenance_from_dict
 from .layout import GgufLayout, scan
 from .rewrite import MetadataValue, rewrite
 

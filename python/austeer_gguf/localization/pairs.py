@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-
-MAX_PAIRS_FILE_BYTES = 1 << 30
+from ..jsonfile import read_jsonl_objects
 
 
 @dataclass(frozen=True)
@@ -45,34 +44,14 @@ class TokenPair:
 
 def load_pairs(path: str | Path) -> list[Pair]:
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pairs file {path} does not exist")
-    if path.stat().st_size > MAX_PAIRS_FILE_BYTES:
-        raise InputError(f"{path} is larger than {MAX_PAIRS_FILE_BYTES >> 30} GiB; split it")
-    pairs = []
-    with path.open(encoding="utf-8", errors="strict") as lines:
-        try:
-            for number, line in enumerate(lines, start=1):
-                if line.strip():
-                    pairs.append(_parse_line(path, number, line))
-        except UnicodeDecodeError:
-            raise InputError(f"{path}:{len(pairs) + 1}: not UTF-8 text: pairs are JSONL") from None
+    pairs = [_pair(where, data) for where, data in read_jsonl_objects(path, "pairs")]
     if not pairs:
         raise InputError(f"{path} holds no pairs: write one JSON object per line with 'positive' and "
                          "'negative' (and optionally 'prompt')")
     return pairs
 
 
-def _parse_line(path: Path, number: int, line: str) -> Pair:
-    where = f"{path}:{number}"
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise InputError(f"{where}: not valid JSON ({error.msg})") from None
-    except RecursionError:
-        raise InputError(f"{where}: nests too deeply to be a pair") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{where}: expected a JSON object with 'positive' and 'negative'")
+def _pair(where: str, data: dict[str, Any]) -> Pair:
     for key in ("positive", "negative"):
         if key not in data:
             raise InputError(f"{where}: missing field {key!r}")
