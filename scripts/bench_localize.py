@@ -32,7 +32,7 @@ PROPERTIES = ["alive", "hot", "made of metal", "a liquid", "edible", "bigger tha
 
 
 def make_pairs(n: int, seed: int = 0):
-    from austeer_gguf.pairs import Pair
+    from austeer_gguf.localization.pairs import Pair
 
     rng = np.random.default_rng(seed)
     preamble = ("Answer the question with yes or no. Think about what you know of everyday objects, animals and "
@@ -46,9 +46,9 @@ def make_pairs(n: int, seed: int = 0):
 
 
 def run_mode(mode: str, model: str, n_pairs: int, site: str, threads: int) -> dict:
-    from austeer_gguf.capture import ActivationCapture
-    from austeer_gguf.momentum import MomentumCounts
-    from austeer_gguf.pairs import tokenize_pairs
+    from austeer_gguf.localization.capture import ActivationCapture
+    from austeer_gguf.localization.pairs import tokenize_pairs
+    from austeer_gguf.localization.reducers import MomentumCounts
 
     class ForwardOnly(ActivationCapture):
         def _capture(self, rows, sites):

@@ -26,9 +26,9 @@ import llama_cpp
 import numpy as np
 
 from austeer_gguf import Profile, SteeredLlama, Unit, models
-from austeer_gguf.bake import bake
 from austeer_gguf.control_vector import ControlVector
-from austeer_gguf.lora import export_lora
+from austeer_gguf.exports.bake import bake
+from austeer_gguf.exports.lora import export_lora
 
 
 def spread_profile(site: str, k: int, n_layers: int, width: int, seed: int = 0) -> Profile:

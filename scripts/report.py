@@ -126,7 +126,7 @@ def write_model_report(model: str, reports: dict[str, dict], out_dir: Path) -> P
              "quantized file; each method's dev-best setting measured once on test (never tuned on test). "
              "KL: mean KL(steered || unsteered) of next-token distributions on 10 neutral texts.", ""]
     for task, report in reports.items():
-        generation = "sentiment" in report["test"]["unsteered"]["result"]
+        generation = report["task_kind"] == "generation"
         score_name = "VADER compound" if generation else "balanced accuracy"
         lines += [f"## {task}", "", f"Data: {report['provenance']}.", ""]
         if generation:

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from austeer_gguf import SteeredLlama, models
-from austeer_gguf.sweep import SweepConfig, Sweeper
-from austeer_gguf.tasks import load_task
+from austeer_gguf.evaluation.sweep import SweepConfig, Sweeper
+from austeer_gguf.evaluation.tasks import load_task
 
 GRIDS = {
     "choice": SweepConfig(ks=(1, 5, 20, 100), alphas=(2.0, 5.0, 10.0), layer_alphas=(0.5, 2.0),
