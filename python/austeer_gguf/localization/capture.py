@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import llama_cpp
 import numpy as np
@@ -43,12 +43,13 @@ class ActivationCapture:
     `batch_tokens` bounds the tokens of one decode. `group_cells` bounds the KV cells a group of pairs may
     fill: llama.cpp attends densely over every used cell of the unified cache (other sequences masked), so
     small groups keep attention cheap; measured on SmolLM2 (float32, 2 threads), 256 cells ran 1.5x faster
-    than 1024. A pair larger than the budget gets a group of its own.
+    than 1024. A pair larger than the budget gets a group of its own. Other keywords (rpc_servers,
+    n_gpu_layers, ...) go to `SteeredLlama`.
     """
 
     def __init__(self, model_path: str | Path, *, batch_tokens: int = 1024, group_cells: int = 256,
                  n_ctx: int = 4096, n_seq_max: int = 64, n_threads: int | None = None,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, **llama_kwargs: Any) -> None:
         threads = n_threads or os.cpu_count() or 1
         n_ctx = min(n_ctx, limits.context_length(scan(model_path).values()) or n_ctx)
         if not 0 < batch_tokens <= n_ctx:
@@ -61,7 +62,7 @@ class ActivationCapture:
         self.llm = SteeredLlama(
             str(model_path), n_ctx=n_ctx, n_batch=batch_tokens, n_ubatch=batch_tokens, n_threads=threads,
             n_threads_batch=threads, swa_full=True, verbose=verbose,
-            _context_overrides={"n_seq_max": self.n_seq_max, "kv_unified": True},
+            _context_overrides={"n_seq_max": self.n_seq_max, "kv_unified": True}, **llama_kwargs,
         )
         self.shape = self.llm.shape
         self._state = self.llm._native_state

@@ -16,7 +16,7 @@ from ..ggufio.layout import scan
 from ..ggufio.metadata import embedded_profiles
 from ..profile import Profile, resolve
 from ..sites import ModelShape
-from . import context_hook, limits, native
+from . import context_hook, limits, native, rpc
 from .steering import ControlSetting, Steering, SteeringSetting
 
 EvalCallback = Callable[[int, bool], bool]
@@ -30,7 +30,9 @@ class SteeredLlama(llama_cpp.Llama):
     `profile` may be a `Profile`, the name of a profile embedded in the model file, a path to a profile JSON
     file, or inline profile JSON (see `austeer_gguf.profile.resolve` for the order). `eval_callback`, if
     given, is chained: it is asked about every node as llama.cpp would ask it, and its compute call sees the
-    values after our scaling. Every other keyword goes to `llama_cpp.Llama`, after the resource requests
+    values after our scaling. `rpc_servers` (["host:port", ...]) registers llama.cpp RPC servers the way
+    llama.cpp's `--rpc` does (process-wide, see `runtime.rpc`) and offloads every layer to them unless
+    `n_gpu_layers` says otherwise. Every other keyword goes to `llama_cpp.Llama`, after the resource requests
     (threads, n_ctx, n_batch) are checked against the model and the machine.
 
     Steering changes take effect at the next completion; the prompt prefix llama-cpp-python would reuse from
@@ -44,6 +46,7 @@ class SteeredLlama(llama_cpp.Llama):
         *,
         eval_callback: EvalCallback | Any | None = None,
         allow_model_mismatch: bool = False,
+        rpc_servers: Sequence[str] | None = None,
         _context_overrides: dict[str, Any] | None = None,
         **llama_kwargs: Any,
     ) -> None:
@@ -53,6 +56,10 @@ class SteeredLlama(llama_cpp.Llama):
         self.shape = ModelShape.from_gguf_fields(fields)
         self.fingerprint: ModelFingerprint | None = fingerprint_of(layout)
         _check_resources(llama_kwargs, fields, self.shape.n_layers)
+        rpc.check_registered()
+        if rpc_servers is not None:
+            rpc.add_servers(list(rpc_servers))
+            llama_kwargs.setdefault("n_gpu_layers", -1)
 
         self._native_state = native.new_state()
         self._chained_callback = None
@@ -132,6 +139,11 @@ class SteeredLlama(llama_cpp.Llama):
         # A state saved elsewhere (or by a plain Llama) has an unknown setting: None never matches, so its
         # tokens are computed again before they are reused.
         self._kv_setting = getattr(state, "austeer_setting", None)
+
+    def close(self) -> None:
+        # A model refused in __init__ (bad input) never reached llama_cpp.Llama.__init__: nothing to close.
+        if "_stack" in self.__dict__:
+            super().close()
 
     # ---- helpers --------------------------------------------------------------------------------------
 
