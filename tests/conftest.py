@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -57,3 +59,18 @@ def logits_of(llm, tokens: list[int]) -> np.ndarray:
     llm.reset()
     llm.eval(tokens)
     return np.array(llm.scores[: len(tokens)], copy=True)
+
+
+def relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def run_backend_worker(model: Path, out: Path, backend: str) -> dict:
+    """Steered logits and captures of `model` on one backend, computed in a process of its own
+    (tests/backend_worker.py)."""
+    worker = Path(__file__).with_name("backend_worker.py")
+    result = subprocess.run([sys.executable, str(worker), str(model), str(out), backend], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = np.load(out)
+    return {key: (json.loads(str(data[key])) if key == "counters" else data[key]) for key in data.files}

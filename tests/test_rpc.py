@@ -9,32 +9,17 @@ thread count changing nothing but float summation order.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from austeer_gguf import SITES
 from austeer_gguf.runtime.rpc import RpcServer
 
-WORKER = Path(__file__).with_name("rpc_worker.py")
+from conftest import relative, run_backend_worker
+
 TOLERANCE = 1e-6
-
-
-def run_worker(model: Path, out: Path, servers: list[RpcServer]) -> dict:
-    endpoints = ",".join(server.endpoint for server in servers)
-    result = subprocess.run([sys.executable, str(WORKER), str(model), str(out), endpoints], capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    data = np.load(out)
-    return {key: (json.loads(str(data[key])) if key == "counters" else data[key]) for key in data.files}
-
-
-def relative(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +35,8 @@ def model(request, tiny_f32):
 
 @pytest.mark.parametrize("n_servers", [1, 2])
 def test_steering_and_capture_through_rpc_equal_the_cpu(model, servers, n_servers, tmp_path):
-    local = run_worker(model, tmp_path / "cpu.npz", [])
-    remote = run_worker(model, tmp_path / "rpc.npz", servers[:n_servers])
+    local = run_backend_worker(model, tmp_path / "cpu.npz", "cpu")
+    remote = run_backend_worker(model, tmp_path / "rpc.npz", "rpc=" + ",".join(s.endpoint for s in servers[:n_servers]))
     assert relative(remote["unsteered"], local["unsteered"]) < TOLERANCE
     for site in SITES:
         steered = remote[f"steered_{site}"]

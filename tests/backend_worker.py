@@ -1,6 +1,9 @@
-"""One process that steers and captures a model, on this CPU or offloaded to llama.cpp RPC servers.
+"""One process that steers and captures a model on one backend: this CPU, llama.cpp RPC servers, or the GPU
+of a CUDA/Metal build of llama-cpp-python (every layer offloaded).
 
-    python rpc_worker.py MODEL OUT.npz [HOST:PORT,...]
+    python backend_worker.py MODEL OUT.npz cpu
+    python backend_worker.py MODEL OUT.npz rpc=HOST:PORT[,HOST:PORT...]
+    python backend_worker.py MODEL OUT.npz gpu
 
 RPC devices are registered process-wide and ggml aborts once a registered server is gone, so each
 configuration runs in a process of its own. Writes: the unsteered logits of TOKENS, the steered logits for
@@ -39,9 +42,15 @@ def logits(llm, tokens: list[int]) -> np.ndarray:
 
 
 def main() -> None:
-    model, out = sys.argv[1], sys.argv[2]
-    servers = sys.argv[3].split(",") if len(sys.argv) > 3 and sys.argv[3] else None
-    options = dict(rpc_servers=servers) if servers else {}
+    model, out, backend = sys.argv[1], sys.argv[2], sys.argv[3]
+    if backend.startswith("rpc="):
+        options = dict(rpc_servers=backend[len("rpc="):].split(","))
+    elif backend == "gpu":
+        options = dict(n_gpu_layers=-1)
+    elif backend == "cpu":
+        options = {}
+    else:
+        raise SystemExit(f"unknown backend {backend!r}: cpu, rpc=HOST:PORT,..., or gpu")
     llm = SteeredLlama(model, n_ctx=128, n_batch=128, logits_all=True, verbose=False, n_threads=2,
                        n_threads_batch=2, **options)
     results = {"unsteered": logits(llm, TOKENS)}
