@@ -90,20 +90,22 @@ class ReferenceModel:
         out[..., 1::2] = even * sin + odd * cos
         return out
 
-    @staticmethod
-    def _apply(steer: Steer, site: str, layer: int, x: np.ndarray) -> np.ndarray:
+    def _apply(self, steer: Steer, site: str, layer: int, x: np.ndarray) -> np.ndarray:
+        """Scale the steered dims of the rows (token positions) from `self._steer_from` on."""
         if (site, layer) not in steer:
             return x
         dims, factors = steer[(site, layer)]
         x = x.astype(np.float32).astype(np.float64)  # the graph holds F32 values
-        x[:, dims] = (x[:, dims].astype(np.float32) * factors.astype(np.float32)).astype(np.float64)
+        rows = slice(self._steer_from, None)
+        x[rows, dims] = (x[rows, dims].astype(np.float32) * factors.astype(np.float32)).astype(np.float64)
         return x
 
     def forward(self, tokens: list[int], steer: Steer | None = None,
-                residual_add: dict[int, np.ndarray] | None = None) -> Forward:
+                residual_add: dict[int, np.ndarray] | None = None, steer_from: int = 0) -> Forward:
         """`residual_add`: layer -> vector added to the residual after the FFN (where llama.cpp adds a control
-        vector, before the tensor is named l_out-L)."""
+        vector, before the tensor is named l_out-L). `steer_from`: steer only positions from this one on."""
         steer = steer or {}
+        self._steer_from = steer_from
         residual_add = residual_add or {}
         n = len(tokens)
         hd, nh, nkv = self.head_dim, self.n_head, self.n_head_kv
@@ -147,12 +149,18 @@ class ReferenceModel:
         return result
 
 
-def steer_of(profile, strength: float = 1.0) -> Steer:
+def steer_of(profile, strength: float = 1.0, *also) -> Steer:
     """The AUSteer formula, stated here on its own: x_j <- x_j * (1 + strength * alpha * s_j) for every unit
-    (layer, site, dim, s_j) of a profile, in float32 as the graph holds it."""
+    (layer, site, dim, s_j) of a profile, in float32 as the graph holds it. `also`: more (profile, weight)
+    pairs active at the same time; a unit several profiles share is multiplied by each one's factor."""
+    factors: dict = {}
+    for each, weight in [(profile, strength), *also]:
+        for unit in each.units:
+            factor = np.float32(1.0) + np.float32(weight) * np.float32(each.alpha * unit.score)
+            key = (unit.site, unit.layer, unit.dim)
+            factors[key] = np.float32(factors.get(key, np.float32(1.0)) * factor)
     steer: dict = {}
-    for unit in profile.units:
-        factor = np.float32(1.0) + np.float32(strength) * np.float32(profile.alpha * unit.score)
-        dims, values = steer.get((unit.site, unit.layer), ([], []))
-        steer[(unit.site, unit.layer)] = (dims + [unit.dim], values + [factor])
+    for (site, layer, dim), factor in factors.items():
+        dims, values = steer.get((site, layer), ([], []))
+        steer[(site, layer)] = (dims + [dim], values + [factor])
     return {key: (np.array(d), np.array(f, dtype=np.float32)) for key, (d, f) in steer.items()}

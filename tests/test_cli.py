@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from austeer_gguf import Profile
+from austeer_gguf import Profile, Unit
 from austeer_gguf.ggufio.metadata import read_profiles
 
 WORDS = ["the cat is", "a dog was", "I like this", "you love the", "it was a", "this day is", "the world is",
@@ -120,3 +120,17 @@ def test_every_command_has_help():
                     "export-lora", "bake", "export-cvec"):
         result = run(command, "--help")
         assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_chat_mixes_profiles_and_scopes(tiny_f32, tmp_path):
+    first, second = tmp_path / "mood.json", tmp_path / "calm.json"
+    Profile("mood", 4.0, [Unit(1, "attn", 3, 0.9)]).to_json(first)
+    Profile("calm", 2.0, [Unit(1, "attn", 3, -0.5), Unit(2, "ffn", 5, 0.5)]).to_json(second)
+    script = (f"/profile {first}:0.5+{second}\n/apply generation\nthe cat is\n/profile {first}+{first}\n"
+              "/apply sometimes\n/quit\n")
+    result = run("chat", str(tiny_f32), "--max-tokens", "3", stdin=script)
+    assert result.returncode == 0, result.stderr
+    assert "(steering on, profile mood:0.5+calm, strength 1)" in result.stdout
+    assert "(steering on, profile mood:0.5+calm, strength 1, generated tokens only)" in result.stdout
+    assert "error: profile 'mood' is named twice" in result.stdout
+    assert "unknown command '/apply sometimes'" in result.stdout

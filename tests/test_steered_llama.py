@@ -172,3 +172,36 @@ def test_toggling_from_another_thread_keeps_every_completion_consistent(tiny_f32
     thread.join()
     assert not errors
     assert len(seen) >= 3, f"only {seen} were exercised in {completions} completions"
+
+
+def test_prefix_reuse_follows_the_token_scope(tiny_f32):
+    """Under scope "generation" the cached prompt is unsteered and the cached reply steered: a follow-up whose
+    prompt contains the reply may reuse only the first part, and every mix of scopes equals a fresh context."""
+    profile = strong_profile("a", "attn", 1)
+
+    def fresh(prompt: str, scope: str) -> str:
+        llm = open_steered(tiny_f32, profile=profile)
+        llm.steering.scope = scope
+        return complete(llm, prompt)
+
+    llm = open_steered(tiny_f32, profile=profile)
+    llm.steering.scope = "generation"
+    first = complete(llm)
+    follow_up = PROMPT + first + " and"
+    assert complete(llm, follow_up) == fresh(follow_up, "generation")
+    llm.steering.scope = "all"
+    assert complete(llm, follow_up) == fresh(follow_up, "all")
+    llm.steering.scope = "generation"
+    assert complete(llm, follow_up) == fresh(follow_up, "generation")
+    assert complete(llm) == first
+    assert fresh(PROMPT, "all") != first  # the scopes differ on this prompt
+
+
+def test_a_generation_scoped_prompt_is_shared_with_unsteered_requests(tiny_f32):
+    llm = open_steered(tiny_f32, profile=strong_profile("a", "ffn", 2))
+    llm.steering.scope = "generation"
+    complete(llm)
+    llm.steering.disable()
+    tokens = llm.tokenize(PROMPT.encode(), add_bos=False)
+    assert llm._kv.reusable(llm.steering.requested.for_prompt(), llm.n_tokens) >= len(tokens)
+    assert complete(llm) == complete(open_plain(tiny_f32))

@@ -87,3 +87,45 @@ def test_every_site_of_every_layer_can_be_steered_at_once(tiny):
     llm.steering.set_profile(profile)
     expected = reference.forward(TOKENS, steer_of(profile)).logits
     assert relative_error(logits_of(llm, TOKENS), expected) < TOLERANCE[kind]
+
+
+def test_several_profiles_at_once_multiply_their_factors_on_shared_units(tiny):
+    kind, path, reference = tiny
+    llm = open_steered(path)
+    first = profile_on("attn", llm.shape.widths["attn"], llm.shape.n_layers, seed=7)
+    overlap = [Unit(u.layer, u.site, u.dim, -0.4) for u in first.units[::2]]  # every other unit is shared
+    second = Profile("second", 2.0, [*overlap, *profile_on("ffn", 64, llm.shape.n_layers, seed=8).units])
+    llm.steering.set_profiles([(first, 1.0), (second, 0.5)])
+    expected = reference.forward(TOKENS, steer_of(first, 1.0, (second, 0.5))).logits
+    steered = logits_of(llm, TOKENS)
+    assert relative_error(steered, expected) < TOLERANCE[kind]
+    alone = reference.forward(TOKENS, steer_of(first)).logits
+    assert relative_error(steered, alone) > 20 * TOLERANCE[kind]  # the second profile did something
+    llm.steering.set_profiles({})  # nothing: unsteered again
+    assert relative_error(logits_of(llm, TOKENS), reference.forward(TOKENS).logits) < TOLERANCE[kind]
+
+
+@pytest.mark.parametrize("site", ["attn", "layer"])
+def test_generation_scope_steers_only_generated_positions(tiny, site):
+    """With scope "generation" the prompt is computed unsteered, so the first generated token (sampled from the
+    last prompt position) is the unsteered one; every generated position after it is steered."""
+    kind, path, reference = tiny
+    llm = open_steered(path)
+    profile = profile_on(site, llm.shape.widths[site], llm.shape.n_layers, seed=9)
+    llm.steering.set_profile(profile)
+    llm.steering.scope = "generation"
+    prompt = TOKENS[:8]
+    generated = []
+    for token in llm.generate(prompt, temp=0.0):
+        generated.append(token)
+        if len(generated) == 5:
+            break
+    everything = prompt + generated
+    actual = np.array(llm.scores[: len(everything) - 1], copy=True)
+    expected = reference.forward(everything[:-1], steer_of(profile), steer_from=len(prompt)).logits
+    assert relative_error(actual, expected) < TOLERANCE[kind]
+    unsteered = reference.forward(prompt).logits
+    assert generated[0] == int(np.argmax(unsteered[-1]))
+    everywhere = reference.forward(everything[:-1], steer_of(profile)).logits
+    assert relative_error(actual[: len(prompt)], everywhere[: len(prompt)]) > 20 * TOLERANCE[kind]
+    assert llm.steering_in_effect.scope == "generation"

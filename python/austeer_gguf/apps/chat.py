@@ -1,6 +1,7 @@
 """An interactive chat with a steering toggle: the detox switch of a desktop assistant.
 
-Commands: /steer on, /steer off, /strength S, /profile NAME|FILE, /status, /reset, /quit.
+Commands: /steer on, /steer off, /strength S, /profile NAME|FILE (several: A+B, weighted: A:0.5+B),
+/apply all|generation (steer every position, or generated tokens only), /status, /reset, /quit.
 A command takes effect at the next reply; the conversation so far is recomputed under the new setting.
 """
 
@@ -11,7 +12,8 @@ from typing import TextIO
 
 from ..errors import InputError
 
-HELP = "commands: /steer on|off, /strength S, /profile NAME|FILE, /status, /reset, /quit"
+HELP = ("commands: /steer on|off, /strength S, /profile NAME|FILE (or A+B, A:0.5+B), /apply all|generation, "
+        "/status, /reset, /quit")
 
 
 def run_chat(llm, *, max_tokens: int, temperature: float, seed: int,
@@ -58,7 +60,9 @@ def _command(llm, text: str) -> str:
             raise InputError(f"/strength takes a number, got {argument!r}") from None
         llm.steering.strength = value
     elif name == "/profile" and argument:
-        llm.steering.set_profile(llm.resolve_profile(argument))
+        llm.steering.set_profiles(_profile_mix(llm, argument))
+    elif name == "/apply" and argument in ("all", "generation"):
+        llm.steering.scope = argument
     elif name == "/status":
         pass
     else:
@@ -66,7 +70,22 @@ def _command(llm, text: str) -> str:
     return _status(llm)
 
 
+def _profile_mix(llm, argument: str) -> list:
+    """`polite`, `polite+positive` or `polite:1+positive:0.5` (NAME or FILE, optional weight)."""
+    mix = []
+    for part in argument.split("+"):
+        spec, _, weight = part.strip().rpartition(":") if ":" in part else (part.strip(), "", "1")
+        try:
+            value = float(weight)
+        except ValueError:
+            raise InputError(f"/profile: {weight!r} is not a weight; write NAME, NAME+NAME or NAME:0.5+NAME") from None
+        mix.append((llm.resolve_profile(spec), value))
+    return mix
+
+
 def _status(llm) -> str:
     steering = llm.steering
-    profile = steering.profile.name if steering.profile else "none"
-    return f"(steering {'on' if steering.enabled else 'off'}, profile {profile}, strength {steering.strength:g})"
+    profiles = "+".join(p.name if w == 1.0 else f"{p.name}:{w:g}" for p, w in steering.profiles) or "none"
+    scope = "" if steering.scope == "all" else ", generated tokens only"
+    return (f"(steering {'on' if steering.enabled else 'off'}, profile {profiles}, strength {steering.strength:g}"
+            f"{scope})")

@@ -185,6 +185,7 @@ class ActivationCapture:
         return last_rows
 
     def _decode(self) -> None:
+        self.llm.apply_steering()  # captures run under the model's steering setting (off unless set)
         status = llama_cpp.llama_decode(self.llm.ctx, self._batch)
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status} (KV cache of {self.n_ctx} cells full?)")

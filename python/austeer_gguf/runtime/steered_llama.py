@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,21 @@ from .steering import ControlSetting, Steering, SteeringSetting
 EvalCallback = Callable[[int, bool], bool]
 SKIP_COUNTERS = ("skipped_not_f32", "skipped_not_contiguous", "skipped_width", "skipped_no_data",
                  "skipped_unknown_layout", "errors")
+
+
+@dataclass(frozen=True)
+class KvRecord:
+    """Cached positions [0, split) were computed under `prompt`, positions from `split` on under `rest`."""
+
+    prompt: SteeringSetting | None = None
+    split: int = 0
+    rest: SteeringSetting | None = None
+
+    def reusable(self, needed: SteeringSetting, n_tokens: int) -> int:
+        """How many cached positions were computed under `needed`."""
+        if self.prompt is None or self.prompt != needed:
+            return 0
+        return n_tokens if self.rest == needed else min(n_tokens, self.split)
 
 
 class SteeredLlama(llama_cpp.Llama):
@@ -76,9 +92,11 @@ class SteeredLlama(llama_cpp.Llama):
                                "austeer-gguf supports llama-cpp-python==0.3.36 only")
 
         self.steering = Steering(self._native_state, self.shape, self.fingerprint)
-        self._kv_setting: SteeringSetting | None = None
+        self._kv = KvRecord()  # which settings the cached positions were computed under
+        self._setting: SteeringSetting | None = None  # the setting of the running (or last) completion
+        self._generation: SteeringSetting | None = None  # set while generate() runs: its generated-token phase
+        self._phase_is_prompt = True
         self._applied_control: ControlSetting | None = None
-        self._generating = 0
 
         embedded = embedded_profiles(fields)
         for name, why in embedded.broken.items():
@@ -93,52 +111,88 @@ class SteeredLlama(llama_cpp.Llama):
         return resolve(spec, {name: self.steering.named(name) for name in self.steering.available})
 
     # ---- steering around every decode -----------------------------------------------------------------
-
-    def _sync_steering(self) -> bool:
-        """Apply the requested setting; True when the KV cache holds tokens computed under another one."""
-        setting = self.steering.apply()
-        if setting.control != self._applied_control:
-            control = setting.control
-            _apply_control_vector(self, control.vector if control else None, control.multiplier if control else 0.0)
-            self._applied_control = control
-        stale = self.n_tokens > 0 and setting != self._kv_setting
-        self._kv_setting = setting
-        return stale
+    #
+    # A completion runs under one setting. Its prompt positions are computed under setting.for_prompt() and its
+    # generated positions under the setting itself (the two differ only for scope "generation"). The KV record
+    # says which setting computed which cached positions; a cached prefix is reused only where it was computed
+    # under the setting the new positions need.
 
     def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any):  # type: ignore[override]
-        if self._sync_steering():
-            self.reset()
-        self._generating += 1
+        setting = self._start(self.steering.apply())
+        tokens = list(tokens)
+        self._drop_stale_prefix(setting.for_prompt())
+        self._generation = setting
         try:
             return (yield from super().generate(tokens, *args, **kwargs))
         finally:
-            self._generating -= 1
+            self._generation = None
+            self._kv = KvRecord(setting.for_prompt(), len(tokens), setting)
             self._warn_once_if_skipped()
 
     def eval(self, tokens: Sequence[int]) -> None:
-        if not self._generating and self._sync_steering():
-            # The cached prefix was computed under another setting: compute it again under this one.
-            tokens = list(self._input_ids) + list(tokens)
-            self.reset()
-        super().eval(tokens)
-        if not self._generating:
+        if self._generation is None:
+            # A plain eval: every position is a prompt position.
+            prompt = self._start(self.steering.apply()).for_prompt()
+            reusable = self._kv.reusable(prompt, self.n_tokens)
+            if reusable < self.n_tokens:
+                tokens = list(self._input_ids[reusable:]) + list(tokens)
+                self.n_tokens = reusable
+            self._enter(prompt)
+            super().eval(tokens)
+            self._kv = KvRecord(prompt, self.n_tokens, prompt)
             self._warn_once_if_skipped()
+            return
+        # Inside generate: the first eval holds the prompt (what was not reused), later ones generated tokens.
+        self._enter(self._generation.for_prompt() if self._phase_is_prompt else self._generation)
+        self._phase_is_prompt = False
+        super().eval(tokens)
+
+    def apply_steering(self) -> SteeringSetting:
+        """For code that calls llama_decode itself (activation capture): hand the requested setting to the
+        native state as for a prompt, and forget the cached positions' record."""
+        setting = self._start(self.steering.apply())
+        self._enter(setting.for_prompt())
+        self._kv = KvRecord()
+        return setting
+
+    def _start(self, setting: SteeringSetting) -> SteeringSetting:
+        self._setting = setting
+        self._phase_is_prompt = True
+        return setting
+
+    def _enter(self, phase: SteeringSetting) -> None:
+        """Make the native state and the control vector steer as `phase` says."""
+        self._native_state.enabled = bool(phase.profiles)
+        if phase.control != self._applied_control:
+            control = phase.control
+            _apply_control_vector(self, control.vector if control else None, control.multiplier if control else 0.0)
+            self._applied_control = control
+
+    def _drop_stale_prefix(self, prompt: SteeringSetting) -> None:
+        """Cut the cached positions that were not computed under `prompt`, before llama-cpp-python looks for
+        a prefix to reuse."""
+        reusable = self._kv.reusable(prompt, self.n_tokens)
+        if reusable == 0 and self.n_tokens > 0:
+            self.reset()
+        elif reusable < self.n_tokens:
+            self.n_tokens = reusable
+            self._ctx.kv_cache_seq_rm(-1, reusable, -1)
+            self._requires_eval = True  # the logits held are not those of position reusable - 1
 
     def embed(self, *args: Any, **kwargs: Any):  # type: ignore[override]
-        self._sync_steering()
-        self._kv_setting = None  # embed clears the KV cache and leaves its own tokens in it
+        self._enter(self._start(self.steering.apply()).for_prompt())
+        self._kv = KvRecord()  # embed clears the KV cache and leaves its own tokens in it
         return super().embed(*args, **kwargs)
 
     def save_state(self) -> llama_cpp.LlamaState:
         state = super().save_state()
-        state.austeer_setting = self._kv_setting  # type: ignore[attr-defined]
+        state.austeer_kv = self._kv  # type: ignore[attr-defined]
         return state
 
     def load_state(self, state: llama_cpp.LlamaState) -> None:
         super().load_state(state)
-        # A state saved elsewhere (or by a plain Llama) has an unknown setting: None never matches, so its
-        # tokens are computed again before they are reused.
-        self._kv_setting = getattr(state, "austeer_setting", None)
+        # A state saved elsewhere (or by a plain Llama) has an unknown setting: nothing of it is reused.
+        self._kv = getattr(state, "austeer_kv", KvRecord())
 
     def close(self) -> None:
         # A model refused in __init__ (bad input) never reached llama_cpp.Llama.__init__: nothing to close.
@@ -149,8 +203,8 @@ class SteeredLlama(llama_cpp.Llama):
 
     @property
     def steering_in_effect(self) -> SteeringSetting | None:
-        """The setting the current KV cache (and the last completion) was computed under."""
-        return self._kv_setting
+        """The setting the last completion (or eval) ran under."""
+        return self._setting
 
     def native_counters(self) -> dict[str, int]:
         """What the callback did: tensors steered/captured, and tensors it had to skip (not F32, ...)."""

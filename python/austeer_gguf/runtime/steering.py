@@ -1,4 +1,14 @@
-"""The steering control a user holds: profile, on/off and strength, safe to change from any thread.
+"""The steering control a user holds: profiles and their weights, on/off, strength and token scope, safe to
+change from any thread.
+
+Several profiles can be active at once, each with its own weight: a unit's factor in profile p is
+``1 + strength * weight_p * alpha_p * score`` (`Profile.factors`), and units on the same (layer, site, dim)
+multiply their factors. Weight 0 switches one profile off.
+
+Token scope: "all" steers every position (prompt and generated); "generation" steers only the positions of
+generated tokens. The prompt is then computed unsteered, and so is the first generated token, which is
+sampled from the last prompt position; steering acts from the second generated token on (as EasySteer's
+generation-only mode).
 
 Changes are recorded at once and handed to the native state by the thread that decodes, at the start of
 the next completion (or `eval` call). A completion that is running finishes under the setting it started
@@ -9,7 +19,9 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -17,8 +29,12 @@ from .. import sites
 from ..control_vector import ControlVector
 from ..errors import InputError
 from ..fingerprint import ModelFingerprint
-from ..profile import Profile, check_strength
+from ..profile import MAX_FACTOR, MAX_STRENGTH, Profile, check_strength
 from ..sites import ModelShape
+
+SCOPES = ("all", "generation")
+MAX_MULTIPLIER = 1_000.0
+MAX_PROFILES = 16
 
 
 @dataclass(frozen=True)
@@ -33,25 +49,49 @@ class ControlSetting:
 class SteeringSetting:
     """What a completion runs under. Equal settings steer identically; `OFF` steers nothing."""
 
-    profile: Profile | None
+    profiles: tuple[tuple[Profile, float], ...]  # (profile, weight), weights non-zero
     strength: float
     control: ControlSetting | None = None
+    scope: str = "all"
 
     @property
     def active(self) -> bool:
-        return self.profile is not None or self.control is not None
+        return bool(self.profiles) or self.control is not None
+
+    @property
+    def profile(self) -> Profile | None:
+        """The profile when exactly one is active (None otherwise)."""
+        return self.profiles[0][0] if len(self.profiles) == 1 else None
+
+    def for_prompt(self) -> SteeringSetting:
+        """The setting prompt positions are computed under: OFF when only generated tokens are steered."""
+        return self if self.scope == "all" else OFF
+
+    def describe(self) -> dict[str, Any]:
+        """A plain summary (for logs and server responses)."""
+        return {"enabled": self.active, "profiles": {p.name: weight for p, weight in self.profiles},
+                "strength": self.strength, "apply": self.scope,
+                "control_vector": None if self.control is None else self.control.multiplier}
 
 
-OFF = SteeringSetting(None, 0.0)
-MAX_MULTIPLIER = 1_000.0
+OFF = SteeringSetting((), 0.0)
 
 
-def native_units(profile: Profile, strength: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(layers, site codes, dims, factors) as the native state takes them."""
-    layers = np.array([u.layer for u in profile.units], dtype=np.int32)
-    codes = np.array([sites.code(u.site) for u in profile.units], dtype=np.int32)
-    dims = np.array([u.dim for u in profile.units], dtype=np.int32)
-    return layers, codes, dims, profile.factors(strength)
+def native_units(profiles: Sequence[tuple[Profile, float]], strength: float,
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(layers, site codes, dims, factors) as the native state takes them; units that several profiles share
+    get the product of their factors."""
+    factors: dict[tuple[int, str, int], np.float32] = {}
+    for profile, weight in profiles:
+        for unit, factor in zip(profile.units, profile.factors(strength * weight)):
+            key = (unit.layer, unit.site, unit.dim)
+            factors[key] = np.float32(factors.get(key, np.float32(1.0)) * factor)
+    if factors and not max(abs(float(f)) for f in factors.values()) <= MAX_FACTOR:
+        raise InputError(f"the active profiles together scale a unit by more than {MAX_FACTOR:g}: lower the weights "
+                         "or the strength")
+    keys = list(factors)
+    return (np.array([k[0] for k in keys], dtype=np.int32), np.array([sites.code(k[1]) for k in keys], dtype=np.int32),
+            np.array([k[2] for k in keys], dtype=np.int32), np.array([factors[k] for k in keys], dtype=np.float32))
 
 
 class Steering:
@@ -60,31 +100,49 @@ class Steering:
         self._shape = shape
         self._fingerprint = fingerprint
         self._lock = threading.Lock()
-        self._profile: Profile | None = None
+        self._profiles: tuple[tuple[Profile, float], ...] = ()
         self._enabled = True
         self._strength = 1.0
+        self._scope = "all"
         self._library: dict[str, Profile] = {}
         self._control: ControlSetting | None = None
-        self._profile_version = 0
-        self._native_key: tuple[int, float] | None = None  # (profile version, strength) the native table holds
+        self._native_key: tuple[tuple[tuple[Profile, float], ...], float] | None = None
 
     # ---- what users call ----------------------------------------------------------------------------------
 
     def set_profile(self, profile: Profile | None, *, allow_model_mismatch: bool = False) -> None:
-        """Steer with `profile` (None: steer nothing). Raises ValueError before anything is decoded
+        """Steer with `profile` alone (None: steer nothing). Raises InputError before anything is decoded
         when the profile does not fit this model."""
-        if profile is not None:
+        if profile is not None and not isinstance(profile, Profile):
+            raise TypeError(f"set_profile takes a Profile or None, not {type(profile).__name__}")
+        self.set_profiles([] if profile is None else [(profile, 1.0)], allow_model_mismatch=allow_model_mismatch)
+
+    def set_profiles(self, weights: Mapping[str, float] | Sequence[tuple[Profile | str, float]], *,
+                     allow_model_mismatch: bool = False) -> None:
+        """Steer with several profiles at once: {name: weight} of available profiles, or (profile or name,
+        weight) pairs. Weight 0 leaves a profile out; overlapping units multiply their factors."""
+        items = list(weights.items()) if isinstance(weights, Mapping) else list(weights)
+        if len(items) > MAX_PROFILES:
+            raise InputError(f"at most {MAX_PROFILES} profiles can be active at once")
+        chosen: list[tuple[Profile, float]] = []
+        for spec, weight in items:
+            profile = self.named(spec) if isinstance(spec, str) else spec
             if not isinstance(profile, Profile):
-                raise TypeError(f"set_profile takes a Profile or None, not {type(profile).__name__}")
-            profile.factors(self._strength)  # refuses a factor out of range now, not at the next completion
+                raise TypeError(f"set_profiles takes profiles or their names, not {type(spec).__name__}")
+            weight = _check_weight(profile.name, weight)
+            if any(other.name == profile.name for other, _ in chosen):
+                raise InputError(f"profile {profile.name!r} is named twice")
             profile.check_model(self._shape, self._fingerprint, allow_mismatch=allow_model_mismatch)
+            if weight != 0.0:
+                chosen.append((profile, weight))
+        native_units(chosen, self._strength)  # refuses a factor out of range now, not at the next completion
         with self._lock:
-            self._profile = profile
-            self._profile_version += 1
+            self._profiles = tuple(chosen)
 
     def add_profiles(self, profiles: dict[str, Profile]) -> None:
-        """Make named profiles available to `use` (e.g. those embedded in the model file); each is checked
-        against the model when it is used, so one that does not fit never stops the model from loading."""
+        """Make named profiles available to `use` and `set_profiles` (e.g. those embedded in the model file);
+        each is checked against the model when it is used, so one that does not fit never stops the model
+        from loading."""
         with self._lock:
             self._library.update(profiles)
 
@@ -107,11 +165,18 @@ class Steering:
 
     @property
     def profile(self) -> Profile | None:
-        return self._profile
+        """The profile when exactly one is active (see `profiles` for several)."""
+        with self._lock:
+            return self._profiles[0][0] if len(self._profiles) == 1 else None
+
+    @property
+    def profiles(self) -> tuple[tuple[Profile, float], ...]:
+        with self._lock:
+            return self._profiles
 
     def set_control_vector(self, vector: ControlVector | None, multiplier: float = 1.0) -> None:
         """Add a CAA control vector times `multiplier` to the residual stream (None: remove it). It is switched
-        on and off together with the profile."""
+        on and off together with the profiles."""
         if vector is not None:
             width = self._shape.widths["layer"]
             for layer, direction in vector.directions.items():
@@ -149,9 +214,20 @@ class Steering:
     def strength(self, value: float) -> None:
         value = check_strength(value)
         with self._lock:
-            if self._profile is not None:
-                self._profile.factors(value)  # refuses a factor out of range now
+            native_units(self._profiles, value)  # refuses a factor out of range now
             self._strength = value
+
+    @property
+    def scope(self) -> str:
+        """"all" (every position) or "generation" (generated tokens only; see the module docstring)."""
+        return self._scope
+
+    @scope.setter
+    def scope(self, value: str) -> None:
+        if value not in SCOPES:
+            raise InputError(f"the steering scope is 'all' or 'generation', got {value!r}")
+        with self._lock:
+            self._scope = value
 
     @property
     def requested(self) -> SteeringSetting:
@@ -162,25 +238,32 @@ class Steering:
     # ---- what the decoding thread calls ---------------------------------------------------------------
 
     def apply(self) -> SteeringSetting:
-        """Hand the requested setting to the native state; returns it."""
+        """Hand the requested setting's units to the native state; returns the setting. Whether the native
+        state steers (its `enabled`) is the caller's to set, per phase (see SteeredLlama)."""
         with self._lock:
             setting = self._requested_locked()
-            key = (self._profile_version, setting.strength) if setting.profile is not None else None
-            if key != self._native_key:
-                if setting.profile is None:
-                    self._native.clear_units()
-                else:
-                    self._native.set_units(self._shape.n_layers, *native_units(setting.profile, setting.strength))
-                self._native_key = key
-            self._native.enabled = setting.profile is not None
-            return setting
+        key = (setting.profiles, setting.strength)
+        if key != self._native_key:
+            if setting.profiles:
+                self._native.set_units(self._shape.n_layers, *native_units(setting.profiles, setting.strength))
+            else:
+                self._native.clear_units()
+            self._native_key = key
+        return setting
 
     def _requested_locked(self) -> SteeringSetting:
         if not self._enabled:
             return OFF
-        steers_units = self._profile is not None and bool(self._profile.units) and self._strength != 0.0
+        steers_units = bool(self._profiles) and self._strength != 0.0
         if not steers_units and self._control is None:
             return OFF
-        if not steers_units:
-            return SteeringSetting(None, 0.0, self._control)
-        return SteeringSetting(self._profile, self._strength, self._control)
+        profiles = self._profiles if steers_units else ()
+        return SteeringSetting(profiles, self._strength if steers_units else 0.0, self._control, self._scope)
+
+
+def _check_weight(name: str, weight: Any) -> float:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(weight) or abs(weight) > MAX_STRENGTH:
+        raise InputError(f"the weight of profile {name!r} must be a finite number within +-{MAX_STRENGTH:g}, "
+                         f"got {weight!r}")
+    return float(weight)
