@@ -230,6 +230,25 @@ def resolve(spec: Profile | str | Path, embedded: Mapping[str, Profile]) -> Prof
                      f"(embedded: {names})")
 
 
+def parse_mix(text: str) -> list[tuple[str, float]]:
+    """A mix of profiles as users write it: `polite`, `polite+positive`, `polite:0.5+positive` -> [(name or
+    file, weight)]."""
+    mix = []
+    for part in str(text).split("+"):
+        spec, colon, weight = part.strip().rpartition(":")
+        if not colon:
+            spec, weight = part.strip(), "1"
+        try:
+            value = float(weight)
+        except ValueError:
+            raise InputError(f"{weight!r} in {text!r} is not a weight; write NAME, NAME+NAME or "
+                             "NAME:0.5+NAME") from None
+        if not spec:
+            raise InputError(f"{text!r} names no profile; write NAME, NAME+NAME or NAME:0.5+NAME")
+        mix.append((spec, value))
+    return mix
+
+
 def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 

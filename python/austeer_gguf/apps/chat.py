@@ -11,6 +11,7 @@ import sys
 from typing import TextIO
 
 from ..errors import InputError
+from ..profile import parse_mix
 
 HELP = ("commands: /steer on|off, /strength S, /profile NAME|FILE (or A+B, A:0.5+B), /apply all|generation, "
         "/status, /reset, /quit")
@@ -60,7 +61,7 @@ def _command(llm, text: str) -> str:
             raise InputError(f"/strength takes a number, got {argument!r}") from None
         llm.steering.strength = value
     elif name == "/profile" and argument:
-        llm.steering.set_profiles(_profile_mix(llm, argument))
+        llm.steering.set_profiles([(llm.resolve_profile(spec), weight) for spec, weight in parse_mix(argument)])
     elif name == "/apply" and argument in ("all", "generation"):
         llm.steering.scope = argument
     elif name == "/status":
@@ -68,19 +69,6 @@ def _command(llm, text: str) -> str:
     else:
         return f"unknown command {text!r}; {HELP}"
     return _status(llm)
-
-
-def _profile_mix(llm, argument: str) -> list:
-    """`polite`, `polite+positive` or `polite:1+positive:0.5` (NAME or FILE, optional weight)."""
-    mix = []
-    for part in argument.split("+"):
-        spec, _, weight = part.strip().rpartition(":") if ":" in part else (part.strip(), "", "1")
-        try:
-            value = float(weight)
-        except ValueError:
-            raise InputError(f"/profile: {weight!r} is not a weight; write NAME, NAME+NAME or NAME:0.5+NAME") from None
-        mix.append((llm.resolve_profile(spec), value))
-    return mix
 
 
 def _status(llm) -> str:

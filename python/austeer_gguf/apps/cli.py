@@ -207,6 +207,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import open_server, serve
+
+    server = open_server(models.resolve(args.model), profiles=args.profile or [], default=args.default,
+                         n_ctx=args.n_ctx, threads=args.threads, strength=args.strength, apply=args.apply)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: anyone who can reach it can use the model", file=sys.stderr)
+    print(f"serving {server.alias} on http://{args.host}:{args.port}/ (OpenAI API under /v1; the assistant at /)",
+          file=sys.stderr)
+    serve(server, host=args.host, port=args.port)
+    return 0
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from .chat import run_chat
 
@@ -484,6 +497,20 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--raw", action="store_true", help="plain completion, no chat template")
     _add_runtime_options(generate, strength, temperature, max_tokens=96, n_ctx=2048)
     generate.set_defaults(run=cmd_generate)
+
+    serve_ = command("serve", "an OpenAI-compatible server with per-request steering and the assistant page")
+    serve_.add_argument("model", help=model_help)
+    serve_.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback: this machine only)")
+    serve_.add_argument("--port", type=_positive_int, default=8080, help="port to listen on")
+    serve_.add_argument("--profile", action="append", help="profile JSON file to offer beside the embedded ones "
+                        "(repeatable)")
+    serve_.add_argument("--default", help="default steering: NAME, NAME+NAME or NAME:0.5+NAME (default: the only "
+                        "profile, if there is one)")
+    serve_.add_argument("--strength", type=strength, default=1.0, help="default strength")
+    serve_.add_argument("--apply", default="all", choices=["all", "generation"], help="default token scope")
+    serve_.add_argument("--n-ctx", type=_positive_int, default=2048, help="context size in tokens")
+    serve_.add_argument("--threads", type=_positive_int, help="CPU threads (default: half the cores)")
+    serve_.set_defaults(run=cmd_serve)
 
     chat = command("chat", "interactive chat with /steer on|off, /strength S, /profile NAME")
     chat.add_argument("model", help=model_help)

@@ -129,7 +129,7 @@ class Steering:
             profile = self.named(spec) if isinstance(spec, str) else spec
             if not isinstance(profile, Profile):
                 raise TypeError(f"set_profiles takes profiles or their names, not {type(spec).__name__}")
-            weight = _check_weight(profile.name, weight)
+            weight = check_weight(profile.name, weight)
             if any(other.name == profile.name for other, _ in chosen):
                 raise InputError(f"profile {profile.name!r} is named twice")
             profile.check_model(self._shape, self._fingerprint, allow_mismatch=allow_model_mismatch)
@@ -261,7 +261,7 @@ class Steering:
         return SteeringSetting(profiles, self._strength if steers_units else 0.0, self._control, self._scope)
 
 
-def _check_weight(name: str, weight: Any) -> float:
+def check_weight(name: str, weight: Any) -> float:
     if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)) \
             or not math.isfinite(weight) or abs(weight) > MAX_STRENGTH:
         raise InputError(f"the weight of profile {name!r} must be a finite number within +-{MAX_STRENGTH:g}, "

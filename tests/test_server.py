@@ -1,0 +1,129 @@
+"""The OpenAI-compatible server (`python -m austeer_gguf serve`) driven by the official `openai` client and
+raw HTTP: per-request steering, isolation under concurrent and streaming requests, the steering endpoints,
+bad requests answered 4xx while the server keeps serving, and a client that disconnects mid-stream."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+
+import httpx
+import openai
+import pytest
+
+from austeer_gguf import Profile, Unit
+from austeer_gguf.ggufio.metadata import embed_profiles
+
+from server_fixture import running_server
+
+MOOD = Profile("mood", 4.0, [Unit(layer, "attn", dim, 0.8) for layer in range(3) for dim in (1, 5, 9, 13)])
+CALM = Profile("calm", 3.0, [Unit(layer, "ffn", dim, -0.7) for layer in range(3) for dim in (2, 6, 10)])
+MESSAGES = [{"role": "user", "content": "the cat is"}]
+SETTINGS = [None, {"enabled": False}, {"profiles": {"calm": 1.0}}, {"profiles": {"mood": 0.5, "calm": 1.0}},
+            {"apply": "generation"}, {"strength": 2.0}]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_f32, tmp_path_factory):
+    model = embed_profiles(tiny_f32, [MOOD], tmp_path_factory.mktemp("served") / "tiny.gguf")
+    calm = tmp_path_factory.mktemp("profiles") / "calm.json"
+    CALM.to_json(calm)
+    with running_server(model, "--profile", str(calm), "--default", "mood", "--n-ctx", "512") as url:
+        yield url
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def chat(client, steering, *, stream=False, max_tokens=8):
+    extra = {} if steering is None else {"steering": steering}
+    if not stream:
+        reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=max_tokens, temperature=0,
+                                               extra_body=extra)
+        return reply.choices[0].message.content, reply.model_extra["steering"]
+    text, settings = "", []
+    for chunk in client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=max_tokens,
+                                                temperature=0, stream=True, extra_body=extra):
+        settings.append(chunk.model_extra["steering"])
+        text += chunk.choices[0].delta.content or ""
+    assert all(setting == settings[0] for setting in settings)
+    return text, settings[0]
+
+
+def test_each_request_runs_under_its_own_setting_and_says_which(client):
+    replies = {}
+    for steering in SETTINGS:
+        text, ran_under = chat(client, steering)
+        assert (text, ran_under) == chat(client, steering, stream=True)
+        replies[json.dumps(steering)] = text
+        expected = {"enabled": True, "profiles": {"mood": 1.0}, "strength": 1.0, "apply": "all"}
+        if steering and "profiles" in steering:
+            expected["profiles"] = steering["profiles"]
+        expected.update({k: v for k, v in (steering or {}).items() if k != "profiles"})
+        assert ran_under == expected
+    assert len(set(replies.values())) == len(SETTINGS), "every setting must give its own reply here"
+    completion = client.completions.create(model="tiny", prompt="the cat is", max_tokens=4, temperature=0,
+                                           extra_body={"steering": {"enabled": False}})
+    assert completion.model_extra["steering"]["enabled"] is False
+
+
+def test_concurrent_mixed_requests_never_leak_settings(client):
+    alone = {json.dumps(s): chat(client, s)[0] for s in SETTINGS}
+    jobs = [(SETTINGS[i % len(SETTINGS)], i % 3 == 0) for i in range(36)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda job: (job[0], chat(client, job[0], stream=job[1])), jobs))
+    for steering, (text, _) in results:
+        assert text == alone[json.dumps(steering)], f"{steering}: a concurrent request changed this reply"
+
+
+def test_the_steering_endpoints(server, client):
+    listing = httpx.get(f"{server}/v1/steering").json()
+    assert {(p["name"], p["source"]) for p in listing["data"]} == {("mood", "embedded"), ("calm", "loaded")}
+    assert listing["default"] == {"enabled": True, "profiles": {"mood": 1.0}, "strength": 1.0, "apply": "all"}
+    added = Profile("brisk", 2.0, [Unit(1, "layer", 7, 0.6)])
+    response = httpx.post(f"{server}/v1/steering/profiles", json=added.to_dict())
+    assert response.status_code == 201 and response.json()["name"] == "brisk"
+    assert chat(client, {"profiles": {"brisk": 1.0}})[1]["profiles"] == {"brisk": 1.0}
+    try:
+        assert httpx.put(f"{server}/v1/steering", json={"profiles": {"calm": 1.0}}).status_code == 200
+        assert chat(client, None)[1]["profiles"] == {"calm": 1.0}
+    finally:
+        httpx.put(f"{server}/v1/steering", json={"profiles": {"mood": 1.0}})
+    assert httpx.get(f"{server}/v1/models").json()["data"][0]["id"] == "tiny.gguf"
+    inline = {"profile": Profile("inline", 3.0, [Unit(0, "ffn", 3, 0.9)]).to_dict(), "profiles": {}}
+    assert chat(client, inline)[1]["profiles"] == {"inline": 1.0}
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b'{"messages": [', 400, "not valid JSON"),
+    (b'{"messages": [], "steering": {"profiles": {"nope": 1}}}', 400, "no profile named 'nope'"),
+    (b'{"messages": [], "steering": {"strength": NaN}}', 400, "strength must be a finite number"),
+    (b'{"messages": [], "steering": {"strength": Infinity}}', 400, "strength must be a finite number"),
+    (b'{"messages": [], "steering": {"profiles": {"mood": 1e308}}}', 400, "weight of profile 'mood'"),
+    (b'{"messages": [], "steering": {"colour": "red"}}', 400, "steering.colour: Extra inputs are not permitted"),
+    (b'{"messages": [], "steering": {"apply": "sometimes"}}', 400, "steering.apply"),
+    (b'{"messages": [], "max_tokens": 100000000}', 400, "max_tokens = 100000000 is outside 1..512"),
+    (b'{"messages": [], "temperature": -3}', 400, "temperature must be a finite number in 0..100"),
+    (b'{"messages": [{"role": "user", "content": "' + b"the cat is " * 400 + b'"}], "max_tokens": 4}', 400,
+     "maximum context length is 512 tokens"),
+    (b'{"messages": [{"role": "user", "content": "' + b"a" * (2 << 20) + b'"}]}', 413, "over 1048576 bytes"),
+])
+def test_bad_requests_get_a_4xx_that_says_what_to_do_and_the_server_keeps_serving(server, client, body, status,
+                                                                                  message):
+    response = httpx.post(f"{server}/v1/chat/completions", content=body, headers={"content-type": "application/json"},
+                          timeout=60)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]["message"]
+    assert chat(client, None)[0]  # still serving
+
+
+def test_a_client_that_disconnects_mid_stream_frees_the_model(server, client):
+    expected = chat(client, {"enabled": False})[0]
+    body = {"messages": MESSAGES, "max_tokens": 400, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=60) as response:
+        lines = response.iter_lines()
+        for _ in range(4):
+            next(lines)
+    assert chat(client, {"enabled": False})[0] == expected  # would time out (120 s) if the model stayed held
