@@ -276,3 +276,16 @@ def test_a_malformed_embedded_profile_is_left_out_with_a_warning_and_can_be_stri
     assert result.returncode == 0 and "embedded profile 'bad' is left out" in result.stderr
     assert cli("strip", broken, "--name", "bad", "-o", tmp_path / "fixed.gguf").returncode == 0
     assert read_profiles(tmp_path / "fixed.gguf") == {"good": good}
+
+
+def test_batch_sizes_beyond_the_context_are_refused(tiny_f32):
+    with pytest.raises(InputError, match="n_batch = 4096 is outside 1..256"):
+        open_steered(tiny_f32, n_ctx=256, n_batch=4096)
+
+
+def test_chat_reports_a_malformed_profile_file_and_goes_on(model, tmp_path):
+    bad = profile_file(tmp_path / "bad.json", extra=5)
+    result = cli("chat", model, "--max-tokens", "2", stdin=f"/profile {bad}\nthe cat is\n/quit\n")
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert "error: profile 'p': extra must be an object, got int" in result.stdout
+    assert result.stdout.count("> ") >= 3  # the chat kept reading after the error
