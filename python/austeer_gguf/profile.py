@@ -58,6 +58,7 @@ class Profile:
     data_sha256: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    calibration: dict[str, Any] | None = None  # budget and strength the alpha was calibrated to (calibrate.py)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -84,6 +85,8 @@ class Profile:
             raise InputError(f"profile {self.name!r}: data_sha256 must be a string")
         if not isinstance(self.extra, dict):
             raise InputError(f"profile {self.name!r}: extra must be an object, got {type(self.extra).__name__}")
+        if self.calibration is not None and not isinstance(self.calibration, dict):
+            raise InputError(f"profile {self.name!r}: calibration must be an object")
         if self.model is not None and not isinstance(self.model, ModelFingerprint):
             raise InputError(f"profile {self.name!r}: model must be a ModelFingerprint")
         if self.schema_version != SCHEMA_VERSION:
@@ -164,6 +167,8 @@ class Profile:
             data["data_sha256"] = self.data_sha256
         if self.extra:
             data["extra"] = self.extra
+        if self.calibration is not None:
+            data["calibration"] = self.calibration
         return data
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -292,4 +297,5 @@ def provenance_from_dict(data: dict[str, Any]) -> dict[str, Any]:
         "n_pairs": data.get("n_pairs"),
         "data_sha256": data.get("data_sha256"),
         "extra": data.get("extra") if data.get("extra") is not None else {},
+        "calibration": data.get("calibration"),
     }

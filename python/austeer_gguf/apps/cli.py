@@ -39,13 +39,47 @@ def cmd_localize(args: argparse.Namespace) -> int:
     result = localize(model, args.pairs, sites=args.site, k=args.k, alpha=args.alpha, name=args.name,
                       chat=args.chat, max_tokens=args.max_tokens, share_prefix=not args.no_share_prefix,
                       n_threads=args.threads, progress=not args.quiet)
-    result.profile.to_json(output)
+    profile = result.profile
+    if args.calibrate_kl is not None:
+        calibration_model = models.fetch(args.model) if args.model in models.MODELS else model
+        profile = _calibrated(calibration_model, profile, kl=args.calibrate_kl, perplexity=None,
+                              threads=args.threads)
+    profile.to_json(output)
     if not args.quiet:
         print(result.table(args.show), file=sys.stderr)
         print(f"{result.n_pairs} pairs ({result.truncated} cut to {args.max_tokens} tokens, {result.skipped} skipped) "
               f"in {result.seconds:.1f} s, {result.pairs_per_second:.1f} pairs/s", file=sys.stderr)
     print(output)
     return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from ..ggufio.atomic import check_output
+
+    source = models.resolve(args.model)
+    profile = _resolve_profile(source, args.profile)
+    output = check_output(Path(args.output or f"{profile.name}.calibrated.json"), [source, args.profile],
+                          force=args.force)
+    result = _calibrated(source, profile, kl=args.kl, perplexity=args.perplexity, tolerance=args.tolerance,
+                         threads=args.threads, force=args.force)
+    result.to_json(output)
+    print(output)
+    return 0
+
+
+def _calibrated(model: Path, profile, *, kl, perplexity, tolerance: float = 0.05, threads=None, force=False):
+    """The profile calibrated on `model` to a KL or perplexity budget (see evaluation/calibrate.py)."""
+    from ..evaluation.calibrate import calibrate, calibrated
+    from ..runtime.steered_llama import SteeredLlama
+
+    llm = SteeredLlama(str(model), n_ctx=512, logits_all=True, n_threads=threads, n_threads_batch=threads,
+                       verbose=False)
+    llm.steering.set_profile(profile, allow_model_mismatch=force)
+    result = calibrate(llm, profile, kl=kl, perplexity_ratio=perplexity, tolerance=tolerance)
+    print(f"calibrated {profile.name!r}: strength {result.strength:.4g} keeps the {result.measure} at "
+          f"{result.side_effect:.4g} (budget {result.budget:g}; {len(result.trials)} trials); alpha "
+          f"{profile.alpha:g} -> {profile.alpha * result.strength:.4g}", file=sys.stderr)
+    return calibrated(profile, result)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -411,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     localize.add_argument("--threads", type=_positive_int, help="CPU threads (default: all cores)")
     localize.add_argument("--show", type=int, default=10, help="top units to print")
     localize.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    localize.add_argument("--calibrate-kl", type=_bounded_float(1e-6, 10.0), metavar="KL",
+                          help="calibrate the strength to this KL on neutral text (on the quantized file of a "
+                          "built-in model)")
     localize.add_argument("-o", "--output", help="profile JSON to write (default: <pairs>.profile.json)")
     add_force(localize, "replace a read-only output file")
     localize.set_defaults(run=cmd_localize)
@@ -422,6 +459,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output(embed, "default: MODEL.steered.gguf beside the model")
     add_force(embed, "embed a profile made for another model; replace a read-only file")
     embed.set_defaults(run=cmd_embed)
+
+    calibrate = command("calibrate", "scale a profile to the strength at which its side effect meets a budget")
+    calibrate.add_argument("model", help=model_help + " (the file you will run: calibrate on it)")
+    calibrate.add_argument("profile", help="profile JSON file or embedded profile name")
+    budget = calibrate.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--kl", type=_bounded_float(1e-6, 10.0),
+                        help="KL(steered || unsteered) on neutral text, nats per token (e.g. 0.05)")
+    budget.add_argument("--perplexity", type=_bounded_float(1.0001, 100.0),
+                        help="perplexity of neutral continuations over the unsteered ones (e.g. 1.1)")
+    calibrate.add_argument("--tolerance", type=_bounded_float(0.001, 0.5), default=0.05,
+                           help="relative precision of the strength")
+    calibrate.add_argument("--threads", type=_positive_int, help="CPU threads (default: half the cores)")
+    calibrate.add_argument("-o", "--output", help="calibrated profile JSON (default: <name>.calibrated.json)")
+    add_force(calibrate, "calibrate a profile made for another model; replace a read-only output file")
+    calibrate.set_defaults(run=cmd_calibrate)
 
     inspect = command("inspect", "list the profiles embedded in a GGUF")
     inspect.add_argument("model", help=model_help)

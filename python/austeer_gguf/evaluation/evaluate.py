@@ -183,17 +183,26 @@ def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str], side_
 
 # ---- side effects ------------------------------------------------------------------------------------------
 
+class NeutralKL:
+    """KL(steered || unsteered) of next-token distributions over every position of neutral texts, under the
+    model's current steering; the unsteered logits are computed once."""
+
+    def __init__(self, llm, texts: Sequence[str]) -> None:
+        self.llm = llm
+        self.tokens = [llm.tokenize(text.encode("utf-8"), add_bos=True, special=True) for text in texts]
+        with steering_off(llm):
+            self.reference = [self._logits(tokens) for tokens in self.tokens]
+
+    def _logits(self, tokens: list[int]) -> np.ndarray:
+        self.llm.reset()
+        self.llm.eval(tokens)
+        return np.array(self.llm.scores[: len(tokens)], copy=True)
+
+    def __call__(self) -> float:
+        return float(np.mean([metrics.kl_divergence(self._logits(tokens), reference)
+                              for tokens, reference in zip(self.tokens, self.reference)]))
+
+
 def kl_on_neutral(llm, texts: Sequence[str]) -> float:
     """Mean KL(steered || unsteered) of next-token distributions over every position of neutral texts."""
-    values = []
-    for text in texts:
-        tokens = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
-        llm.reset()
-        llm.eval(tokens)
-        steered = np.array(llm.scores[: len(tokens)], copy=True)
-        with steering_off(llm):
-            llm.reset()
-            llm.eval(tokens)
-            reference = np.array(llm.scores[: len(tokens)], copy=True)
-        values.append(metrics.kl_divergence(steered, reference))
-    return float(np.mean(values))
+    return NeutralKL(llm, texts)()

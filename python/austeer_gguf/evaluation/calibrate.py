@@ -1,0 +1,148 @@
+"""Calibrated strength: the strength at which a profile's side effect on neutral text meets a budget.
+
+The side effect is KL(steered || unsteered) of next-token distributions on the shipped neutral texts (a few
+hundred tokens), or the ratio of the perplexity of greedy continuations of neutral prompts (under the unsteered
+model) to that of the unsteered continuations. The search scans strengths by factors of 2 from 1 (down while
+the budget is exceeded, else up until it is), then bisects geometrically until the bracket is within
+`tolerance`: the result is the largest strength found below the first one that exceeds the budget. Because
+it is a first crossing, a larger budget never gives a smaller strength.
+
+A calibrated profile has its alpha multiplied by the strength (so every runtime, export and bake uses it, and
+`strength` stays a multiplier on top) and records the budget in `Profile.calibration`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import datasets
+from ..errors import InputError
+from ..profile import MAX_ALPHA, MAX_FACTOR, Profile
+from .evaluate import NeutralKL, generate, perplexity
+
+MEASURES = ("kl", "perplexity")
+
+
+@dataclass
+class Calibration:
+    measure: str  # "kl" or "perplexity" (a ratio to unsteered)
+    budget: float
+    strength: float  # the largest strength whose side effect stays within the budget (0: none does)
+    side_effect: float  # measured at that strength
+    tolerance: float
+    trials: list[tuple[float, float]] = field(default_factory=list)  # (strength, side effect)
+
+    def record(self, profile: Profile) -> dict[str, Any]:
+        return {"measure": self.measure, "budget": self.budget, "strength": self.strength,
+                "side_effect": self.side_effect, "alpha_before": profile.alpha}
+
+
+def neutral_texts() -> list[str]:
+    return datasets.prompts("neutral", "train")
+
+
+class PerplexityRatio:
+    """Median perplexity of greedy continuations of neutral prompts under the unsteered model, as a ratio to
+    that of the unsteered continuations."""
+
+    def __init__(self, llm, prompts: Sequence[str], max_tokens: int = 24) -> None:
+        self.llm, self.prompts, self.max_tokens = llm, list(prompts), max_tokens
+        from .evaluate import steering_off
+
+        with steering_off(llm):
+            self.baseline = self._perplexity()
+
+    def _perplexity(self) -> float:
+        texts = generate(self.llm, self.prompts, chat=False, max_tokens=self.max_tokens)
+        return perplexity(self.llm, self.prompts, texts, chat=False)
+
+    def __call__(self) -> float:
+        return self._perplexity() / self.baseline
+
+
+def calibrate(llm, profile: Profile, *, kl: float | None = None, perplexity_ratio: float | None = None,
+              texts: Sequence[str] | None = None, tolerance: float = 0.05, max_steps: int = 40) -> Calibration:
+    """The largest strength (within `tolerance`, relative) at which `profile` on `llm` keeps its side effect on
+    neutral text within the budget. Leaves the model's steering as it found it."""
+    if (kl is None) == (perplexity_ratio is None):
+        raise InputError("give one budget: kl (e.g. 0.05) or perplexity_ratio (e.g. 1.1)")
+    measure, budget = ("kl", kl) if kl is not None else ("perplexity", perplexity_ratio)
+    low_end = 0.0 if measure == "kl" else 1.0
+    if not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= low_end:
+        raise InputError(f"the {measure} budget must be a finite number above {low_end:g}, got {budget!r}")
+    if not 0 < tolerance < 1:
+        raise InputError(f"tolerance must lie in (0, 1), got {tolerance!r}")
+    texts = list(texts or neutral_texts())
+    steering = llm.steering
+    saved = (steering.profiles, steering.strength, steering.enabled, steering.scope)
+    try:
+        steering.set_profile(profile)
+        steering.enable()
+        steering.scope = "all"
+        side_effect: Callable[[], float] = NeutralKL(llm, texts) if measure == "kl" else PerplexityRatio(llm, texts)
+        trials: list[tuple[float, float]] = []
+
+        def at(strength: float) -> float:
+            steering.strength = strength
+            value = side_effect()
+            trials.append((strength, value))
+            return value
+
+        ceiling = _strength_ceiling(profile)
+        low, high = _bracket(at, budget, ceiling, max_steps)
+        while high is not None and low > 0 and high / low > 1 + tolerance and len(trials) < max_steps:
+            middle = math.sqrt(low * high)
+            if at(middle) <= budget:
+                low = middle
+            else:
+                high = middle
+        measured = dict(trials).get(low, 0.0)
+        return Calibration(measure, float(budget), float(low), float(measured), tolerance, trials)
+    finally:
+        steering.set_profiles(list(saved[0]))
+        steering.strength, steering.enabled, steering.scope = saved[1], saved[2], saved[3]
+
+
+def _strength_ceiling(profile: Profile) -> float:
+    """The largest strength the profile can take (factor and alpha bounds)."""
+    gains = max((abs(profile.alpha * unit.score) for unit in profile.units), default=0.0)
+    if gains == 0.0:
+        raise InputError(f"profile {profile.name!r} steers nothing (no units, or alpha 0): nothing to calibrate")
+    return min(MAX_FACTOR / gains, MAX_ALPHA / max(abs(profile.alpha), 1e-12), 1000.0)
+
+
+def _bracket(at: Callable[[float], float], budget: float, ceiling: float,
+             max_steps: int) -> tuple[float, float | None]:
+    """(low within budget or 0, high over budget or None when even the ceiling stays within it)."""
+    strength = min(1.0, ceiling)
+    if at(strength) <= budget:
+        while True:
+            following = strength * 2
+            if following > ceiling:
+                return strength, None
+            if at(following) > budget:
+                return strength, following
+            strength = following
+    for _ in range(max_steps):
+        lower = strength / 2
+        if at(lower) <= budget:
+            return lower, strength
+        strength = lower
+        if strength < 1e-4:
+            break
+    return 0.0, strength
+
+
+def calibrated(profile: Profile, calibration: Calibration) -> Profile:
+    """The profile with alpha multiplied by the calibrated strength, recording the calibration."""
+    if calibration.strength <= 0:
+        raise InputError(f"no strength of profile {profile.name!r} keeps the {calibration.measure} within "
+                         f"{calibration.budget:g}: raise the budget, or localize fewer units")
+    return dataclasses.replace(profile, alpha=float(np.float64(profile.alpha) * calibration.strength),
+                               calibration=calibration.record(profile))

@@ -1,0 +1,66 @@
+"""Calibrated strength: on both built-in models the calibrated strength keeps KL on neutral text within the
+budget, is the largest such strength within the tolerance, and never shrinks when the budget grows."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from austeer_gguf import Profile, Unit
+from austeer_gguf.evaluation.calibrate import calibrate, calibrated
+from austeer_gguf.evaluation.evaluate import kl_on_neutral
+from austeer_gguf.ggufio.metadata import embed_profiles, read_profiles
+
+from conftest import open_steered
+
+
+def spread_profile(llm, site: str = "attn") -> Profile:
+    rng = np.random.default_rng(0)
+    width = llm.shape.widths[site]
+    return Profile("spread", 10.0, [Unit(layer, site, int(dim), 0.6) for layer in range(0, llm.shape.n_layers, 3)
+                                    for dim in rng.choice(width, 3, replace=False)])
+
+
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
+def test_the_calibrated_strength_meets_the_budget_and_is_monotone(name, request):
+    llm = open_steered(request.getfixturevalue(name), n_ctx=512)
+    profile = spread_profile(llm)
+    results = [calibrate(llm, profile, kl=budget, tolerance=0.05) for budget in (0.02, 0.08)]
+    for result in results:
+        assert 0 < result.side_effect <= result.budget
+        over = [s for s, value in result.trials if value > result.budget]
+        assert over and min(over) <= result.strength * 1.05 + 1e-9, "not the largest strength within tolerance"
+    assert results[0].strength <= results[1].strength
+    assert llm.steering.profile is None  # left as it was
+
+    steered = calibrated(profile, results[0])
+    assert steered.alpha == pytest.approx(profile.alpha * results[0].strength)
+    assert steered.calibration["budget"] == 0.02 and steered.calibration["alpha_before"] == 10.0
+    llm.steering.set_profile(steered)  # strength 1: the calibrated effect
+    from austeer_gguf.evaluation.calibrate import neutral_texts
+
+    assert kl_on_neutral(llm, neutral_texts()) == pytest.approx(results[0].side_effect, rel=1e-6)
+
+
+def test_perplexity_budgets_and_the_command(tiny_f32, tmp_path):
+    llm = open_steered(tiny_f32, n_ctx=512)
+    profile = spread_profile(llm)
+    result = calibrate(llm, profile, perplexity_ratio=1.5, texts=["the cat is", "a dog was", "I like this"])
+    assert result.measure == "perplexity" and 0 < result.side_effect <= 1.5
+    profile_path = tmp_path / "spread.json"
+    profile.to_json(profile_path)
+    out = tmp_path / "calibrated.json"
+    done = subprocess.run([sys.executable, "-m", "austeer_gguf", "calibrate", str(tiny_f32), str(profile_path),
+                           "--kl", "0.05", "-o", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    written = Profile.from_json(out)
+    assert written.calibration["measure"] == "kl" and written.calibration["budget"] == 0.05
+    assert read_profiles(embed_profiles(tiny_f32, [written], tmp_path / "m.gguf")) == {"spread": written}
+    refused = subprocess.run([sys.executable, "-m", "austeer_gguf", "calibrate", str(tiny_f32), str(profile_path)],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "one of the arguments --kl --perplexity is required" in refused.stderr
+    assert json.loads(out.read_text())["calibration"]["strength"] > 0
