@@ -95,3 +95,37 @@ def test_chat_rendering_needs_a_template(tiny_f32):
 
     with pytest.raises(ValueError, match="has no chat template"):
         chat_renderer(open_steered(tiny_f32))
+
+
+def test_message_pairs_are_rendered_for_the_model_that_reads_them(tmp_path, tiny_f32):
+    from austeer_gguf.localization.pairs import conversation_renderer
+
+    from conftest import open_steered
+    from tiny_model import write_tiny_llama
+
+    path = write_lines(tmp_path / "m.jsonl", [json.dumps({
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "the cat is"}],
+        "positive": " good", "negative": " bad"})])
+    (pair,) = load_pairs(path)
+    assert pair.messages == (("system", "Be brief."), ("user", "the cat is"))
+    templated = write_tiny_llama(tmp_path / "chat.gguf", extra_metadata={"tokenizer.chat_template": CHAT_TEMPLATE})
+    assert conversation_renderer(open_steered(templated))(pair.messages) == \
+        "<|system|>Be brief.<|user|>the cat is<|assistant|>"
+    plain = conversation_renderer(open_steered(tiny_f32))  # no template: the User/Assistant lines
+    assert plain(pair.messages) == "Be brief.\nUser: the cat is\nAssistant:"
+    tokenize = open_steered(tiny_f32).tokenize
+    (tokens,) = tokenize_pairs([pair], lambda t: tokenize(t.encode(), add_bos=False), max_tokens=64,
+                               render_messages=plain).pairs
+    assert tokens.positive == tokenize(b"Be brief.\nUser: the cat is\nAssistant: good", add_bos=False)
+
+
+@pytest.mark.parametrize("line, message", [
+    ({"messages": [], "positive": "a", "negative": "b"}, "must be a list of 1..64 turns"),
+    ({"messages": [{"role": "bot", "content": "x"}], "positive": "a", "negative": "b"}, "needs a role"),
+    ({"messages": [{"role": "assistant", "content": "x"}], "positive": "a", "negative": "b"}, "the assistant's"),
+    ({"messages": [{"role": "user", "content": "x"}], "prompt": "p", "positive": "a", "negative": "b"},
+     "either 'prompt' or 'messages'"),
+])
+def test_malformed_message_pairs_are_refused(tmp_path, line, message):
+    with pytest.raises(ValueError, match=message):
+        load_pairs(write_lines(tmp_path / "m.jsonl", [json.dumps(line)]))

@@ -6,8 +6,8 @@ import json
 from importlib import resources
 from pathlib import Path
 
-PAIR_SETS = ("polite", "sentiment")
-PROMPT_SETS = ("neutral", "provocative", "harmless")
+PAIR_SETS = ("polite", "sentiment", "polite-chat", "sentiment-large")
+PROMPT_SETS = ("neutral", "provocative", "harmless", "rude-request", "harmless-large", "neutral-large")
 
 
 def _data_dir() -> Path:
@@ -15,7 +15,7 @@ def _data_dir() -> Path:
 
 
 def pairs_path(name: str, split: str) -> Path:
-    """A contrastive-pairs JSONL: name in PAIR_SETS, split train or test."""
+    """A contrastive-pairs JSONL: name in PAIR_SETS, split train or test (dev too for the generated sets)."""
     path = _data_dir() / "pairs" / f"{name}.{split}.jsonl"
     if not path.is_file():
         raise ValueError(f"no shipped pairs {name!r} split {split!r}; pairs: {', '.join(PAIR_SETS)} (train, test)")

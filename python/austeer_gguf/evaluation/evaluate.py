@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 from tqdm import tqdm
 
-from ..localization.pairs import chat_renderer
+from ..localization.pairs import conversation_renderer
 from . import metrics
 from .scoring import answer_tokens, token_logprobs
 
@@ -110,9 +110,11 @@ def evaluate_choice(llm, items: Sequence[ChoiceItem], *, progress: bool = False)
 # ---- generation tasks --------------------------------------------------------------------------------------
 
 def prompt_renderer(llm, chat: bool, frame: str = "{prompt}"):
-    """The model's chat template when asked for and present, else the plain `frame`."""
-    if chat and llm.metadata.get("tokenizer.chat_template"):
-        return chat_renderer(llm)
+    """For chat: the prompt as one user turn for this model (its chat template, or `User: ...\nAssistant:`
+    without one); else the plain `frame`."""
+    if chat:
+        render = conversation_renderer(llm)
+        return lambda prompt: render([("user", prompt)])
     return lambda prompt: frame.format(prompt=prompt)
 
 

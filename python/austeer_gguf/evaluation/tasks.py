@@ -87,7 +87,7 @@ class GenerationTask(Task):
     kind: ClassVar[str] = "generation"
     behaviour: str = "sentiment"
     chat: bool = False  # generation through the model's chat template, when it has one
-    frame: str = "{prompt}"  # how a prompt is written for a model without a chat template
+    frame: str = "{prompt}"  # how a prompt is written when not chat
     side_dev: list[str] = field(default_factory=list)  # harmless prompts: refusals must not rise
     side_test: list[str] = field(default_factory=list)
 
@@ -137,7 +137,7 @@ def detox() -> GenerationTask:
     return GenerationTask("detox", load_pairs(datasets.pairs_path("polite", "train")),
                           datasets.prompts("provocative", "dev"), datasets.prompts("provocative", "test"),
                           "austeer-gguf polite pairs and provocative/harmless prompts (written for the project)",
-                          behaviour="sentiment", chat=True, frame="User: {prompt}\nAssistant:",
+                          behaviour="sentiment", chat=True,
                           side_dev=datasets.prompts("harmless", "dev"), side_test=datasets.prompts("harmless", "test"))
 
 

@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..ggufio.layout import scan
 from ..runtime import limits
 from ..runtime.steered_llama import SteeredLlama
-from .pairs import Pair, TokenPair, chat_renderer, tokenize_pairs
+from .pairs import Pair, TokenPair, chat_renderer, conversation_renderer, tokenize_pairs
 
 FLOAT_TYPES = {"F32", "F16", "BF16"}
 MAX_PAIR_TOKENS = 2048  # one pair's text; its two tails go through one decode
@@ -264,6 +264,7 @@ class PairCapture:
         try:
             render = chat_renderer(self._capture.llm) if self.chat else None
             tokenized = tokenize_pairs(self.pairs, self._capture.tokenize, render_prompt=render,
+                                       render_messages=conversation_renderer(self._capture.llm),
                                        max_tokens=min(self.max_tokens, self._capture.max_pair_tokens))
         except BaseException:
             self._capture.close()

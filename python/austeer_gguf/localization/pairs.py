@@ -1,7 +1,12 @@
 """Contrastive pairs: reading JSONL, rendering (optionally through the model's chat template), tokenizing.
 
-One pair a line, either ``{"prompt": P, "positive": A, "negative": B}`` (texts P+A and P+B, plain
-concatenation) or ``{"positive": full_text, "negative": full_text}``.
+One pair a line, one of:
+- ``{"prompt": P, "positive": A, "negative": B}``: texts P+A and P+B, plain concatenation (`--chat` renders
+  P as one user turn through the model's chat template);
+- ``{"positive": full_text, "negative": full_text}``;
+- ``{"messages": [{"role": "user", "content": ...}, ...], "positive": A, "negative": B}``: the conversation is
+  always rendered for the model that reads it (its chat template, or `User: ...\nAssistant:` lines for a model
+  without one), then A or B is the assistant's reply: localized in the format an assistant is used in.
 """
 
 from __future__ import annotations
@@ -17,12 +22,16 @@ from typing import Any
 from ..errors import InputError
 from ..jsonfile import read_jsonl_objects
 
+ROLES = ("system", "user", "assistant")
+MAX_TURNS = 64
+
 
 @dataclass(frozen=True)
 class Pair:
     prompt: str
     positive: str
     negative: str
+    messages: tuple[tuple[str, str], ...] = ()  # (role, content) turns before the reply; rendered per model
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,9 @@ def load_pairs(path: str | Path) -> list[Pair]:
 
 
 def _pair(where: str, data: dict[str, Any]) -> Pair:
+    messages = _messages(where, data["messages"]) if "messages" in data else ()
+    if messages and "prompt" in data:
+        raise InputError(f"{where}: give either 'prompt' or 'messages', not both")
     for key in ("positive", "negative"):
         if key not in data:
             raise InputError(f"{where}: missing field {key!r}")
@@ -61,33 +73,63 @@ def _pair(where: str, data: dict[str, Any]) -> Pair:
             raise InputError(f"{where}: field {key!r} must be a string")
         if key != "prompt" and not value.strip():
             raise InputError(f"{where}: field {key!r} is empty")
-    return Pair(data.get("prompt", ""), data["positive"], data["negative"])
+    return Pair(data.get("prompt", ""), data["positive"], data["negative"], messages)
+
+
+def _messages(where: str, value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, list) or not value or len(value) > MAX_TURNS:
+        raise InputError(f"{where}: 'messages' must be a list of 1..{MAX_TURNS} turns")
+    turns = []
+    for turn in value:
+        if not isinstance(turn, dict) or turn.get("role") not in ROLES or not isinstance(turn.get("content"), str):
+            raise InputError(f"{where}: each message needs a role ({', '.join(ROLES)}) and a string content")
+        turns.append((turn["role"], turn["content"]))
+    if turns[-1][0] == "assistant":
+        raise InputError(f"{where}: the last message is the assistant's; the pair's answers are the reply to it")
+    return tuple(turns)
 
 
 def data_sha256(pairs: Iterable[Pair]) -> str:
     digest = hashlib.sha256()
     for pair in pairs:
-        digest.update(json.dumps([pair.prompt, pair.positive, pair.negative]).encode() + b"\n")
+        fields = [pair.prompt, pair.positive, pair.negative] + ([list(pair.messages)] if pair.messages else [])
+        digest.update(json.dumps(fields).encode() + b"\n")
     return digest.hexdigest()
 
 
-def chat_renderer(llm: Any) -> Callable[[str], str]:
-    """Renders a prompt as one user turn through the model's own chat template, ready for the answer."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+FALLBACK_TURN = {"system": "{content}\n", "user": "User: {content}\n", "assistant": "Assistant: {content}\n"}
 
+
+def conversation_renderer(llm: Any, *, require_template: bool = False) -> Callable[[Sequence[tuple[str, str]]], str]:
+    """Renders (role, content) turns for `llm`, ready for the assistant's reply: through the model's own chat
+    template, or as `User: ...\nAssistant:` lines when it has none (a base model)."""
     template = llm.metadata.get("tokenizer.chat_template")
     if not template:
-        raise InputError("this model has no chat template (tokenizer.chat_template); localize without --chat")
+        if require_template:
+            raise InputError("this model has no chat template (tokenizer.chat_template); localize without --chat")
+
+        def plain(turns: Sequence[tuple[str, str]]) -> str:
+            return "".join(FALLBACK_TURN[role].format(content=content) for role, content in turns) + "Assistant:"
+
+        return plain
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
     bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() != -1 else ""
     eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() != -1 else ""
     formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
 
-    def render(prompt: str) -> str:
-        text = formatter(messages=[{"role": "user", "content": prompt}]).prompt
+    def render(turns: Sequence[tuple[str, str]]) -> str:
+        text = formatter(messages=[{"role": role, "content": content} for role, content in turns]).prompt
         # The tokenizer adds BOS itself when the model asks for it.
         return text[len(bos):] if bos and text.startswith(bos) else text
 
     return render
+
+
+def chat_renderer(llm: Any) -> Callable[[str], str]:
+    """Renders a prompt as one user turn through the model's own chat template, ready for the answer."""
+    render = conversation_renderer(llm, require_template=True)
+    return lambda prompt: render([("user", prompt)])
 
 
 @dataclass
@@ -98,11 +140,17 @@ class TokenizedPairs:
 
 
 def tokenize_pairs(pairs: Sequence[Pair], tokenize: Callable[[str], list[int]], *, max_tokens: int,
-                   render_prompt: Callable[[str], str] | None = None) -> TokenizedPairs:
+                   render_prompt: Callable[[str], str] | None = None,
+                   render_messages: Callable[[Sequence[tuple[str, str]]], str] | None = None) -> TokenizedPairs:
     """Tokenize both full texts of every pair; cut over-long pairs from the front, equally on both sides."""
     out, truncated, identical = [], 0, 0
     for index, pair in enumerate(pairs):
-        prompt = render_prompt(pair.prompt) if render_prompt else pair.prompt
+        if pair.messages:
+            if render_messages is None:
+                raise ValueError("pairs with messages need render_messages")
+            prompt = render_messages(pair.messages)
+        else:
+            prompt = render_prompt(pair.prompt) if render_prompt else pair.prompt
         positive, negative = tokenize(prompt + pair.positive), tokenize(prompt + pair.negative)
         if positive == negative:
             identical += 1
