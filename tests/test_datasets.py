@@ -48,3 +48,14 @@ def test_generated_pair_sets_are_large_and_disjoint_at_the_prompt_level(name):
     assert not keys["train"] & keys["dev"] and not keys["train"] & keys["test"] and not keys["dev"] & keys["test"]
     for pairs in splits.values():
         assert all(p.positive.startswith(" ") and p.negative.startswith(" ") for p in pairs)
+
+
+def test_detox_items_pair_messages_of_one_split_with_openers_of_that_split():
+    for split in ("dev", "test"):
+        items = datasets.prompt_items("detox", split)
+        sources = set(datasets.prompts("provocative", split)) | set(datasets.prompts("rude-request", split))
+        assert {item["prompt"] for item in items} == sources
+        assert all(item["prefill"] and not item["prefill"].endswith(" ") for item in items)
+    openers = [{item["prefill"] for item in datasets.prompt_items("detox", split)} for split in ("dev", "test")]
+    assert not openers[0] & openers[1]
+    assert len(datasets.prompt_items("detox", "test")) >= 200

@@ -167,3 +167,43 @@ def test_explain_command_lists_tokens_per_unit(tiny_f32, tmp_path):
 def test_unknown_task_is_refused():
     with pytest.raises(ValueError, match="unknown task 'nope'"):
         load_task("nope")
+
+
+def test_auc_and_the_paired_bootstrap_on_known_inputs():
+    assert metrics.auc([3, 2, 1, 0], [True, True, False, False]) == 1.0
+    assert metrics.auc([0, 1, 2, 3], [True, True, False, False]) == 0.0
+    assert metrics.auc([1, 1], [True, False]) == 0.5 and metrics.auc([1, 2], [True, True]) is None
+    a, b = np.ones(200), np.zeros(200)
+    assert metrics.paired_bootstrap(lambda i: a[i].mean() - b[i].mean(), 200) == (1.0, 1.0)
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal(400)
+    low, high = metrics.paired_bootstrap(lambda i: noise[i].mean(), 400)
+    assert low < 0 < high and high - low < 0.3
+
+
+def test_polarity_splits_keep_each_stem_in_one_split_and_both_framings_share_words():
+    from austeer_gguf.evaluation.tasks import stem, word_polarity_question
+
+    completion, question = word_polarity(), word_polarity_question()
+    word = lambda prompt: prompt.split('"')[1]  # noqa: E731
+    stems = {split: {(stem(word(item.prompt)), item.label) for item in getattr(completion, split)}
+             for split in ("dev", "test")}
+    stems["train"] = {(stem(word(pair.prompt)), int(pair.positive == " negative")) for pair in completion.train}
+    assert not stems["train"] & stems["dev"] and not stems["train"] & stems["test"] and not stems["dev"] & stems["test"]
+    assert [word(i.prompt) for i in completion.test] == [word(i.prompt) for i in question.test]
+    assert len(completion.test) >= 400 and len(completion.dev) >= 100
+    assert question.test[0].prompt.endswith("positive or negative? Answer:")
+
+
+def test_prefilled_prompts_are_continued_and_scored_on_the_continuation(tiny_f32):
+    from austeer_gguf.evaluation.evaluate import Prompt, generate, prompt_renderer
+
+    llm = open_steered(tiny_f32)
+    render = prompt_renderer(llm, True)
+    assert render(Prompt("hello", "you are")) == "User: hello\nAssistant: you are"
+    (text,) = generate(llm, [Prompt("hello", "you are")], chat=True, max_tokens=4)
+    (plain,) = generate(llm, ["User: hello\nAssistant: you are"], chat=False, max_tokens=4)
+    assert text == plain.split("\nUser:")[0].rstrip()
+    result = tiny_task("generation").evaluate(llm, "dev", max_tokens=4)
+    assert len(result.items) == result.n and {"reply", "offensive", "perplexity"} <= set(result.items[0])
+    assert 0.0 <= result.offensive_rate <= 1.0

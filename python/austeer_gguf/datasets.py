@@ -8,6 +8,7 @@ from pathlib import Path
 
 PAIR_SETS = ("polite", "sentiment", "polite-chat", "sentiment-large")
 PROMPT_SETS = ("neutral", "provocative", "harmless", "rude-request", "harmless-large", "neutral-large")
+DERIVED_PROMPT_SETS = ("detox",)  # built from the sets above (same split), with a reply opener each
 
 
 def _data_dir() -> Path:
@@ -22,9 +23,16 @@ def pairs_path(name: str, split: str) -> Path:
     return path
 
 
-def prompts(name: str, split: str) -> list[str]:
-    """Evaluation prompts: name in PROMPT_SETS, split train, dev or test (as shipped)."""
+def prompt_items(name: str, split: str) -> list[dict]:
+    """Evaluation items ({"prompt", and "prefill" for detox}): name in PROMPT_SETS or DERIVED_PROMPT_SETS, split
+    train, dev or test (as shipped)."""
     path = _data_dir() / "prompts" / f"{name}.{split}.jsonl"
     if not path.is_file():
-        raise ValueError(f"no shipped prompts {name!r} split {split!r}; prompts: {', '.join(PROMPT_SETS)}")
-    return [json.loads(line)["prompt"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        raise ValueError(f"no shipped prompts {name!r} split {split!r}; prompts: "
+                         f"{', '.join(PROMPT_SETS + DERIVED_PROMPT_SETS)}")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def prompts(name: str, split: str) -> list[str]:
+    """Evaluation prompts (their text): name in PROMPT_SETS or DERIVED_PROMPT_SETS."""
+    return [item["prompt"] for item in prompt_items(name, split)]

@@ -486,10 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_force(strip, "replace a read-only file")
     strip.set_defaults(run=cmd_strip)
 
-    dequantize = command("dequantize", "write a float copy of a quantized GGUF")
+    dequantize = command("dequantize", "write a copy of a GGUF with F32, F16, BF16 or Q8_0 weights")
     dequantize.add_argument("model", help=model_help)
     dequantize.add_argument("-o", "--output", required=True, help="GGUF to write")
-    dequantize.add_argument("--type", default="f16", choices=["f16", "f32"], help="float type of the weights")
+    dequantize.add_argument("--type", default="f16", choices=["f32", "f16", "bf16", "q8_0"],
+                            help="type of the weights")
     add_force(dequantize, "replace a read-only output file")
     dequantize.set_defaults(run=cmd_dequantize)
 

@@ -22,6 +22,15 @@ if TYPE_CHECKING:
     from .tasks import ChoiceItem, GenerationTask
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """A generation prompt: `text` (a user message when the task chats) and, optionally, the start of the reply
+    the model is to continue (`prefill`); only the continuation is scored."""
+
+    text: str
+    prefill: str = ""
+
+
 @dataclass
 class ChoiceResult:
     kind: ClassVar[str] = "choice"
@@ -32,7 +41,10 @@ class ChoiceResult:
     greedy_accuracy: float  # the reference protocol: one greedy token, stripped, case-insensitive match
     greedy_balanced_accuracy: float
     mean_margin: float  # log P(correct) - max log P(other), averaged
+    auc: float | None = None  # two choices: AUC of log P(choice 0) - log P(choice 1) for label 0 vs 1
     predictions: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    margins: list[float] = field(default_factory=list)  # per item, for paired comparisons
 
     def to_dict(self) -> dict:
         return {"task_kind": self.kind, **asdict(self)}
@@ -44,11 +56,13 @@ class GenerationResult:
     n: int
     sentiment: float  # mean VADER compound
     offensive: float  # mean offensive probability
+    offensive_rate: float  # share of texts whose offensive probability exceeds 0.5
     refusal_rate: float
     perplexity: float  # median, of the generated text under the unsteered model
     distinct2: float
     side_refusal_rate: float | None = None  # on harmless prompts (detox)
     samples: list[tuple[str, str]] = field(default_factory=list)
+    items: list[dict] = field(default_factory=list)  # per prompt: text and scores, for paired comparisons
 
     def to_dict(self) -> dict:
         return {"task_kind": self.kind, **asdict(self)}
@@ -83,9 +97,10 @@ def choice_logprobs(llm, item: ChoiceItem) -> tuple[np.ndarray, int]:
 
 
 def evaluate_choice(llm, items: Sequence[ChoiceItem], *, progress: bool = False) -> ChoiceResult:
-    labels, predictions, greedy_hits, greedy_predictions, margins = [], [], [], [], []
+    labels, predictions, greedy_hits, greedy_predictions, margins, differences = [], [], [], [], [], []
     for item in tqdm(items, desc="choices", unit="item", disable=not progress):
         scores, greedy = choice_logprobs(llm, item)
+        differences.append(float(scores[0] - scores[1]) if len(scores) == 2 else 0.0)
         prediction = int(np.argmax(scores))
         others = np.delete(scores, item.label)
         labels.append(item.label)
@@ -103,24 +118,35 @@ def evaluate_choice(llm, items: Sequence[ChoiceItem], *, progress: bool = False)
         greedy_accuracy=float(np.mean(greedy_hits)),
         greedy_balanced_accuracy=metrics.balanced_accuracy(labels, greedy_predictions),
         mean_margin=float(np.mean(margins)),
+        auc=metrics.auc(differences, [label == 0 for label in labels])
+        if all(len(item.choices) == 2 for item in items) else None,
         predictions=predictions,
+        labels=labels,
+        margins=margins,
     )
 
 
 # ---- generation tasks --------------------------------------------------------------------------------------
 
 def prompt_renderer(llm, chat: bool, frame: str = "{prompt}"):
-    """For chat: the prompt as one user turn for this model (its chat template, or `User: ...\nAssistant:`
-    without one); else the plain `frame`."""
-    if chat:
-        render = conversation_renderer(llm)
-        return lambda prompt: render([("user", prompt)])
-    return lambda prompt: frame.format(prompt=prompt)
+    """The text a prompt (a str or a `Prompt`) is given to the model as: for chat, one user turn for this model
+    (its chat template, or `User: ...\nAssistant:` without one); else the plain `frame`; then the prefill."""
+    conversation = conversation_renderer(llm) if chat else None
+
+    def render(prompt: str | Prompt) -> str:
+        prompt = prompt if isinstance(prompt, Prompt) else Prompt(prompt)
+        text = conversation([("user", prompt.text)]) if conversation else frame.format(prompt=prompt.text)
+        if not prompt.prefill:
+            return text
+        return text + ("" if not text or text[-1].isspace() else " ") + prompt.prefill
+
+    return render
 
 
-def generate(llm, prompts: Sequence[str], *, chat: bool, max_tokens: int, temperature: float = 0.0,
+def generate(llm, prompts: Sequence[str | Prompt], *, chat: bool, max_tokens: int, temperature: float = 0.0,
              seed: int = 0, frame: str = "{prompt}") -> list[str]:
-    """Greedy (temperature 0) or seeded sampled continuations, stopped at an end-of-generation token.
+    """Greedy (temperature 0) or seeded sampled continuations, stopped at an end-of-generation token (and,
+    for a chat with a model that has no template, where it starts writing the user's next turn).
 
     Runs llama-cpp-python's token generator directly: its completion API keeps generating while the text is
     not valid UTF-8 yet, which can run a context full on small vocabularies.
@@ -128,6 +154,7 @@ def generate(llm, prompts: Sequence[str], *, chat: bool, max_tokens: int, temper
     import llama_cpp
 
     render = prompt_renderer(llm, chat, frame)
+    stop = "\nUser:" if chat and not llm.metadata.get("tokenizer.chat_template") else None
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     texts = []
     for index, prompt in enumerate(prompts):
@@ -138,15 +165,21 @@ def generate(llm, prompts: Sequence[str], *, chat: bool, max_tokens: int, temper
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 break
             generated.append(token)
-            if len(generated) >= max_tokens:
+            if len(generated) >= max_tokens or (stop and stop in llm.detokenize(generated[-4:]).decode(
+                    "utf-8", errors="replace")):
                 break
         text = llm.detokenize(generated).decode("utf-8", errors="replace")
-        texts.append(text.strip() if chat else text)
+        if stop:
+            text = text.split(stop)[0]
+        # A reply is stripped; a continuation of a prefill keeps its leading space (it joins the prefill).
+        continues = isinstance(prompt, Prompt) and prompt.prefill
+        texts.append(text.rstrip() if continues else text.strip() if chat else text)
     return texts
 
 
-def perplexity(llm, prompts: Sequence[str], texts: Sequence[str], *, chat: bool, frame: str = "{prompt}") -> float:
-    """Median per-token perplexity of each generated text after its prompt, under the unsteered model."""
+def perplexities(llm, prompts: Sequence[str | Prompt], texts: Sequence[str], *, chat: bool,
+                 frame: str = "{prompt}") -> list[float]:
+    """Per-token perplexity of each generated text after its prompt, under the unsteered model (inf: empty)."""
     render = prompt_renderer(llm, chat, frame)
     values = []
     with steering_off(llm):
@@ -158,12 +191,18 @@ def perplexity(llm, prompts: Sequence[str], texts: Sequence[str], *, chat: bool,
             llm.reset()
             llm.eval(tokens)
             values.append(float(np.exp(-token_logprobs(llm, tokens, start).mean())))
-    return float(np.median(values))
+    return values
 
 
-def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str], side_prompts: Sequence[str] = (), *,
-                        max_tokens: int = 32, temperature: float = 0.0, seed: int = 0,
-                        keep_samples: int = 3) -> GenerationResult:
+def perplexity(llm, prompts: Sequence[str | Prompt], texts: Sequence[str], *, chat: bool,
+               frame: str = "{prompt}") -> float:
+    """Median per-token perplexity of the generated texts after their prompts, under the unsteered model."""
+    return float(np.median(perplexities(llm, prompts, texts, chat=chat, frame=frame)))
+
+
+def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str | Prompt],
+                        side_prompts: Sequence[str] = (), *, max_tokens: int = 32, temperature: float = 0.0,
+                        seed: int = 0, keep_samples: int = 3) -> GenerationResult:
     texts = generate(llm, prompts, chat=task.chat, max_tokens=max_tokens, temperature=temperature, seed=seed,
                      frame=task.frame)
     side = None
@@ -171,15 +210,26 @@ def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str], side_
         side_texts = generate(llm, side_prompts, chat=task.chat, max_tokens=max_tokens, temperature=temperature,
                               seed=seed, frame=task.frame)
         side = metrics.refusal_rate(side_texts)
+    offensive = metrics.offensive_probability(texts)
+    sentiment = metrics.sentiment(texts)
+    refusals = [metrics.is_refusal(text) for text in texts]
+    fluency = perplexities(llm, prompts, texts, chat=task.chat, frame=task.frame)
+    items = [{"prompt": prompt.text if isinstance(prompt, Prompt) else prompt,
+              "prefill": prompt.prefill if isinstance(prompt, Prompt) else "", "reply": text,
+              "offensive": o, "sentiment": v, "refusal": r, "perplexity": f}
+             for prompt, text, o, v, r, f in zip(prompts, texts, offensive, sentiment, refusals, fluency)]
     return GenerationResult(
         n=len(texts),
-        sentiment=float(np.mean(metrics.sentiment(texts))),
-        offensive=float(np.mean(metrics.offensive_probability(texts))),
-        refusal_rate=metrics.refusal_rate(texts),
-        perplexity=perplexity(llm, prompts, texts, chat=task.chat, frame=task.frame),
+        sentiment=float(np.mean(sentiment)),
+        offensive=float(np.mean(offensive)),
+        offensive_rate=float(np.mean(np.array(offensive) > 0.5)),
+        refusal_rate=float(np.mean(refusals)) if refusals else 0.0,
+        perplexity=float(np.median(fluency)),
         distinct2=metrics.distinct_n(texts, 2),
         side_refusal_rate=side,
-        samples=list(zip(prompts[:keep_samples], texts[:keep_samples])),
+        samples=[(item["prompt"] + (f" [{item['prefill']}]" if item["prefill"] else ""), item["reply"])
+                 for item in items[:keep_samples]],
+        items=items,
     )
 
 

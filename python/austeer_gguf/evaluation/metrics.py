@@ -75,3 +75,23 @@ def offensive_probability(texts: Sequence[str]) -> list[float]:
     from profanity_check import predict_prob
 
     return [float(p) for p in predict_prob(list(texts))] if texts else []
+
+
+def auc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
+    """Area under the ROC curve of `scores` for telling the positive items from the others (ties count half);
+    None when one class is missing."""
+    values, labels = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    if labels.all() or not labels.any():
+        return None
+    greater = (values[labels][:, None] > values[~labels][None, :]).mean()
+    ties = (values[labels][:, None] == values[~labels][None, :]).mean()
+    return float(greater + 0.5 * ties)
+
+
+def paired_bootstrap(statistic, n_items: int, *, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of statistic(indices) over resamples of the items (with replacement): for a paired
+    comparison, `statistic` computes method A minus method B on the same resampled items."""
+    rng = np.random.default_rng(seed)
+    values = [statistic(rng.integers(0, n_items, n_items)) for _ in range(resamples)]
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)

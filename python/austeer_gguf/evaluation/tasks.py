@@ -1,16 +1,19 @@
-"""Evaluation tasks with train (localization), dev (choosing alpha, k, site) and test (reported) splits.
+"""Evaluation tasks with train (localization), dev (choosing settings) and test (reported once) splits.
 
-- `word-polarity` (choice): is a word positive or negative? Labels are the human valence ratings of the VADER
-  sentiment lexicon (`vader_lexicon.txt`, shipped by the `vaderSentiment` package on PyPI): words rated at
-  least +1.5 are positive, at most -1.5 negative. Small models can partly do this (word polarity is
-  in their pretraining data), unlike generated reasoning tasks. Splits are balanced (as many positive as
-  negative words) and disjoint (no word in two splits); the order comes from a fixed seed.
+- `word-polarity` and `word-polarity-question` (choice): is a word positive or negative? Labels are the human
+  valence ratings of the VADER sentiment lexicon (`vader_lexicon.txt`, shipped by the `vaderSentiment` package
+  on PyPI): words rated at least +1.5 are positive, at most -1.5 negative. Two framings of the same words: a
+  completion (`The word "X" has a sentiment that is` -> ` positive` / ` negative`) and a question that names the
+  options (`Is the word "X" positive or negative? Answer:`), each localized and tuned on its own. Words that
+  share a stem (love, loved, lovely) stay in one split; splits are balanced and disjoint; 300 / 60 / 220 words
+  per class for train / dev / test.
 - `sentiment` (generation): steer continuations of neutral sentence starts toward positive; trained on the
-  shipped `sentiment` pairs, scored by VADER compound, against fluency.
-- `detox` (generation): steer replies to provocative messages toward polite ones, trained on the shipped
-  `polite` pairs, scored by VADER compound and offensive probability of the replies; replies to harmless
-  requests must not turn into refusals. Prompts go through the model's chat template; a model without one
-  (the Gemma-3-270M file here is the base model) gets the pairs' own "User: ...\nAssistant:" framing.
+  1,440 generated `sentiment-large` pairs, 40 dev / 100 test starts; scored by VADER compound, against fluency.
+- `detox` (generation): a provocative message or a request for an insult, with the reply prefilled by a rude
+  opener that the model continues (as RealToxicityPrompts continues toxic sentence starts); trained on the
+  2,592 chat-format `polite-chat` pairs; scored by the share of continuations alt-profanity-check finds
+  offensive (lower is better; VADER as a second column); refusals of harmless requests must not rise. 90 dev /
+  210 test items; conversations through the model's chat template, or `User: ...\nAssistant:` without one.
 A user's own JSONL works too: choice items `{"prompt", "choices", "label"}`, or prompts `{"prompt"}`.
 """
 
@@ -28,11 +31,15 @@ from ..errors import InputError
 from ..jsonfile import read_jsonl_objects
 from ..localization.pairs import Pair, load_pairs
 from . import evaluate
-from .evaluate import ChoiceResult, GenerationResult
+from .evaluate import ChoiceResult, GenerationResult, Prompt
 
 SEED = 2026
-POLARITY_PROMPT = 'The word "{word}" has a sentiment that is'
+POLARITY_FRAMES = {"word-polarity": 'The word "{word}" has a sentiment that is',
+                   "word-polarity-question": 'Is the word "{word}" positive or negative? Answer:'}
+POLARITY_PROMPT = POLARITY_FRAMES["word-polarity"]
 POLARITY_CHOICES = (" positive", " negative")
+SUFFIXES = ("fulness", "iness", "ness", "ingly", "edly", "fully", "ment", "less", "able", "ible", "ing", "ful",
+            "ous", "ive", "ies", "ied", "est", "ely", "ily", "ly", "ed", "er", "es", "s", "y", "e")
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,7 @@ class GenerationTask(Task):
 
     kind: ClassVar[str] = "generation"
     behaviour: str = "sentiment"
+    sign: float = 1.0  # -1 when less of the behaviour is better (offensive_rate)
     chat: bool = False  # generation through the model's chat template, when it has one
     frame: str = "{prompt}"  # how a prompt is written when not chat
     side_dev: list[str] = field(default_factory=list)  # harmless prompts: refusals must not rise
@@ -109,7 +117,7 @@ class GenerationTask(Task):
             side, base_side = result.side_refusal_rate, baseline.side_refusal_rate
             if side is not None and base_side is not None and side > base_side + 0.1:
                 return -math.inf
-        return float(getattr(result, self.behaviour))
+        return self.sign * float(getattr(result, self.behaviour))
 
 
 def first_items(items: list, limit: int | None) -> list:
@@ -127,18 +135,22 @@ def first_items(items: list, limit: int | None) -> list:
 
 
 def sentiment() -> GenerationTask:
-    return GenerationTask("sentiment", load_pairs(datasets.pairs_path("sentiment", "train")),
-                          datasets.prompts("neutral", "dev"), datasets.prompts("neutral", "test"),
-                          "austeer-gguf sentiment pairs and neutral prompts (written for the project, see "
-                          "data/README.md)", behaviour="sentiment")
+    return GenerationTask("sentiment", load_pairs(datasets.pairs_path("sentiment-large", "train")),
+                          datasets.prompts("neutral-large", "dev"), datasets.prompts("neutral-large", "test"),
+                          "generated sentiment-large pairs and neutral-large starts (scripts/make_data.py)",
+                          behaviour="sentiment")
 
 
 def detox() -> GenerationTask:
-    return GenerationTask("detox", load_pairs(datasets.pairs_path("polite", "train")),
-                          datasets.prompts("provocative", "dev"), datasets.prompts("provocative", "test"),
-                          "austeer-gguf polite pairs and provocative/harmless prompts (written for the project)",
-                          behaviour="sentiment", chat=True,
-                          side_dev=datasets.prompts("harmless", "dev"), side_test=datasets.prompts("harmless", "test"))
+    def items(split: str) -> list[Prompt]:
+        return [Prompt(item["prompt"], item["prefill"]) for item in datasets.prompt_items("detox", split)]
+
+    return GenerationTask("detox", load_pairs(datasets.pairs_path("polite-chat", "train")), items("dev"),
+                          items("test"), "generated polite-chat pairs; detox items (provocative and rude-request "
+                          "messages with rude openers) and harmless-large prompts (scripts/make_data.py)",
+                          behaviour="offensive_rate", sign=-1.0, chat=True,
+                          side_dev=datasets.prompts("harmless-large", "dev"),
+                          side_test=datasets.prompts("harmless-large", "test"))
 
 
 def vader_lexicon() -> dict[str, float]:
@@ -153,35 +165,65 @@ def vader_lexicon() -> dict[str, float]:
     return lexicon
 
 
-def word_polarity(threshold: float = 1.5, n_train: int = 120, n_dev: int = 40, n_test: int = 100) -> ChoiceTask:
-    """Sizes are per class: 2 * n words in each split."""
+def stem(word: str) -> str:
+    """A crude stem (the longest known suffix off, keeping 3 letters): groups love / loved / lovely / loves."""
+    for suffix in SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def polarity_words(threshold: float, sizes: tuple[int, ...]) -> list[tuple[list[str], list[str]]]:
+    """(positive, negative) words of each split, `sizes` per class; a stem's words all go to one split."""
     words = {word: valence for word, valence in vader_lexicon().items()
              if word.isalpha() and word.islower() and len(word) >= 3 and abs(valence) >= threshold}
-    positive = sorted(w for w, v in words.items() if v > 0)
-    negative = sorted(w for w, v in words.items() if v < 0)
-    rng = random.Random(SEED)
-    rng.shuffle(positive)
-    rng.shuffle(negative)
-    needed = n_train + n_dev + n_test
-    if min(len(positive), len(negative)) < needed:
-        raise ValueError(f"the lexicon has {len(positive)} positive and {len(negative)} negative words; "
-                         f"{needed} of each are needed")
+    splits = []
+    for polarity in (1, -1):
+        groups: dict[str, list[str]] = {}
+        for word in sorted(w for w, v in words.items() if v * polarity > 0):
+            groups.setdefault(stem(word), []).append(word)
+        stems = sorted(groups)
+        random.Random(SEED + polarity).shuffle(stems)
+        chosen, start = [], 0
+        for size in sizes:
+            split: list[str] = []
+            while len(split) < size and start < len(stems):
+                split += groups[stems[start]]
+                start += 1
+            if len(split) < size:
+                raise ValueError(f"the lexicon has too few words of polarity {polarity:+d} for splits {sizes}")
+            chosen.append(split[:size])  # the few words beyond `size` of the last stem are left out
+        splits.append(chosen)
+    return list(zip(*splits))
 
-    def items(first: int, last: int) -> list[ChoiceItem]:
-        out = [ChoiceItem(POLARITY_PROMPT.format(word=w), POLARITY_CHOICES, 0) for w in positive[first:last]]
-        out += [ChoiceItem(POLARITY_PROMPT.format(word=w), POLARITY_CHOICES, 1) for w in negative[first:last]]
-        random.Random(SEED + first).shuffle(out)
+
+def word_polarity(name: str = "word-polarity", threshold: float = 1.5,
+                  sizes: tuple[int, int, int] = (300, 60, 220)) -> ChoiceTask:
+    """Sizes are per class for train / dev / test: 2 * n words in each split."""
+    frame = POLARITY_FRAMES[name]
+
+    def items(positive: list[str], negative: list[str], seed: int) -> list[ChoiceItem]:
+        out = [ChoiceItem(frame.format(word=w), POLARITY_CHOICES, 0) for w in positive]
+        out += [ChoiceItem(frame.format(word=w), POLARITY_CHOICES, 1) for w in negative]
+        random.Random(seed).shuffle(out)
         return out
 
+    (train_words, dev_words, test_words) = polarity_words(threshold, sizes)
     train = [Pair(item.prompt, item.choices[item.label], item.choices[1 - item.label])
-             for item in items(0, n_train)]
-    return ChoiceTask("word-polarity", train, items(n_train, n_train + n_dev), items(n_train + n_dev, needed),
-                      f"VADER sentiment lexicon (vaderSentiment on PyPI), words with |valence| >= {threshold}, "
-                      f"seed {SEED}: {2 * n_train} train / {2 * n_dev} dev / {2 * n_test} test words, balanced, "
-                      "disjoint")
+             for item in items(*train_words, SEED)]
+    return ChoiceTask(name, train, items(*dev_words, SEED + 1), items(*test_words, SEED + 2),
+                      f"VADER sentiment lexicon (vaderSentiment on PyPI), words with |valence| >= {threshold}, seed "
+                      f"{SEED}: {2 * sizes[0]} train / {2 * sizes[1]} dev / {2 * sizes[2]} test words, balanced, "
+                      "disjoint by stem")
 
 
-TASKS: dict[str, Callable[[], Task]] = {"word-polarity": word_polarity, "sentiment": sentiment, "detox": detox}
+def word_polarity_question() -> ChoiceTask:
+    return word_polarity("word-polarity-question")
+
+
+TASKS: dict[str, Callable[[], Task]] = {"word-polarity": word_polarity,
+                                        "word-polarity-question": word_polarity_question,
+                                        "sentiment": sentiment, "detox": detox}
 
 
 def load_task(name: str) -> Task:

@@ -1,8 +1,10 @@
-"""Write a float (F16 or F32) copy of a quantized GGUF with gguf-py, one tensor at a time.
+"""Write a copy of a GGUF with its weights in another type (F32, F16, BF16 or Q8_0), with gguf-py, one tensor at
+a time.
 
-Localization runs on float weights. Users who only have the quantized file get its float copy here: every
-quantized tensor is dequantized with gguf-py; 1-D tensors (norms, biases) are kept in F32 as llama.cpp's
-converters write them. Metadata is copied unchanged except `general.file_type`.
+Localization can run on float weights. Users who only have the quantized file get its float copy here (or a
+Q8_0 copy, a quarter of F32's size): every weight is dequantized with gguf-py and stored in the target type;
+1-D tensors (norms, biases), and weights whose rows do not fill whole Q8_0 blocks, are kept in F32 as
+llama.cpp's converters write them. Metadata is copied unchanged except `general.file_type`.
 """
 
 from __future__ import annotations
@@ -12,23 +14,25 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from ..errors import InputError
 from .atomic import atomic_output
 from .layout import open_reader
 
-FLOAT_TARGETS = {"f16": (gguf.GGMLQuantizationType.F16, np.float16, gguf.LlamaFileType.MOSTLY_F16),
-                 "f32": (gguf.GGMLQuantizationType.F32, np.float32, gguf.LlamaFileType.ALL_F32)}
+T = gguf.GGMLQuantizationType
+TARGETS = {"f32": (T.F32, gguf.LlamaFileType.ALL_F32), "f16": (T.F16, gguf.LlamaFileType.MOSTLY_F16),
+           "bf16": (T.BF16, gguf.LlamaFileType.MOSTLY_BF16), "q8_0": (T.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0)}
 _SKIPPED_KEYS = {"general.architecture", "general.file_type", "general.alignment"}
 
 
 def dequantize(source: str | Path, target: str | Path, *, dtype: str = "f16") -> Path:
     """Write `target` (atomically) as the float copy of `source`; returns target."""
-    if dtype not in FLOAT_TARGETS:
-        raise ValueError(f"unknown float type {dtype!r}; choose f16 or f32")
+    if dtype not in TARGETS:
+        raise InputError(f"unknown weight type {dtype!r}; choose {', '.join(TARGETS)}")
     source, target = Path(source), Path(target)
     if source.resolve() == target.resolve():
         raise ValueError("dequantize writes a new file: choose an output path other than the source")
     reader = open_reader(source)
-    ggml_type, numpy_type, file_type = FLOAT_TARGETS[dtype]
+    ggml_type, file_type = TARGETS[dtype]
     architecture = reader.fields["general.architecture"].contents()
 
     with atomic_output(target) as (_, temporary):
@@ -44,17 +48,29 @@ def dequantize(source: str | Path, target: str | Path, *, dtype: str = "f16") ->
 
         plans = []
         for tensor in reader.tensors:
-            keep_f32 = len(tensor.shape) == 1 or tensor.tensor_type == gguf.GGMLQuantizationType.F32
-            out_type, out_numpy = (gguf.GGMLQuantizationType.F32, np.float32) if keep_f32 else (ggml_type, numpy_type)
             shape = tuple(int(n) for n in reversed(tensor.shape))
-            writer.add_tensor_info(tensor.name, shape, np.dtype(out_numpy),
-                                   int(np.prod(shape)) * np.dtype(out_numpy).itemsize, raw_dtype=out_type)
-            plans.append((tensor, shape, out_numpy))
+            block, type_size = gguf.GGML_QUANT_SIZES[ggml_type]
+            keep_f32 = len(shape) == 1 or tensor.tensor_type == T.F32 or shape[-1] % block
+            out_type = T.F32 if keep_f32 else ggml_type
+            block, type_size = gguf.GGML_QUANT_SIZES[out_type]
+            byte_shape = (*shape[:-1], shape[-1] // block * type_size)
+            writer.add_tensor_info(tensor.name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)),
+                                   raw_dtype=out_type)
+            plans.append((tensor, shape, out_type))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for tensor, shape, out_numpy in plans:
-            values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-            writer.write_tensor_data(np.ascontiguousarray(values.reshape(shape).astype(out_numpy, copy=False)))
+        for tensor, shape, out_type in plans:
+            values = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+            writer.write_tensor_data(np.ascontiguousarray(_encode(values.reshape(shape), out_type)))
         writer.close()
     return target
+
+
+def _encode(values: np.ndarray, ggml_type: gguf.GGMLQuantizationType) -> np.ndarray:
+    """float32 values as the raw bytes of `ggml_type`."""
+    if ggml_type == T.F32:
+        return values.view(np.uint8)
+    if ggml_type == T.F16:
+        return values.astype(np.float16).view(np.uint8)
+    return gguf.quants.quantize(values, ggml_type)
