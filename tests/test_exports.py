@@ -255,3 +255,30 @@ def test_control_vector_files_are_checked(tmp_path, tiny_f32):
     llm = open_steered(tiny_f32)
     with pytest.raises(ValueError, match="does not fit this model"):
         llm.steering.set_control_vector(vector)
+
+
+def test_a_profile_can_carry_a_control_vector_applied_by_the_same_toggle(tiny_f32, tmp_path):
+    from austeer_gguf.ggufio.metadata import embed_profiles, read_profiles
+
+    rng = np.random.default_rng(4)
+    vector = ControlVector({layer: rng.standard_normal(64).astype(np.float32) * 0.5 for layer in (1, 2)}, "llama")
+    units = profile_for("attn")
+    both = Profile("both", units.alpha, units.units, control=vector)
+    assert Profile.from_json(both.to_json()) == both
+    assert read_profiles(embed_profiles(tiny_f32, [both], tmp_path / "m.gguf")) == {"both": both}
+
+    reference = ReferenceModel(tiny_f32)
+    llm = open_steered(tiny_f32, profile=both)
+    llm.steering.strength = 0.5
+    from reference import steer_of
+
+    expected = reference.forward(TOKENS, steer_of(both, 0.5),
+                                 residual_add={layer: 0.5 * vector.directions[layer] for layer in (1, 2)}).logits
+    steered = logits_of(llm, TOKENS)
+    assert relative(steered, expected) < 2e-4
+    llm.steering.disable()  # the toggle switches the vector off too
+    assert relative(logits_of(llm, TOKENS), reference.forward(TOKENS).logits) < 2e-4
+    for export in (lambda: bake(tiny_f32, both, tmp_path / "b.gguf"),
+                   lambda: export_lora(tiny_f32, both, tmp_path / "l.gguf")):
+        with pytest.raises(ValueError, match="carries a control vector"):
+            export()

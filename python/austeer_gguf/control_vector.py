@@ -22,14 +22,51 @@ from .ggufio.layout import open_reader
 
 @dataclass(eq=False)
 class ControlVector:
+    """Equal vectors (same layers, same values) compare equal."""
+
     directions: dict[int, np.ndarray]  # layer (>= 1) -> [n_embd] float32
     model_hint: str
     n_pairs: int = 0
     extra: dict = field(default_factory=dict)
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ControlVector):
+            return NotImplemented
+        return self.layers == other.layers and all(np.array_equal(self.directions[layer], other.directions[layer])
+                                                   for layer in self.layers)
+
+    __hash__ = None  # type: ignore[assignment]
+
     @property
     def layers(self) -> list[int]:
         return sorted(self.directions)
+
+    def to_dict(self) -> dict:
+        """A plain encoding (for profiles that carry a control vector): float32 values written exactly."""
+        return {"model_hint": self.model_hint, "n_pairs": self.n_pairs,
+                "layers": {str(layer): self.directions[layer].astype(np.float32).tolist() for layer in self.layers}}
+
+    @classmethod
+    def from_dict(cls, data: object) -> ControlVector:
+        why = "a control vector is {'layers': {'<layer >= 1>': [numbers...]}, 'model_hint': ..., 'n_pairs': ...}"
+        if not isinstance(data, dict) or not isinstance(data.get("layers"), dict) or not data["layers"]:
+            raise InputError(f"malformed control vector: {why}")
+        directions, width = {}, None
+        for key, values in data["layers"].items():
+            if not (isinstance(key, str) and key.isdigit() and 1 <= int(key) < 4096) or not isinstance(values, list):
+                raise InputError(f"malformed control vector layer {key!r}: {why}")
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                raise InputError(f"control vector layer {key}: values must be numbers")
+            vector = np.array(values, dtype=np.float32)
+            if not np.isfinite(vector).all() or (width is not None and vector.size != width) or vector.size == 0:
+                raise InputError(f"control vector layer {key}: values must be finite, one width for every layer")
+            width = vector.size
+            directions[int(key)] = vector
+        hint, n_pairs = data.get("model_hint", ""), data.get("n_pairs", 0)
+        return cls(directions, hint if isinstance(hint, str) else "", n_pairs if isinstance(n_pairs, int) else 0)
+
+    def scaled(self, multiplier: float) -> dict[int, np.ndarray]:
+        return {layer: direction * np.float32(multiplier) for layer, direction in self.directions.items()}
 
     def restricted(self, first: int, last: int) -> ControlVector:
         kept = {layer: v for layer, v in self.directions.items() if first <= layer <= last}
@@ -73,13 +110,3 @@ class ControlVector:
         if not directions:
             raise InputError(f"{path} holds no direction.N tensors")
         return cls(directions, hint.contents() if hint else "")
-
-    def buffer(self, n_layers: int, n_embd: int, multiplier: float) -> tuple[np.ndarray, int, int]:
-        """(data, il_start, il_end) for llama_set_adapter_cvec: data starts at layer 1."""
-        data = np.zeros(((n_layers - 1), n_embd), dtype=np.float32)
-        for layer, direction in self.directions.items():
-            if layer >= n_layers or direction.shape != (n_embd,):
-                raise InputError(f"direction.{layer} ({direction.shape[0]} values) does not fit this model "
-                                 f"({n_layers} layers of width {n_embd})")
-            data[layer - 1] = direction * np.float32(multiplier)
-        return data.reshape(-1), self.layers[0], self.layers[-1]

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import sites
+from .control_vector import ControlVector
 from .errors import InputError
 from .fingerprint import ModelFingerprint
 from .jsonfile import load_json, read_json_file
@@ -59,6 +60,7 @@ class Profile:
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     calibration: dict[str, Any] | None = None  # budget and strength the alpha was calibrated to (calibrate.py)
+    control: ControlVector | None = None  # a CAA vector the profile also adds, times its strength and weight
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -87,6 +89,8 @@ class Profile:
             raise InputError(f"profile {self.name!r}: extra must be an object, got {type(self.extra).__name__}")
         if self.calibration is not None and not isinstance(self.calibration, dict):
             raise InputError(f"profile {self.name!r}: calibration must be an object")
+        if self.control is not None and not isinstance(self.control, ControlVector):
+            raise InputError(f"profile {self.name!r}: control must be a ControlVector")
         if self.model is not None and not isinstance(self.model, ModelFingerprint):
             raise InputError(f"profile {self.name!r}: model must be a ModelFingerprint")
         if self.schema_version != SCHEMA_VERSION:
@@ -106,6 +110,11 @@ class Profile:
     def layers(self) -> tuple[int, ...]:
         return tuple(sorted({unit.layer for unit in self.units}))
 
+    @property
+    def steers(self) -> bool:
+        """Whether the profile changes anything (units, or a control vector)."""
+        return bool(self.units) or self.control is not None
+
     def factors(self, strength: float = 1.0) -> np.ndarray:
         """The float32 factor ``1 + strength * alpha * score`` of every unit, in unit order."""
         strength = check_strength(strength)
@@ -124,6 +133,12 @@ class Profile:
             if why is not None:
                 raise InputError(f"profile {self.name!r} was made for another model: {why}. Localize it on "
                                  "this model, or pass allow_model_mismatch=True (--force) to apply it anyway")
+        if self.control is not None:
+            width = shape.widths["layer"]
+            for layer, direction in self.control.directions.items():
+                if not 1 <= layer < shape.n_layers or direction.shape != (width,):
+                    raise InputError(f"profile {self.name!r}: its control vector's direction.{layer} does not fit "
+                                     f"this model (layers 1..{shape.n_layers - 1} of width {width})")
         for index, unit in enumerate(self.units):
             if unit.site not in shape.widths:
                 raise InputError(f"profile {self.name!r}: unit #{index} {unit.describe()}: this model has no "
@@ -169,6 +184,8 @@ class Profile:
             data["extra"] = self.extra
         if self.calibration is not None:
             data["calibration"] = self.calibration
+        if self.control is not None:
+            data["control_vector"] = self.control.to_dict()
         return data
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -298,4 +315,5 @@ def provenance_from_dict(data: dict[str, Any]) -> dict[str, Any]:
         "data_sha256": data.get("data_sha256"),
         "extra": data.get("extra") if data.get("extra") is not None else {},
         "calibration": data.get("calibration"),
+        "control": ControlVector.from_dict(data["control_vector"]) if data.get("control_vector") is not None else None,
     }

@@ -112,8 +112,10 @@ def calibrate(llm, profile: Profile, *, kl: float | None = None, perplexity_rati
 def _strength_ceiling(profile: Profile) -> float:
     """The largest strength the profile can take (factor and alpha bounds)."""
     gains = max((abs(profile.alpha * unit.score) for unit in profile.units), default=0.0)
-    if gains == 0.0:
+    if gains == 0.0 and profile.control is None:
         raise InputError(f"profile {profile.name!r} steers nothing (no units, or alpha 0): nothing to calibrate")
+    if gains == 0.0:
+        return 1000.0  # a control vector alone: the strength is its multiplier
     return min(MAX_FACTOR / gains, MAX_ALPHA / max(abs(profile.alpha), 1e-12), 1000.0)
 
 
@@ -140,9 +142,13 @@ def _bracket(at: Callable[[float], float], budget: float, ceiling: float,
 
 
 def calibrated(profile: Profile, calibration: Calibration) -> Profile:
-    """The profile with alpha multiplied by the calibrated strength, recording the calibration."""
+    """The profile with alpha (and its control vector) multiplied by the calibrated strength, recording the
+    calibration."""
     if calibration.strength <= 0:
         raise InputError(f"no strength of profile {profile.name!r} keeps the {calibration.measure} within "
                          f"{calibration.budget:g}: raise the budget, or localize fewer units")
+    control = profile.control
+    if control is not None:
+        control = dataclasses.replace(control, directions=control.scaled(calibration.strength))
     return dataclasses.replace(profile, alpha=float(np.float64(profile.alpha) * calibration.strength),
-                               calibration=calibration.record(profile))
+                               calibration=calibration.record(profile), control=control)

@@ -78,6 +78,9 @@ def bake(model: str | Path, profile: Profile, target: str | Path, *, strength: f
     if any(entry.get("digest") == digest for entry in done):
         raise InputError(f"profile {profile.name!r} is already baked into {model}; baking it twice would apply "
                          "it twice")
+    if profile.control is not None:
+        raise InputError(f"profile {profile.name!r} carries a control vector, which no weight can hold: steer it at "
+                         "run time with SteeredLlama")
     unowned = [u for u in profile.units if sites.get(u.site).weight is None]
     if unowned:
         names = ", ".join(sorted({f"{u.site!r}" for u in unowned}))

@@ -42,6 +42,9 @@ class LoraReport:
 
 def export_lora(model: str | Path, profile: Profile, target: str | Path, *,
                 skip_layer_units: bool = False) -> LoraReport:
+    if profile.control is not None:
+        raise InputError(f"profile {profile.name!r} carries a control vector, which a LoRA adapter cannot express: "
+                         "steer it at run time with SteeredLlama")
     unowned = [u for u in profile.units if sites.get(u.site).weight is None]
     if unowned and not skip_layer_units:
         raise InputError(f"profile {profile.name!r} has {len(unowned)} 'layer' (residual stream) units, which a "

@@ -10,15 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
+import numpy as np
 
-from ..control_vector import ControlVector
 from ..fingerprint import ModelFingerprint, fingerprint_of
 from ..ggufio.layout import scan
 from ..ggufio.metadata import embedded_profiles
 from ..profile import Profile, resolve
 from ..sites import ModelShape
 from . import context_hook, limits, native, rpc
-from .steering import ControlSetting, Steering, SteeringSetting
+from .steering import Steering, SteeringSetting
 
 EvalCallback = Callable[[int, bool], bool]
 SKIP_COUNTERS = ("skipped_not_f32", "skipped_not_contiguous", "skipped_width", "skipped_no_data",
@@ -96,7 +96,7 @@ class SteeredLlama(llama_cpp.Llama):
         self._setting: SteeringSetting | None = None  # the setting of the running (or last) completion
         self._generation: SteeringSetting | None = None  # set while generate() runs: its generated-token phase
         self._phase_is_prompt = True
-        self._applied_control: ControlSetting | None = None
+        self._applied_control: tuple | None = ()  # what the context's control vector was made from
 
         embedded = embedded_profiles(fields)
         for name, why in embedded.broken.items():
@@ -162,11 +162,11 @@ class SteeredLlama(llama_cpp.Llama):
 
     def _enter(self, phase: SteeringSetting) -> None:
         """Make the native state and the control vector steer as `phase` says."""
-        self._native_state.enabled = bool(phase.profiles)
-        if phase.control != self._applied_control:
-            control = phase.control
-            _apply_control_vector(self, control.vector if control else None, control.multiplier if control else 0.0)
-            self._applied_control = control
+        self._native_state.enabled = any(profile.units for profile, _ in phase.profiles)
+        key = (phase.control, tuple((p, w) for p, w in phase.profiles if p.control is not None), phase.strength)
+        if key != self._applied_control:
+            _apply_control(self, control_directions(phase))
+            self._applied_control = key
 
     def _drop_stale_prefix(self, prompt: SteeringSetting) -> None:
         """Cut the cached positions that were not computed under `prompt`, before llama-cpp-python looks for
@@ -247,14 +247,30 @@ def _check_resources(kwargs: dict[str, Any], fields: dict[str, Any], n_layers: i
             limits.check_batch(kwargs[name], max(n_ctx, 1), name)
 
 
-def _apply_control_vector(llm: SteeredLlama, vector: ControlVector | None, multiplier: float) -> None:
-    """Set (or clear, with None) the control vector of the context."""
-    n_embd = llm.shape.widths["layer"]
-    if vector is None:
+def control_directions(setting: SteeringSetting) -> dict[int, np.ndarray]:
+    """The residual additions of a setting: the control vectors of its profiles (times strength and weight)
+    and its own control vector (times its multiplier), summed per layer."""
+    parts = [p.control.scaled(setting.strength * w) for p, w in setting.profiles if p.control is not None]
+    if setting.control is not None:
+        parts.append(setting.control.vector.scaled(setting.control.multiplier))
+    total: dict[int, np.ndarray] = {}
+    for part in parts:
+        for layer, direction in part.items():
+            total[layer] = total[layer] + direction if layer in total else direction.copy()
+    return total
+
+
+def _apply_control(llm: SteeredLlama, directions: dict[int, np.ndarray]) -> None:
+    """Set (or clear, when empty) the control vector of the context: direction L is added to layer L."""
+    n_layers, n_embd = llm.shape.n_layers, llm.shape.widths["layer"]
+    if not directions:
         status = llama_cpp.llama_set_adapter_cvec(llm.ctx, None, 0, n_embd, -1, -1)
     else:
-        data, first, last = vector.buffer(llm.shape.n_layers, n_embd, multiplier)
+        data = np.zeros((n_layers - 1, n_embd), dtype=np.float32)  # llama.cpp's buffer starts at layer 1
+        for layer, direction in directions.items():
+            data[layer - 1] = direction
         pointer = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        status = llama_cpp.llama_set_adapter_cvec(llm.ctx, pointer, data.size, n_embd, first, last)
+        status = llama_cpp.llama_set_adapter_cvec(llm.ctx, pointer, data.size, n_embd, min(directions),
+                                                  max(directions))
     if status != 0:
         raise RuntimeError(f"llama_set_adapter_cvec failed ({status})")
