@@ -128,14 +128,16 @@ def evaluate_choice(llm, items: Sequence[ChoiceItem], *, progress: bool = False)
 
 # ---- generation tasks --------------------------------------------------------------------------------------
 
-def prompt_renderer(llm, chat: bool, frame: str = "{prompt}"):
+def prompt_renderer(llm, chat: bool, frame: str = "{prompt}", system: str | None = None):
     """The text a prompt (a str or a `Prompt`) is given to the model as: for chat, one user turn for this model
-    (its chat template, or `User: ...\nAssistant:` without one); else the plain `frame`; then the prefill."""
+    (its chat template, or `User: ...\nAssistant:` without one), after a system turn when `system` is given (the
+    prompting baseline); else the plain `frame`; then the prefill."""
     conversation = conversation_renderer(llm) if chat else None
+    before = [("system", system)] if system else []
 
     def render(prompt: str | Prompt) -> str:
         prompt = prompt if isinstance(prompt, Prompt) else Prompt(prompt)
-        text = conversation([("user", prompt.text)]) if conversation else frame.format(prompt=prompt.text)
+        text = conversation([*before, ("user", prompt.text)]) if conversation else frame.format(prompt=prompt.text)
         if not prompt.prefill:
             return text
         return text + ("" if not text or text[-1].isspace() else " ") + prompt.prefill
@@ -144,7 +146,7 @@ def prompt_renderer(llm, chat: bool, frame: str = "{prompt}"):
 
 
 def generate(llm, prompts: Sequence[str | Prompt], *, chat: bool, max_tokens: int, temperature: float = 0.0,
-             seed: int = 0, frame: str = "{prompt}") -> list[str]:
+             seed: int = 0, frame: str = "{prompt}", system: str | None = None) -> list[str]:
     """Greedy (temperature 0) or seeded sampled continuations, stopped at an end-of-generation token (and,
     for a chat with a model that has no template, where it starts writing the user's next turn).
 
@@ -153,7 +155,7 @@ def generate(llm, prompts: Sequence[str | Prompt], *, chat: bool, max_tokens: in
     """
     import llama_cpp
 
-    render = prompt_renderer(llm, chat, frame)
+    render = prompt_renderer(llm, chat, frame, system)
     stop = "\nUser:" if chat and not llm.metadata.get("tokenizer.chat_template") else None
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     texts = []
@@ -179,7 +181,8 @@ def generate(llm, prompts: Sequence[str | Prompt], *, chat: bool, max_tokens: in
 
 def perplexities(llm, prompts: Sequence[str | Prompt], texts: Sequence[str], *, chat: bool,
                  frame: str = "{prompt}") -> list[float]:
-    """Per-token perplexity of each generated text after its prompt, under the unsteered model (inf: empty)."""
+    """Per-token perplexity of each generated text after its prompt (without any system turn), under the
+    unsteered model (inf: empty)."""
     render = prompt_renderer(llm, chat, frame)
     values = []
     with steering_off(llm):
@@ -202,13 +205,13 @@ def perplexity(llm, prompts: Sequence[str | Prompt], texts: Sequence[str], *, ch
 
 def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str | Prompt],
                         side_prompts: Sequence[str] = (), *, max_tokens: int = 32, temperature: float = 0.0,
-                        seed: int = 0, keep_samples: int = 3) -> GenerationResult:
+                        seed: int = 0, keep_samples: int = 3, system: str | None = None) -> GenerationResult:
     texts = generate(llm, prompts, chat=task.chat, max_tokens=max_tokens, temperature=temperature, seed=seed,
-                     frame=task.frame)
+                     frame=task.frame, system=system)
     side = None
     if side_prompts:
         side_texts = generate(llm, side_prompts, chat=task.chat, max_tokens=max_tokens, temperature=temperature,
-                              seed=seed, frame=task.frame)
+                              seed=seed, frame=task.frame, system=system)
         side = metrics.refusal_rate(side_texts)
     offensive = metrics.offensive_probability(texts)
     sentiment = metrics.sentiment(texts)

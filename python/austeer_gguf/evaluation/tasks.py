@@ -103,9 +103,10 @@ class GenerationTask(Task):
         return first_items(self.side_dev if split == "dev" else self.side_test, limit)
 
     def evaluate(self, llm, split: str, *, limit: int | None = None, max_tokens: int = 32,
-                 temperature: float = 0.0, seed: int = 0, **_) -> GenerationResult:
+                 temperature: float = 0.0, seed: int = 0, system: str | None = None, **_) -> GenerationResult:
+        """`system`: a system turn before each prompt (asking the model: the prompting baseline; chat only)."""
         return evaluate.evaluate_generation(llm, self, self.split(split, limit), self.side(split, limit),
-                                            max_tokens=max_tokens, temperature=temperature, seed=seed)
+                                            max_tokens=max_tokens, temperature=temperature, seed=seed, system=system)
 
     def score(self, result: GenerationResult, baseline: GenerationResult | None = None, *,
               fluency_factor: float = 2.0, **_) -> float:
