@@ -1,18 +1,20 @@
 #!/usr/bin/env python3
-"""The evidence: AUSteer vs baselines on the real GGUF models, tuned on dev, reported on test.
+"""The evidence: every method at matched side-effect budgets on the real GGUF models (see
+austeer_gguf/evaluation/sweep.py for the design), then scripts/report.py for the tables and Pareto plots.
 
-For each model and task: localize on the model's float32 copy (train split), sweep on dev with the quantized
-file, measure the best setting of each method on test, and write reports/<model>/<task>.json; then
-scripts/report.py turns them into reports/<model>.md with plots. Grids and --limit are kept small so that
-the whole run fits in an hour on a 2-core CPU (see the printed timings).
+For each model and task: localize on the model's float32 copy (train split), screen and measure on dev with
+the quantized file, measure each method's best setting within each budget once on test, and write
+reports/evidence/<model>/<task>.json. Prints the time of each part.
 
-    .venv/bin/python scripts/run_evidence.py                     # both models, all tasks
-    .venv/bin/python scripts/run_evidence.py --models smollm2 --tasks word-polarity
+    .venv/bin/python scripts/run_evidence.py                                  # both models, every task
+    .venv/bin/python scripts/run_evidence.py --models smollm2 --tasks word-polarity-question
+    .venv/bin/python scripts/run_evidence.py --quick --models tiny.gguf --float-model tiny.gguf   # every path
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -20,37 +22,45 @@ from austeer_gguf import SteeredLlama, models
 from austeer_gguf.evaluation.sweep import SweepConfig, Sweeper
 from austeer_gguf.evaluation.tasks import load_task
 
+TASKS = "word-polarity,word-polarity-question,sentiment,detox"
 GRIDS = {
-    "choice": SweepConfig(ks=(1, 5, 20, 100), alphas=(2.0, 5.0, 10.0), layer_alphas=(0.5, 2.0),
-                          multipliers=(1.0, 2.0, 4.0), ranges=3, dev_limit=30, test_limit=120),
-    "generation": SweepConfig(ks=(1, 10, 50), alphas=(2.0, 5.0), layer_alphas=(1.0,), multipliers=(0.25, 0.5, 1.0),
-                              ranges=3, random_seeds=(0,), dev_limit=8, test_limit=24, max_tokens=20),
+    "choice": SweepConfig(dev_limit=120, test_limit=440),
+    "generation": SweepConfig(dev_limit=40, test_limit=100, seeds=3),
 }
+QUICK = dict(ks=(2, 5), alphas=(2.0, 8.0), layer_alphas=(0.5,), multipliers=(0.5, 4.0), caa_layer_step=2,
+             trials=2, dev_limit=4, test_limit=4, seeds=1, max_tokens=4, neutral_texts=3)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="smollm2,gemma3")
-    parser.add_argument("--tasks", default="word-polarity,sentiment,detox")
-    parser.add_argument("--out", default="reports")
+    parser.add_argument("--models", default="smollm2,gemma3", help="built-in names or GGUF paths")
+    parser.add_argument("--float-model", help="the float copy to localize on (default: a built-in's float32 copy)")
+    parser.add_argument("--tasks", default=TASKS)
+    parser.add_argument("--out", default="reports/evidence")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="tiny limits: every code path in minutes")
     args = parser.parse_args()
     start = time.perf_counter()
     for model in args.models.split(","):
-        quantized, float_model = models.fetch(model), models.float_copy(model)
+        quantized = models.fetch(model) if model in models.MODELS else Path(model)
+        float_model = Path(args.float_model) if args.float_model else (
+            models.float_copy(model) if model in models.MODELS else quantized)
+        name = model if model in models.MODELS else quantized.stem
         llm = SteeredLlama(str(quantized), n_ctx=512, n_batch=512, logits_all=True, verbose=False,
                            n_threads=args.threads, n_threads_batch=args.threads)
         for task_name in args.tasks.split(","):
             task = load_task(task_name)
-            config = GRIDS[task.kind]
-            config.threads = args.threads
-            report = Sweeper(llm, float_model, task, config).run(model)
-            out = Path(args.out) / model
+            if args.quick:
+                task = dataclasses.replace(task, train=task.train[:24])
+            config = dataclasses.replace(GRIDS[task.kind], threads=args.threads, **(QUICK if args.quick else {}))
+            clock = time.perf_counter()
+            print(f"{name} / {task_name}:", flush=True)
+            report = Sweeper(llm, float_model, task, config).run(name, log=lambda line: print(line, flush=True))
+            out = Path(args.out) / name
             out.mkdir(parents=True, exist_ok=True)
             report.to_json(out / f"{task_name}.json")
-            print(f"{model} {task_name}: {report.seconds / 60:.1f} min ({len(report.trials)} dev trials)", flush=True)
-            for method, trial in report.test.items():
-                print(f"  {method:16} test score {trial.score:.3f}  KL {trial.kl:.3f}  {trial.setting.label()}")
+            parts = ", ".join(f"{part} {seconds / 60:.1f}" for part, seconds in report.seconds.items())
+            print(f"{name} / {task_name}: {(time.perf_counter() - clock) / 60:.1f} min ({parts})", flush=True)
         llm.close()
     print(f"total {(time.perf_counter() - start) / 60:.1f} min")
 

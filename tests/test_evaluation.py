@@ -113,14 +113,30 @@ def tiny_task(kind: str) -> Task:
 
 
 @pytest.mark.parametrize("kind", ["choice", "generation"])
-def test_sweep_and_report_smoke(tiny_f32, tmp_path, kind):
-    llm = open_steered(tiny_f32)
-    config = SweepConfig(sites=("attn", "layer"), ks=(1, 3), alphas=(2.0,), layer_alphas=(1.0,), multipliers=(1.0,),
-                         random_seeds=(0,), max_tokens=4, threads=THREADS)
-    report = Sweeper(llm, tiny_f32, tiny_task(kind), config).run("tiny")
-    assert set(report.test) == {"unsteered", "austeer", "single-unit", "whole-layer", "caa", "random-units-0"}
-    assert report.test["austeer"].setting.k == 3 and report.test["single-unit"].setting.k == 1
-    assert all(trial.split == "dev" for trial in report.trials)
+def test_the_matched_cost_sweep_and_its_report(tiny_f32, tmp_path, kind):
+    from austeer_gguf.evaluation.sweep import Budget
+
+    llm = open_steered(tiny_f32, n_ctx=512)
+    budgets = (Budget("tight", 0.5, 3.0), Budget("loose", 10.0, 100.0))
+    config = SweepConfig(sites=("attn", "layer"), ks=(2, 4), alphas=(1.0, 8.0), layer_alphas=(0.5,),
+                         multipliers=(0.5, 4.0), caa_layer_step=1, trials=2, max_tokens=4, seeds=2, neutral_texts=3,
+                         threads=THREADS, budgets=budgets)
+    report = Sweeper(llm, tiny_f32, tiny_task(kind), config).run("tiny", log=lambda line: None)
+    counts = report.trial_counts
+    assert counts["prompting"] == 1 and {n for m, n in counts.items() if m != "prompting"} == {2}
+    measured = [t for t in report.trials if t.score is not None]
+    assert all(t.kl >= 0 and t.perplexity_ratio is not None for t in measured)
+    for budget in budgets:
+        chosen = report.chosen[budget.name]
+        assert all(trial.within(budget) for method, trial in chosen.items() if method != "unsteered")
+        assert set(report.test[budget.name]) == set(chosen)
+        for comparison in report.comparisons[budget.name].values():
+            low, high = comparison["ci"]
+            assert low <= high and comparison["within_noise"] == (low <= 0 <= high)
+    loose = report.test["loose"]
+    assert "austeer" in loose and "caa-range" in loose
+    if kind == "generation":
+        assert len(loose["unsteered"]["items"]) == 2 * len(tiny_task(kind).test)  # two sampled runs, per item
     assert llm.steering.profile is None  # left unsteered
     model_dir = tmp_path / "tiny"
     model_dir.mkdir()
@@ -129,10 +145,9 @@ def test_sweep_and_report_smoke(tiny_f32, tmp_path, kind):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     markdown = (tmp_path / "tiny.md").read_text()
-    assert "| austeer |" in markdown and "| caa |" in markdown
-    for suffix in ("k-alpha", "methods", "units"):
-        image = tmp_path / f"tiny-{kind}-{suffix}.png"
-        assert image.stat().st_size > 10_000 and f"({image.name})" in markdown
+    assert "| austeer |" in markdown and "### Budget tight" in markdown and "Dev trials per method" in markdown
+    image = tmp_path / f"tiny-{kind}-pareto.png"
+    assert image.stat().st_size > 10_000 and f"({image.name})" in markdown
 
 
 def test_eval_command_smoke(tiny_f32, tmp_path):

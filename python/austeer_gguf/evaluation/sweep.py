@@ -1,25 +1,35 @@
-"""Sweeps on dev, reports on test: AUSteer against block-level and control baselines, tuned the same way.
+"""Matched-cost evidence: does AUSteer beat block-level steering and prompting at the same side-effect budget?
 
-Methods (each tuned on the dev split by the task's dev score, then measured once on test):
-  austeer      top-k units of one site (k in ks, alpha in alphas, site in sites)
-  single-unit  the best unit alone (k = 1)
-  whole-layer  every dim of one layer at one site scaled by the momentum rule (the layer with the largest
-               summed |score|; alpha in layer_alphas)
-  random-units k random units of the best AUSteer site with their own momentum scores, at the best AUSteer
-               k and alpha (a control: does the selection matter?)
-  caa          the CAA control vector on a layer range, times a multiplier
-Dev scores are the task's own (`Task.score`: balanced accuracy for choice tasks; the behaviour metric among
-fluent settings for generation tasks, see `GenerationTask`). A method with no admissible setting is reported
-with its most fluent setting, marked inadmissible. One capture pass over the train pairs gives the momentum
-counts of every site and the CAA mean difference together.
+For one model and one task:
+1. One capture pass over the task's train pairs (>= 1,000) on the float model gives the momentum counts of
+   every site and the CAA mean difference of the residual stream.
+2. Every method has a strength axis that runs from no effect to breakage:
+     austeer        top-k units of one site (k in ks, site in sites) x alpha
+     single-unit    the best unit of a site x alpha
+     whole-layer    every dim of the layer where a site separates the pairs most, momentum-signed x alpha
+     random-units   k random units of the dev-best AUSteer (site, k), their own momentum scores x alpha
+     caa-layer      the CAA direction of one layer (every `caa_layer_step`-th layer) x multiplier
+     caa-range      the CAA directions of a layer range x multiplier
+     prompting      asking the model (the task's instruction), no axis
+     prompting+austeer  asking the model and the AUSteer axis of the dev-best (site, k)
+   Every setting on the axis is screened by its side effect on neutral text (KL(steered || unsteered) of
+   next-token distributions, cheap). From the settings within `screen_kl`, `trials` spread evenly by KL are
+   measured on dev: the task's score and the perplexity ratio of greedy neutral continuations (generations
+   under steering scored by the unsteered model, over the unsteered continuations). Every method gets the same
+   number of dev trials (prompting, which has no axis, one); the counts are reported.
+3. Budgets: a setting is within a budget when both its KL and its perplexity ratio are (tight: KL <= 0.1 and
+   perplexity <= 1.1x; loose: 0.3 and 1.3x). For each budget, each method's best dev setting within it is
+   measured once on test, per item (generation tasks: `seeds` sampled runs), and compared with AUSteer's by a
+   paired bootstrap 95% interval of the difference; an interval that contains 0 is within noise.
+Settings are chosen on dev only; test is touched once per (method, budget).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,11 +40,23 @@ from ..control_vector import ControlVector
 from ..localization.capture import PairCapture
 from ..localization.reducers import MeanDifference, MomentumCounts, rank_units
 from ..profile import Profile, Unit
-from .evaluate import ChoiceResult, GenerationResult, kl_on_neutral
+from . import metrics
+from .calibrate import PerplexityRatio
+from .evaluate import NeutralKL
 from .tasks import Task
 
 
-@dataclass
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    kl: float
+    perplexity: float
+
+
+BUDGETS = (Budget("tight", 0.1, 1.1), Budget("loose", 0.3, 1.3))
+
+
+@dataclass(frozen=True)
 class Setting:
     method: str
     site: str | None = None
@@ -44,6 +66,7 @@ class Setting:
     layers: tuple[int, int] | None = None
     multiplier: float | None = None
     seed: int | None = None
+    prompted: bool = False
 
     def label(self) -> str:
         parts = [self.method]
@@ -57,27 +80,35 @@ class Setting:
 @dataclass
 class Trial:
     setting: Setting
-    split: str
-    score: float
-    result: dict
-    kl: float | None = None
-    admissible: bool = True  # within the fluency bounds on dev (generation tasks)
+    kl: float
+    perplexity_ratio: float | None = None
+    score: float | None = None  # the task's dev score (None: screened only)
+    result: dict | None = None
+
+    def within(self, budget: Budget) -> bool:
+        return (self.score is not None and self.kl <= budget.kl and self.perplexity_ratio is not None
+                and self.perplexity_ratio <= budget.perplexity)
 
 
 @dataclass
 class SweepConfig:
     sites: tuple[str, ...] = ("attn", "ffn", "layer")
-    ks: tuple[int, ...] = (1, 5, 20, 100)
-    alphas: tuple[float, ...] = (2.0, 5.0, 10.0, 20.0)
-    layer_alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0)
-    multipliers: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
-    random_seeds: tuple[int, ...] = (0, 1, 2)
-    ranges: int = 4  # CAA layer ranges tried: all layers, then the middle, first and last thirds
+    ks: tuple[int, ...] = (5, 20, 100)
+    alphas: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+    layer_alphas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+    multipliers: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
+    caa_layer_step: int = 3
+    random_seeds: tuple[int, ...] = (0,)
+    trials: int = 6  # dev trials per method
+    screen_kl: float = 0.6  # settings screened beyond this KL are not measured on dev
     dev_limit: int | None = None
     test_limit: int | None = None
-    max_tokens: int = 32
-    fluency_factor: float = 2.0
+    seeds: int = 3  # sampled test runs of generation tasks (temperature `temperature`)
+    temperature: float = 0.7
+    max_tokens: int = 24
+    neutral_texts: int = 30
     threads: int | None = None
+    budgets: tuple[Budget, ...] = BUDGETS
 
 
 @dataclass
@@ -87,11 +118,13 @@ class SweepReport:
     task_kind: str
     provenance: str
     config: dict
-    trials: list[Trial] = field(default_factory=list)
-    best: dict[str, Trial] = field(default_factory=dict)
-    test: dict[str, Trial] = field(default_factory=dict)
-    units: dict[str, list[dict]] = field(default_factory=dict)
-    seconds: float = 0.0
+    n_pairs: int = 0
+    trials: list[Trial] = field(default_factory=list)  # every screened setting, dev-measured ones with a score
+    chosen: dict[str, dict[str, Trial]] = field(default_factory=dict)  # budget -> method -> dev trial
+    test: dict[str, dict[str, dict]] = field(default_factory=dict)  # budget -> method -> test result
+    comparisons: dict[str, dict[str, dict]] = field(default_factory=dict)  # budget -> method -> vs AUSteer
+    trial_counts: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=1, default=_plain) + "\n")
@@ -100,6 +133,8 @@ class SweepReport:
 def _plain(value):
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     raise TypeError(f"cannot serialize {type(value).__name__}")
 
 
@@ -111,40 +146,152 @@ class Sweeper:
         self.config = config
         self.counts: MomentumCounts | None = None
         self.control: ControlVector | None = None
-        self.baseline_dev: ChoiceResult | GenerationResult | None = None
+        self._kl: NeutralKL | None = None  # side effects, made once the model's unsteered outputs are known
+        self._fluency: PerplexityRatio | None = None
+        self._tested: dict[Setting, dict] = {}
 
-    # ---- measuring one setting ------------------------------------------------------------------------
-
-    def measure(self, setting: Setting, split: str) -> Trial:
-        return self._scored(setting, split, self._evaluate(setting, split))
-
-    def _evaluate(self, setting: Setting, split: str) -> ChoiceResult | GenerationResult:
-        self._apply(setting)
-        limit = self.config.dev_limit if split == "dev" else self.config.test_limit
-        return self.task.evaluate(self.llm, split, limit=limit, max_tokens=self.config.max_tokens)
-
-    def _scored(self, setting: Setting, split: str, result: ChoiceResult | GenerationResult) -> Trial:
-        baseline = self.baseline_dev if split == "dev" else None
-        score = self.task.score(result, baseline, fluency_factor=self.config.fluency_factor)
-        data = result.to_dict()
-        data.pop("predictions", None)
-        return Trial(setting, split, float(score), data)
+    # ---- settings -------------------------------------------------------------------------------------
 
     def _apply(self, setting: Setting) -> None:
         steering = self.llm.steering
         steering.set_control_vector(None)
-        steering.set_profile(None)
+        steering.set_profile(self._profile(setting))
         steering.strength = 1.0
         steering.enable()
-        if setting.method == "unsteered":
-            return
-        if setting.method == "caa":
-            assert self.control is not None and setting.layers is not None
-            steering.set_control_vector(self.control.restricted(*setting.layers), setting.multiplier or 1.0)
-            return
-        steering.set_profile(self._profile(setting))
 
-    def _localize_all(self) -> None:
+    def _profile(self, setting: Setting) -> Profile | None:
+        counts, method = self.counts, setting.method
+        if method in ("unsteered", "prompting"):
+            return None
+        if method in ("caa-layer", "caa-range"):
+            first, last = setting.layers or (setting.layer, setting.layer)
+            return Profile(method, 1.0, [], control=dataclasses.replace(
+                self.control.restricted(first, last),
+                directions=self.control.restricted(first, last).scaled(setting.multiplier)))
+        if method in ("austeer", "single-unit", "prompting+austeer"):
+            units = [Unit(u.layer, u.site, u.dim, u.score) for u in rank_units(counts.only(setting.site), setting.k)]
+            return Profile(method, setting.alpha, units)
+        scores = counts.scores(setting.site)
+        if method == "whole-layer":
+            units = [Unit(setting.layer, setting.site, dim, float(scores[setting.layer, dim]))
+                     for dim in range(scores.shape[1]) if scores[setting.layer, dim] != 0]
+        else:  # random-units
+            rng = np.random.default_rng(setting.seed)
+            flat = rng.choice(scores.size, size=setting.k, replace=False)
+            units = [Unit(int(i // scores.shape[1]), setting.site, int(i % scores.shape[1]), float(scores.flat[i]))
+                     for i in flat if scores.flat[i] != 0]
+        return Profile(method, setting.alpha, units)
+
+    def axis(self, method: str, best: Setting | None = None) -> list[Setting]:
+        """The method's settings, weakest first."""
+        config, counts = self.config, self.counts
+        if method == "austeer":
+            return [Setting(method, site, k, alpha) for site in config.sites for k in config.ks
+                    for alpha in config.alphas]
+        if method == "single-unit":
+            return [Setting(method, site, 1, alpha) for site in config.sites for alpha in config.alphas]
+        if method == "whole-layer":
+            return [Setting(method, site, None, alpha, layer=int(np.argmax(counts.layer_strength(site))))
+                    for site in config.sites for alpha in config.layer_alphas]
+        if method == "random-units":
+            return [Setting(method, best.site, best.k, alpha, seed=seed) for seed in config.random_seeds
+                    for alpha in config.alphas]
+        if method == "caa-layer":
+            layers = range(1, counts.n_layers, config.caa_layer_step)
+            return [Setting(method, layer=layer, multiplier=m) for layer in layers for m in config.multipliers]
+        if method == "caa-range":
+            n, third = counts.n_layers, max(1, counts.n_layers // 3)
+            ranges = [(1, n - 1), (1, third), (third, 2 * third), (2 * third, n - 1)]
+            return [Setting(method, layers=r, multiplier=m) for r in ranges for m in config.multipliers]
+        if method == "prompting":
+            return [Setting(method, prompted=True)]
+        if method == "prompting+austeer":
+            return [Setting(method, best.site, best.k, alpha, prompted=True) for alpha in config.alphas]
+        raise ValueError(f"unknown method {method!r}")
+
+    # ---- measuring ------------------------------------------------------------------------------------
+
+    def _evaluate(self, setting: Setting, split: str, **options):
+        self._apply(setting)
+        limit = self.config.dev_limit if split == "dev" else self.config.test_limit
+        return self.task.evaluate(self.llm, split, limit=limit, max_tokens=self.config.max_tokens,
+                                  prompted=setting.prompted, **options)
+
+    def _screen(self, setting: Setting) -> Trial:
+        self._apply(setting)
+        return Trial(setting, 0.0 if setting.method in ("unsteered", "prompting") else self._kl())
+
+    def _measure(self, trial: Trial) -> Trial:
+        result = self._evaluate(trial.setting, "dev")
+        self._apply(trial.setting)
+        trial.perplexity_ratio = 1.0 if trial.setting.method in ("unsteered", "prompting") else self._fluency()
+        trial.score = float(self.task.score(result))
+        data = result.to_dict()
+        for key in ("predictions", "items", "labels", "margins"):
+            data.pop(key, None)
+        trial.result = data
+        return trial
+
+    def _pick(self, screened: list[Trial]) -> list[Trial]:
+        """`trials` settings: spread evenly by KL among those within the screen (weakest and strongest kept),
+        and the first ones beyond it (where the axis breaks: at least one, more when too few are within)."""
+        ordered = sorted(screened, key=lambda t: t.kl)
+        inside = [t for t in ordered if t.kl <= self.config.screen_kl]
+        beyond = [t for t in ordered if t.kl > self.config.screen_kl]
+        n = min(self.config.trials, len(ordered))
+        n_beyond = min(len(beyond), max(1 if beyond else 0, n - len(inside)))
+        n_inside = n - n_beyond
+        spread = np.linspace(0, len(inside) - 1, n_inside) if n_inside else []
+        return [inside[i] for i in sorted({round(x) for x in spread})] + beyond[:n_beyond]
+
+    # ---- the sweep -----------------------------------------------------------------------------------
+
+    def run(self, model_name: str, log=print) -> SweepReport:
+        config, task = self.config, self.task
+        report = SweepReport(model_name, task.name, task.kind, task.provenance, asdict(config))
+        clock = time.perf_counter()
+        self._localize()
+        report.n_pairs = self.counts.n_pairs
+        report.seconds["localize"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        self._kl = NeutralKL(self.llm, datasets.prompts("neutral", "train")[: config.neutral_texts])
+        self._fluency = PerplexityRatio(self.llm, datasets.prompts("neutral", "dev")[:12], max_tokens=16)
+
+        baseline = self._measure(Trial(Setting("unsteered"), 0.0))
+        report.trials.append(baseline)
+        best_austeer: Setting | None = None
+        for method in ("austeer", "single-unit", "whole-layer", "caa-layer", "caa-range", "prompting",
+                       "random-units", "prompting+austeer"):
+            screened = [self._screen(setting) for setting in self.axis(method, best_austeer)]
+            measured = [self._measure(trial) for trial in self._pick(screened)]
+            report.trials += screened
+            report.trial_counts[method] = len(measured)
+            if method == "austeer":
+                fine = [t for t in measured if t.within(config.budgets[-1])] or measured
+                best = max(fine, key=lambda t: t.score)
+                best_austeer = best.setting
+            log(f"  {method:18} {len(screened):3d} screened, {len(measured)} measured on dev; best "
+                f"{max((t.score for t in measured), default=float('nan')):.3f}")
+        report.seconds["dev"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        for budget in config.budgets:
+            methods = {t.setting.method for t in report.trials}
+            chosen = {"unsteered": baseline}
+            for method in sorted(methods - {"unsteered"}):
+                fine = [t for t in report.trials if t.setting.method == method and t.within(budget)]
+                if fine:
+                    chosen[method] = max(fine, key=lambda t: t.score)
+            report.chosen[budget.name] = chosen
+            report.test[budget.name] = {method: self._test(trial.setting) for method, trial in chosen.items()}
+            for method, result in report.test[budget.name].items():
+                log(f"  test {budget.name:5} {method:18} {result['score']:.3f}  ({chosen[method].setting.label()})")
+            report.comparisons[budget.name] = self._compare(report.test[budget.name])
+        report.seconds["test"] = time.perf_counter() - clock
+        self._apply(Setting("unsteered"))
+        return report
+
+    def _localize(self) -> None:
         """One capture pass over the train pairs: momentum counts of every site and the CAA mean difference."""
         captured = tuple(dict.fromkeys([*self.config.sites, "layer"]))
         with PairCapture(self.float_model, self.task.train, captured, n_threads=self.config.threads,
@@ -154,87 +301,66 @@ class Sweeper:
             capture.feed(self.counts, difference)
         self.control = difference.control_vector(capture.shape.architecture)
 
-    def _profile(self, setting: Setting) -> Profile:
-        counts = self.counts
-        assert counts is not None
-        if setting.method in ("austeer", "single-unit"):
-            units = [Unit(u.layer, u.site, u.dim, u.score) for u in rank_units(counts.only(setting.site), setting.k)]
-            return Profile(setting.method, setting.alpha, units)
-        scores = counts.scores(setting.site)
-        if setting.method == "whole-layer":
-            units = [Unit(setting.layer, setting.site, dim, float(scores[setting.layer, dim]))
-                     for dim in range(scores.shape[1])]
-        else:  # random-units
-            rng = np.random.default_rng(setting.seed)
-            flat = rng.choice(scores.size, size=setting.k, replace=False)
-            units = [Unit(int(i // scores.shape[1]), setting.site, int(i % scores.shape[1]),
-                          float(scores.flat[i])) for i in flat]
-        return Profile(setting.method, setting.alpha, units)
+    def _test(self, setting: Setting) -> dict:
+        """The test result of a setting, measured once however many budgets choose it."""
+        if setting not in self._tested:
+            self._tested[setting] = self._measure_test(setting)
+        return self._tested[setting]
 
-    # ---- the sweep -----------------------------------------------------------------------------------
+    def _measure_test(self, setting: Setting) -> dict:
+        if self.task.kind == "choice":
+            result = self._evaluate(setting, "test").to_dict()
+            result["score"] = result["balanced_accuracy"]
+            return result
+        runs = [self._evaluate(setting, "test", temperature=self.config.temperature, seed=1000 * seed)
+                for seed in range(self.config.seeds)]
+        items = [dict(item, seed=seed) for seed, run in enumerate(runs) for item in run.items]
+        merged = runs[0].to_dict()
+        for key in ("sentiment", "offensive", "offensive_rate", "refusal_rate", "distinct2", "side_refusal_rate"):
+            values = [getattr(run, key) for run in runs if getattr(run, key) is not None]
+            merged[key] = float(np.mean(values)) if values else None
+        merged["perplexity"] = float(np.median([item["perplexity"] for item in items]))
+        merged["items"] = items
+        merged["score"] = float(self.task.sign * merged[self.task.behaviour])
+        return merged
 
-    def run(self, model_name: str) -> SweepReport:
-        start = time.perf_counter()
-        config = self.config
-        report = SweepReport(model_name, self.task.name, self.task.kind, self.task.provenance, asdict(config))
-        self._localize_all()
-        for site in config.sites:
-            report.units[site] = [asdict(u) for u in rank_units(self.counts.only(site), 100)]
+    def _compare(self, results: dict[str, dict]) -> dict[str, dict]:
+        """Each method against AUSteer on the same test items: the difference of the task statistic with a
+        paired bootstrap 95% interval."""
+        if "austeer" not in results:
+            return {}
+        reference = results["austeer"]
+        out = {}
+        for method, result in results.items():
+            if method == "austeer":
+                continue
+            statistic, n = _paired_statistic(self.task, result, reference)
+            low, high = metrics.paired_bootstrap(statistic, n)
+            difference = result["score"] - reference["score"]
+            out[method] = {"difference": difference, "ci": (low, high), "within_noise": low <= 0 <= high}
+        return out
 
-        unsteered = Setting("unsteered")
-        baseline_result = self._evaluate(unsteered, "dev")
-        baseline = self._scored(unsteered, "dev", baseline_result)  # scored before it becomes the baseline
-        self.baseline_dev = baseline_result
-        report.trials.append(baseline)
 
-        def best_of(trials: Sequence[Trial]) -> Trial:
-            """The best admissible trial; when none is, the most fluent one, marked inadmissible."""
-            best = max(trials, key=lambda t: t.score)
-            if best.score == -math.inf:
-                best = min(trials, key=lambda t: t.result.get("perplexity", math.inf))
-                best.admissible = False
-            return best
+def _paired_statistic(task: Task, a: dict, b: dict):
+    """statistic(indices) = task score of a minus that of b over resampled test items."""
+    if task.kind == "choice":
+        labels = np.array(a["labels"])
+        right_a = np.array(a["predictions"]) == labels
+        right_b = np.array(b["predictions"]) == labels
 
-        austeer = [self._trial(report, Setting("austeer", site, k, alpha))
-                   for site in config.sites for k in config.ks if k > 1 for alpha in config.alphas]
-        single = [self._trial(report, Setting("single-unit", site, 1, alpha))
-                  for site in config.sites for alpha in config.alphas]
-        best_austeer = best_of(austeer)
-        whole = []
-        for site in config.sites:
-            layer = int(np.argmax(self.counts.layer_strength(site)))
-            whole += [self._trial(report, Setting("whole-layer", site, None, alpha, layer=layer))
-                      for alpha in config.layer_alphas]
-        chosen = best_austeer.setting
-        random_trials = [self._trial(report, Setting("random-units", chosen.site, chosen.k, chosen.alpha, seed=seed))
-                         for seed in config.random_seeds]
-        n_layers = self.counts.n_layers
-        third = max(1, n_layers // 3)
-        ranges = [(1, n_layers - 1), (third, 2 * third), (1, third), (2 * third, n_layers - 1)][: config.ranges]
-        caa = [self._trial(report, Setting("caa", layers=r, multiplier=m))
-               for r in ranges for m in config.multipliers]
+        def balanced(right: np.ndarray, index: np.ndarray) -> float:
+            chosen = labels[index]
+            return float(np.mean([right[index][chosen == c].mean() for c in np.unique(chosen)]))
 
-        report.best = {"unsteered": baseline, "austeer": best_austeer, "single-unit": best_of(single),
-                       "whole-layer": best_of(whole), "caa": best_of(caa)}
-        neutral = self._neutral_texts()
-        for method, trial in report.best.items():
-            test = self.measure(trial.setting, "test")
-            test.admissible = trial.admissible
-            test.kl = kl_on_neutral(self.llm, neutral) if method != "unsteered" else 0.0
-            report.test[method] = test
-        for index, trial in enumerate(random_trials):
-            test = self.measure(trial.setting, "test")
-            test.kl = kl_on_neutral(self.llm, neutral)
-            report.test[f"random-units-{index}"] = test
-        self._apply(Setting("unsteered"))
-        report.seconds = time.perf_counter() - start
-        return report
+        return (lambda index: balanced(right_a, index) - balanced(right_b, index)), len(labels)
+    key = task.behaviour
 
-    def _trial(self, report: SweepReport, setting: Setting) -> Trial:
-        trial = self.measure(setting, "dev")
-        report.trials.append(trial)
-        return trial
+    def per_item(result: dict) -> np.ndarray:
+        if key == "offensive_rate":
+            values = np.array([item["offensive"] > 0.5 for item in result["items"]], dtype=float)
+        else:
+            values = np.array([item[key] for item in result["items"]], dtype=float)
+        return task.sign * values
 
-    @staticmethod
-    def _neutral_texts() -> list[str]:
-        return datasets.prompts("neutral", "train")[:10]
+    values_a, values_b = per_item(a), per_item(b)
+    return (lambda index: float(values_a[index].mean() - values_b[index].mean())), len(values_a)

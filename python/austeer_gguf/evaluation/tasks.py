@@ -5,7 +5,7 @@
   on PyPI): words rated at least +1.5 are positive, at most -1.5 negative. Two framings of the same words: a
   completion (`The word "X" has a sentiment that is` -> ` positive` / ` negative`) and a question that names the
   options (`Is the word "X" positive or negative? Answer:`), each localized and tuned on its own. Words that
-  share a stem (love, loved, lovely) stay in one split; splits are balanced and disjoint; 300 / 60 / 220 words
+  share a stem (love, loved, lovely) stay in one split; splits are balanced and disjoint; 500 / 60 / 220 words
   per class for train / dev / test.
 - `sentiment` (generation): steer continuations of neutral sentence starts toward positive; trained on the
   1,440 generated `sentiment-large` pairs, 40 dev / 100 test starts; scored by VADER compound, against fluency.
@@ -19,6 +19,7 @@ A user's own JSONL works too: choice items `{"prompt", "choices", "label"}`, or 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Callable
@@ -60,6 +61,7 @@ class Task:
     dev: list
     test: list
     provenance: str
+    instruction: str = ""  # how a user would ask the model for the behaviour (the prompting baseline)
 
     def split(self, split: str, limit: int | None = None) -> list:
         if split not in ("dev", "test"):
@@ -73,8 +75,13 @@ class ChoiceTask(Task):
 
     kind: ClassVar[str] = "choice"
 
-    def evaluate(self, llm, split: str, *, limit: int | None = None, progress: bool = False, **_) -> ChoiceResult:
-        return evaluate.evaluate_choice(llm, self.split(split, limit), progress=progress)
+    def evaluate(self, llm, split: str, *, limit: int | None = None, progress: bool = False, prompted: bool = False,
+                 **_) -> ChoiceResult:
+        """`prompted`: each prompt after the task's instruction (asking the model)."""
+        items = self.split(split, limit)
+        if prompted:
+            items = [ChoiceItem(f"{self.instruction}\n{item.prompt}", item.choices, item.label) for item in items]
+        return evaluate.evaluate_choice(llm, items, progress=progress)
 
     def score(self, result: ChoiceResult, baseline: ChoiceResult | None = None, **_) -> float:
         """Balanced accuracy; the mean margin breaks ties."""
@@ -103,9 +110,16 @@ class GenerationTask(Task):
         return first_items(self.side_dev if split == "dev" else self.side_test, limit)
 
     def evaluate(self, llm, split: str, *, limit: int | None = None, max_tokens: int = 32,
-                 temperature: float = 0.0, seed: int = 0, system: str | None = None, **_) -> GenerationResult:
-        """`system`: a system turn before each prompt (asking the model: the prompting baseline; chat only)."""
-        return evaluate.evaluate_generation(llm, self, self.split(split, limit), self.side(split, limit),
+                 temperature: float = 0.0, seed: int = 0, system: str | None = None, prompted: bool = False,
+                 **_) -> GenerationResult:
+        """`prompted`: asking the model, with the task's instruction as a system turn (chat) or before the text;
+        `system`: another system turn."""
+        task = self
+        if prompted and not self.chat:
+            task = dataclasses.replace(self, frame=f"{self.instruction} {self.frame}")
+        elif prompted:
+            system = self.instruction
+        return evaluate.evaluate_generation(llm, task, self.split(split, limit), self.side(split, limit),
                                             max_tokens=max_tokens, temperature=temperature, seed=seed, system=system)
 
     def score(self, result: GenerationResult, baseline: GenerationResult | None = None, *,
@@ -139,7 +153,7 @@ def sentiment() -> GenerationTask:
     return GenerationTask("sentiment", load_pairs(datasets.pairs_path("sentiment-large", "train")),
                           datasets.prompts("neutral-large", "dev"), datasets.prompts("neutral-large", "test"),
                           "generated sentiment-large pairs and neutral-large starts (scripts/make_data.py)",
-                          behaviour="sentiment")
+                          instruction="Here is a cheerful, warm and positive text:", behaviour="sentiment")
 
 
 def detox() -> GenerationTask:
@@ -149,7 +163,8 @@ def detox() -> GenerationTask:
     return GenerationTask("detox", load_pairs(datasets.pairs_path("polite-chat", "train")), items("dev"),
                           items("test"), "generated polite-chat pairs; detox items (provocative and rude-request "
                           "messages with rude openers) and harmless-large prompts (scripts/make_data.py)",
-                          behaviour="offensive_rate", sign=-1.0, chat=True,
+                          instruction="You are a kind and polite assistant. You never insult, mock or belittle "
+                          "anyone, even when asked to.", behaviour="offensive_rate", sign=-1.0, chat=True,
                           side_dev=datasets.prompts("harmless-large", "dev"),
                           side_test=datasets.prompts("harmless-large", "test"))
 
@@ -199,7 +214,7 @@ def polarity_words(threshold: float, sizes: tuple[int, ...]) -> list[tuple[list[
 
 
 def word_polarity(name: str = "word-polarity", threshold: float = 1.5,
-                  sizes: tuple[int, int, int] = (300, 60, 220)) -> ChoiceTask:
+                  sizes: tuple[int, int, int] = (500, 60, 220)) -> ChoiceTask:
     """Sizes are per class for train / dev / test: 2 * n words in each split."""
     frame = POLARITY_FRAMES[name]
 
@@ -215,7 +230,7 @@ def word_polarity(name: str = "word-polarity", threshold: float = 1.5,
     return ChoiceTask(name, train, items(*dev_words, SEED + 1), items(*test_words, SEED + 2),
                       f"VADER sentiment lexicon (vaderSentiment on PyPI), words with |valence| >= {threshold}, seed "
                       f"{SEED}: {2 * sizes[0]} train / {2 * sizes[1]} dev / {2 * sizes[2]} test words, balanced, "
-                      "disjoint by stem")
+                      "disjoint by stem", instruction="Decide whether each word is positive or negative.")
 
 
 def word_polarity_question() -> ChoiceTask:
