@@ -222,3 +222,17 @@ def test_prefilled_prompts_are_continued_and_scored_on_the_continuation(tiny_f32
     result = tiny_task("generation").evaluate(llm, "dev", max_tokens=4)
     assert len(result.items) == result.n and {"reply", "offensive", "perplexity"} <= set(result.items[0])
     assert 0.0 <= result.offensive_rate <= 1.0
+
+
+def test_the_evidence_run_in_quick_mode_covers_every_code_path(tiny_f32, tmp_path):
+    out = tmp_path / "evidence"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_evidence.py"), "--quick", "--models",
+                             str(tiny_f32), "--tasks", "word-polarity-question,detox", "--out", str(out)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "detox: " in result.stdout and "total" in result.stdout
+    report = subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), "--reports", str(out)],
+                            capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    markdown = (out / f"{tiny_f32.stem}.md").read_text()
+    assert "## detox" in markdown and "## word-polarity-question" in markdown
