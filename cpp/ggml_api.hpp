@@ -28,7 +28,7 @@ struct GgmlApi {
 
 // The leading fields of ggml's tensor struct (type, buffer, ne[4], nb[4]). They have kept this order for a
 // long time, but we never trust it blindly: every read is checked against the accessor functions above,
-// and a tensor whose fields do not agree goes through the backend get/set API instead.
+// and a tensor whose fields do not agree is left alone and counted (skipped_unknown_layout).
 struct TensorHead {
     int32_t type;
     const void *buffer;

@@ -289,3 +289,24 @@ def test_chat_reports_a_malformed_profile_file_and_goes_on(model, tmp_path):
     assert result.returncode == 0 and "Traceback" not in result.stderr
     assert "error: profile 'p': extra must be an object, got int" in result.stdout
     assert result.stdout.count("> ") >= 3  # the chat kept reading after the error
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"name": "p", "alpha": ' + "9" * 400 + ', "units": []}', "alpha must be a finite number"),
+    ('{"name": "p", "alpha": 1, "units": [{"layer": 0, "site": "ffn", "dim": 1, "score": 1' + "0" * 5000 + '}]}',
+     "not usable JSON"),
+    ('{"name": "p", "alpha": 1, "units": [], "control_vector": {"layers": {"\\u00b2": [1.0]}}}',
+     "malformed control vector layer"),
+])
+def test_numbers_and_digits_python_cannot_hold_are_refused(text, message):
+    with pytest.raises(InputError, match=message):
+        Profile.from_json(text)
+
+
+def test_a_chat_that_outgrows_its_context_says_so_and_goes_on(model):
+    long = "the cat is " * 200
+    result = cli("chat", model, "--n-ctx", "256", "--max-tokens", "2", stdin=f"{long}\nthe cat is\n/quit\n")
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert "exceed context window of 256" in result.stdout and result.stdout.count("> ") >= 3
+    refused(cli("generate", model, long, "--n-ctx", "256", "--max-tokens", "2"), "exceed context window of 256")
+    refused(cli("fetch", "nosuchmodel"), "unknown built-in model 'nosuchmodel'")

@@ -129,3 +129,12 @@ def test_message_pairs_are_rendered_for_the_model_that_reads_them(tmp_path, tiny
 def test_malformed_message_pairs_are_refused(tmp_path, line, message):
     with pytest.raises(ValueError, match=message):
         load_pairs(write_lines(tmp_path / "m.jsonl", [json.dumps(line)]))
+
+
+def test_pairs_too_uneven_to_cut_are_skipped_not_emptied(tmp_path):
+    pairs = [Pair("", "a b c d e f g h i j", "k"), Pair("", "a b", "c d")]
+    tokenize = lambda text: text.split()  # noqa: E731
+    with pytest.warns(UserWarning, match="would empty the shorter one"):
+        result = tokenize_pairs(pairs, tokenize, max_tokens=4)
+    assert result.uneven == 1 and len(result.pairs) == 1
+    assert all(p.positive and p.negative for p in result.pairs)

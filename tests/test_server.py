@@ -62,6 +62,8 @@ def test_each_request_runs_under_its_own_setting_and_says_which(client):
         if steering and "profiles" in steering:
             expected["profiles"] = steering["profiles"]
         expected.update({k: v for k, v in (steering or {}).items() if k != "profiles"})
+        if not expected["enabled"]:  # what it ran under: nothing steered
+            expected = {"enabled": False, "profiles": {}, "strength": 0.0, "apply": "all"}
         assert ran_under == expected
     assert len(set(replies.values())) == len(SETTINGS), "every setting must give its own reply here"
     completion = client.completions.create(model="tiny", prompt="the cat is", max_tokens=4, temperature=0,
@@ -109,6 +111,12 @@ def test_the_steering_endpoints(server, client):
     (b'{"messages": [{"role": "user", "content": "' + b"the cat is " * 400 + b'"}], "max_tokens": 4}', 400,
      "maximum context length is 512 tokens"),
     (b'{"messages": [{"role": "user", "content": "' + b"a" * (2 << 20) + b'"}]}', 413, "over 1048576 bytes"),
+    (b'{"messages": [{"role": "user", "content": "' + b"the cat is " * 400 + b'"}], "stream": true}', 400,
+     "exceed context window of 512"),
+    (b'{"messages": [], "steering": {"profiles": {"mood": 1}, "profile": {"name": "mood", "alpha": 1, '
+     b'"units": []}}}', 400, "profile 'mood' is named twice"),
+    (b'{"messages": [], "logprobs": true}', 400, "does not return log-probabilities"),
+    (b'{"messages": [], "grammar": "root ::= ("}', 400, "does not parse as GBNF"),
 ])
 def test_bad_requests_get_a_4xx_that_says_what_to_do_and_the_server_keeps_serving(server, client, body, status,
                                                                                   message):
@@ -117,6 +125,19 @@ def test_bad_requests_get_a_4xx_that_says_what_to_do_and_the_server_keeps_servin
     assert response.status_code == status, response.text
     assert message in response.json()["error"]["message"]
     assert chat(client, None)[0]  # still serving
+
+
+def test_a_chunked_body_over_the_limit_is_refused(server, client):
+    def chunks():
+        yield b'{"messages": [{"role": "user", "content": "'
+        for _ in range(40):
+            yield b"a" * (64 << 10)
+        yield b'"}]}'
+
+    response = httpx.post(f"{server}/v1/chat/completions", content=chunks(), timeout=60,
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "over 1048576 bytes" in response.json()["error"]["message"]
+    assert chat(client, None)[0]
 
 
 def test_a_client_that_disconnects_mid_stream_frees_the_model(server, client):

@@ -18,6 +18,7 @@ import numpy as np
 from .errors import InputError
 from .ggufio.atomic import atomic_output
 from .ggufio.layout import open_reader
+from .jsonfile import is_number
 
 
 @dataclass(eq=False)
@@ -53,9 +54,10 @@ class ControlVector:
             raise InputError(f"malformed control vector: {why}")
         directions, width = {}, None
         for key, values in data["layers"].items():
-            if not (isinstance(key, str) and key.isdigit() and 1 <= int(key) < 4096) or not isinstance(values, list):
+            if not (isinstance(key, str) and key.isascii() and key.isdigit() and 1 <= int(key) < 4096) \
+                    or not isinstance(values, list):
                 raise InputError(f"malformed control vector layer {key!r}: {why}")
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            if not all(is_number(v) for v in values):
                 raise InputError(f"control vector layer {key}: values must be numbers")
             vector = np.array(values, dtype=np.float32)
             if not np.isfinite(vector).all() or (width is not None and vector.size != width) or vector.size == 0:
@@ -63,7 +65,15 @@ class ControlVector:
             width = vector.size
             directions[int(key)] = vector
         hint, n_pairs = data.get("model_hint", ""), data.get("n_pairs", 0)
-        return cls(directions, hint if isinstance(hint, str) else "", n_pairs if isinstance(n_pairs, int) else 0)
+        valid_count = isinstance(n_pairs, int) and not isinstance(n_pairs, bool) and 0 <= n_pairs < 1 << 62
+        return cls(directions, hint if isinstance(hint, str) else "", n_pairs if valid_count else 0)
+
+    def check_fits(self, n_layers: int, width: int, what: str = "the control vector") -> None:
+        """InputError unless every direction is a finite vector of `width` for a layer in 1..n_layers-1."""
+        for layer, direction in self.directions.items():
+            if not 1 <= layer < n_layers or direction.shape != (width,) or not np.isfinite(direction).all():
+                raise InputError(f"{what}'s direction.{layer} does not fit this model: finite values, layers "
+                                 f"1..{n_layers - 1} of width {width}")
 
     def scaled(self, multiplier: float) -> dict[int, np.ndarray]:
         return {layer: direction * np.float32(multiplier) for layer, direction in self.directions.items()}
@@ -101,7 +111,7 @@ class ControlVector:
             if not tensor.name.startswith("direction."):
                 continue
             suffix = tensor.name.split(".", 1)[1]
-            if not suffix.isdigit():
+            if not (suffix.isascii() and suffix.isdigit()):
                 raise InputError(f"{path}: {tensor.name} is not named direction.<layer>")
             layer = int(suffix)
             if layer < 1:
@@ -109,4 +119,7 @@ class ControlVector:
             directions[layer] = np.array(tensor.data, dtype=np.float32).reshape(-1)
         if not directions:
             raise InputError(f"{path} holds no direction.N tensors")
+        widths = {direction.size for direction in directions.values()}
+        if len(widths) != 1 or not all(np.isfinite(d).all() for d in directions.values()):
+            raise InputError(f"{path}: its directions must be finite and of one width")
         return cls(directions, hint.contents() if hint else "")

@@ -13,6 +13,15 @@ MAX_JSON_BYTES = 16 << 20
 MAX_JSONL_BYTES = 1 << 30
 
 
+def is_number(value: Any) -> bool:
+    """A JSON number a float can hold (not a bool; integers of hundreds of digits are not)."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return not isinstance(value, numbers.Integral) or -1e308 < value < 1e308
+
+
 def load_json(text: str, origin: str) -> Any:
     """JSON text as Python values; InputError for invalid, oversized or absurdly nested JSON."""
     if len(text) > MAX_JSON_BYTES:
@@ -23,6 +32,8 @@ def load_json(text: str, origin: str) -> Any:
         raise InputError(f"{origin} is not valid JSON: {error}") from None
     except RecursionError:
         raise InputError(f"{origin} nests too deeply") from None
+    except ValueError as error:  # e.g. an integer literal of thousands of digits
+        raise InputError(f"{origin} is not usable JSON: {error}") from None
 
 
 def read_json_file(path: Path, what: str) -> Any:
@@ -57,6 +68,8 @@ def read_jsonl_objects(path: Path, what: str) -> list[tuple[str, dict[str, Any]]
                     raise InputError(f"{where}: not valid JSON ({error.msg})") from None
                 except RecursionError:
                     raise InputError(f"{where}: nests too deeply to be a {what}") from None
+                except ValueError as error:
+                    raise InputError(f"{where}: not usable JSON ({error})") from None
                 if not isinstance(data, dict):
                     raise InputError(f"{where}: expected a JSON object (a {what})")
                 objects.append((where, data))

@@ -14,6 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import InputError
 from .ggufio.atomic import atomic_output
 
 
@@ -109,7 +110,7 @@ def resolve(model: str) -> Path:
 
 def _model(name: str) -> BuiltinModel:
     if name not in MODELS:
-        raise ValueError(f"unknown built-in model {name!r}; choose one of {', '.join(MODELS)}")
+        raise InputError(f"unknown built-in model {name!r}; choose one of {', '.join(MODELS)}")
     return MODELS[name]
 
 

@@ -20,7 +20,7 @@ from . import sites
 from .control_vector import ControlVector
 from .errors import InputError
 from .fingerprint import ModelFingerprint
-from .jsonfile import load_json, read_json_file
+from .jsonfile import is_number, load_json, read_json_file
 from .sites import ModelShape
 
 SCHEMA_VERSION = 1
@@ -110,14 +110,10 @@ class Profile:
     def layers(self) -> tuple[int, ...]:
         return tuple(sorted({unit.layer for unit in self.units}))
 
-    @property
-    def steers(self) -> bool:
-        """Whether the profile changes anything (units, or a control vector)."""
-        return bool(self.units) or self.control is not None
-
-    def factors(self, strength: float = 1.0) -> np.ndarray:
-        """The float32 factor ``1 + strength * alpha * score`` of every unit, in unit order."""
-        strength = check_strength(strength)
+    def factors(self, strength: float = 1.0, *, bounded: bool = True) -> np.ndarray:
+        """The float32 factor ``1 + strength * alpha * score`` of every unit, in unit order. `bounded`: refuse a
+        strength beyond +-MAX_STRENGTH (a weight times a strength may exceed it; the factors stay bounded)."""
+        strength = check_strength(strength) if bounded else float(strength)
         gains = np.array([self.alpha * unit.score for unit in self.units], dtype=np.float32)
         factors = np.float32(1.0) + np.float32(strength) * gains
         if factors.size and not float(np.abs(factors).max()) <= MAX_FACTOR:
@@ -134,11 +130,7 @@ class Profile:
                 raise InputError(f"profile {self.name!r} was made for another model: {why}. Localize it on "
                                  "this model, or pass allow_model_mismatch=True (--force) to apply it anyway")
         if self.control is not None:
-            width = shape.widths["layer"]
-            for layer, direction in self.control.directions.items():
-                if not 1 <= layer < shape.n_layers or direction.shape != (width,):
-                    raise InputError(f"profile {self.name!r}: its control vector's direction.{layer} does not fit "
-                                     f"this model (layers 1..{shape.n_layers - 1} of width {width})")
+            self.control.check_fits(shape.n_layers, shape.widths["layer"], f"profile {self.name!r}: its control vector")
         for index, unit in enumerate(self.units):
             if unit.site not in shape.widths:
                 raise InputError(f"profile {self.name!r}: unit #{index} {unit.describe()}: this model has no "
@@ -272,7 +264,7 @@ def parse_mix(text: str) -> list[tuple[str, float]]:
 
 
 def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    return is_number(value)
 
 
 def _is_int(value: Any) -> bool:

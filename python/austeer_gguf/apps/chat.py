@@ -12,12 +12,13 @@ from typing import TextIO
 
 from ..errors import InputError
 from ..profile import parse_mix
+from ..runtime.steered_llama import context_overflow
 
 HELP = ("commands: /steer on|off, /strength S, /profile NAME|FILE (or A+B, A:0.5+B), /apply all|generation, "
         "/status, /reset, /quit")
 
 
-def run_chat(llm, *, max_tokens: int, temperature: float, seed: int,
+def run_chat(llm, *, max_tokens: int, temperature: float, seed: int, force: bool = False,
              source: TextIO = sys.stdin, out: TextIO = sys.stdout) -> int:
     history: list[dict[str, str]] = []
     print(HELP, file=out)
@@ -38,18 +39,25 @@ def run_chat(llm, *, max_tokens: int, temperature: float, seed: int,
                 print("(conversation cleared)", file=out)
                 continue
             try:
-                print(_command(llm, text), file=out)
+                print(_command(llm, text, force), file=out)
             except (InputError, OSError) as error:
                 print(f"error: {error}", file=out)
             continue
         history.append({"role": "user", "content": text})
-        reply = llm.create_chat_completion(history, max_tokens=max_tokens, temperature=temperature, seed=seed)
+        try:
+            reply = llm.create_chat_completion(history, max_tokens=max_tokens, temperature=temperature, seed=seed)
+        except ValueError as error:
+            if context_overflow(error) is None:
+                raise
+            history.pop()
+            print(f"error: {context_overflow(error)} (/reset clears the conversation)", file=out)
+            continue
         answer = (reply["choices"][0]["message"]["content"] or "").strip()
         history.append({"role": "assistant", "content": answer})
         print(answer, file=out, flush=True)
 
 
-def _command(llm, text: str) -> str:
+def _command(llm, text: str, force: bool = False) -> str:
     name, _, argument = text.partition(" ")
     argument = argument.strip()
     if name == "/steer" and argument in ("on", "off"):
@@ -61,7 +69,8 @@ def _command(llm, text: str) -> str:
             raise InputError(f"/strength takes a number, got {argument!r}") from None
         llm.steering.strength = value
     elif name == "/profile" and argument:
-        llm.steering.set_profiles([(llm.resolve_profile(spec), weight) for spec, weight in parse_mix(argument)])
+        llm.steering.set_profiles([(llm.resolve_profile(spec), weight) for spec, weight in parse_mix(argument)],
+                                  allow_model_mismatch=force)
     elif name == "/apply" and argument in ("all", "generation"):
         llm.steering.scope = argument
     elif name == "/status":

@@ -147,9 +147,9 @@ def cmd_export_lora(args: argparse.Namespace) -> int:
 
     source = models.resolve(args.model)
     profile = _resolve_profile(source, args.profile)
-    _check_profiles_fit(source, [profile], force=args.force)
     target = check_output(args.output, [source, args.profile], force=args.force)
-    report = export_lora(source, profile, target, skip_layer_units=args.skip_layer_units)
+    report = export_lora(source, profile, target, skip_layer_units=args.skip_layer_units,
+                         allow_model_mismatch=args.force)
     if report.skipped_layer_units:
         print(f"warning: skipped {report.skipped_layer_units} layer units (runtime only)", file=sys.stderr)
     print(report.target)
@@ -257,7 +257,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from .chat import run_chat
 
-    return run_chat(_open_steered(args), max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    return run_chat(_open_steered(args), max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
+                    force=args.force)
 
 
 # ---- helpers -------------------------------------------------------------------------------------------
@@ -308,11 +309,17 @@ def _open_steered(args: argparse.Namespace, *, logits_all: bool = False, warn_un
 
 
 def _reply(llm, prompt: str, args: argparse.Namespace) -> str:
-    if args.raw or not llm.metadata.get("tokenizer.chat_template"):
-        out = llm.create_completion(prompt, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
-        return out["choices"][0]["text"].strip()
-    out = llm.create_chat_completion([{"role": "user", "content": prompt}], max_tokens=args.max_tokens,
-                                     temperature=args.temperature, seed=args.seed)
+    from ..runtime.steered_llama import context_overflow
+
+    try:
+        if args.raw or not llm.metadata.get("tokenizer.chat_template"):
+            out = llm.create_completion(prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                                        seed=args.seed)
+            return out["choices"][0]["text"].strip()
+        out = llm.create_chat_completion([{"role": "user", "content": prompt}], max_tokens=args.max_tokens,
+                                         temperature=args.temperature, seed=args.seed)
+    except ValueError as error:
+        raise context_overflow(error) or error from None
     return (out["choices"][0]["message"]["content"] or "").strip()
 
 

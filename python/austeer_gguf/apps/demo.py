@@ -46,12 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {quantized.name}; profile 'detox': {extra.get('method')} ({extra.get('setting')}), "
           f"{profile.k} units{' + a control vector' if profile.control else ''}; calibrated to "
           f"{calibration.get('measure')} {calibration.get('budget')}")
-    scratch = Path(tempfile.mkdtemp(prefix="austeer-demo-"))
-    steered_path = embed_profiles(quantized, [profile], scratch / quantized.name)
-    print(f"embedded into {steered_path}\n")
-    llm = SteeredLlama(str(steered_path), profile="detox", n_ctx=512, logits_all=True, verbose=False,
-                       n_threads=args.threads, n_threads_batch=args.threads)
+    with tempfile.TemporaryDirectory(prefix="austeer-demo-") as scratch:
+        steered_path = embed_profiles(quantized, [profile], Path(scratch) / quantized.name)
+        print(f"embedded into {steered_path} (a copy; removed at the end)\n")
+        llm = SteeredLlama(str(steered_path), profile="detox", n_ctx=512, logits_all=True, verbose=False,
+                           n_threads=args.threads, n_threads_batch=args.threads)
+        try:
+            return _compare(llm, args)
+        finally:
+            llm.close()
 
+
+def _compare(llm: SteeredLlama, args: argparse.Namespace) -> int:
+    """The toggle off and on: a few replies, then the rates over the held-out items."""
     items = [Prompt(item["prompt"], item["prefill"]) for item in datasets.prompt_items("detox", "test")]
     items = items[: args.limit] if args.limit else items
     harmless = datasets.prompts("harmless-large", "test")[: args.harmless]

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+import llama_cpp
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -43,11 +44,12 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from .._version import __version__
 from ..errors import InputError
 from ..ggufio.metadata import check_name
-from ..jsonfile import read_json_file
+from ..jsonfile import load_json, read_json_file
+from ..localization.pairs import ROLES, conversation_renderer
 from ..profile import Profile, check_strength, parse_mix
 from ..runtime import limits
 from ..runtime.steered_llama import SteeredLlama
-from ..runtime.steering import check_weight, native_units
+from ..runtime.steering import native_units
 
 MAX_BODY_BYTES = 1 << 20
 STATIC = "static"
@@ -76,17 +78,18 @@ class CompletionRequest(CreateCompletionRequest):
 
 
 @dataclasses.dataclass(frozen=True)
-class Setting:
-    """A resolved steering request: what a completion runs under."""
+class RequestedSteering:
+    """A request's steering, resolved against the server default and checked: what the runtime is configured
+    with for the request's completion."""
 
     enabled: bool
     profiles: tuple[tuple[Profile, float], ...]
     strength: float
-    apply: str
+    scope: str
 
     def describe(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "profiles": {p.name: w for p, w in self.profiles},
-                "strength": self.strength, "apply": self.apply}
+                "strength": self.strength, "apply": self.scope}
 
 
 class SteeringServer:
@@ -97,38 +100,27 @@ class SteeringServer:
         self.alias = alias
         self.sources = {name: "embedded" for name in llm.steering.available}
         self.lock = anyio.Lock()
-        self.default = Setting(True, (), 1.0, "all")
+        self.default = RequestedSteering(True, (), 1.0, "all")
         self.default = self.resolve(default or SteeringRequest())
 
     # ---- settings -------------------------------------------------------------------------------------
 
-    def resolve(self, request: SteeringRequest | None) -> Setting:
-        """The setting a request asks for; InputError (400) for unknown profiles or numbers out of range."""
+    def resolve(self, request: SteeringRequest | None) -> RequestedSteering:
+        """The steering a request asks for, checked as the runtime checks it (profile names, weights, fit,
+        factor range); InputError (400) otherwise."""
         request = request or SteeringRequest()
         base = self.default
-        profiles = base.profiles
-        if request.profiles is not None:
-            profiles = tuple((self.llm.steering.named(name), check_weight(name, weight))
-                             for name, weight in request.profiles.items())
-        if request.profile is not None:
-            inline = Profile.from_dict(request.profile)
-            inline.check_model(self.llm.shape, self.llm.fingerprint)
-            profiles = (*profiles, (inline, 1.0))
-        strength = base.strength if request.strength is None else check_strength(request.strength)
-        setting = Setting(base.enabled if request.enabled is None else request.enabled,
-                          tuple((p, w) for p, w in profiles if w != 0.0), strength,
-                          base.apply if request.apply is None else request.apply)
-        for profile, _ in setting.profiles:
-            profile.check_model(self.llm.shape, self.llm.fingerprint)
-        native_units(setting.profiles, setting.strength)  # refuses a factor out of range before any decode
-        return setting
-
-    def _configure(self, setting: Setting) -> None:
         steering = self.llm.steering
-        steering.set_profiles(list(setting.profiles))
-        steering.strength = setting.strength
-        steering.enabled = setting.enabled
-        steering.scope = setting.apply
+        weights: list[tuple[Profile | str, float]] = list(base.profiles)
+        if request.profiles is not None:
+            weights = list(request.profiles.items())
+        if request.profile is not None:
+            weights.append((Profile.from_dict(request.profile), 1.0))
+        profiles = steering.resolve(weights)
+        strength = base.strength if request.strength is None else check_strength(request.strength)
+        native_units(profiles, strength)  # refuses a factor out of range before any decode
+        return RequestedSteering(base.enabled if request.enabled is None else request.enabled, profiles, strength,
+                                 base.scope if request.apply is None else request.apply)
 
     def add_profile(self, data: Any) -> Profile:
         profile = Profile.from_dict(data)
@@ -150,19 +142,58 @@ class SteeringServer:
 
     # ---- completions ----------------------------------------------------------------------------------
 
-    def check_request(self, body: ChatRequest | CompletionRequest) -> Setting:
+    def check_request(self, body: ChatRequest | CompletionRequest) -> RequestedSteering:
+        """Everything about a request that can be refused before any token is decoded (so that a streamed
+        request is refused with a 4xx too, not after its 200 has gone out)."""
+        n_ctx = self.llm.n_ctx()
         if body.max_tokens is not None:
-            limits.check_max_tokens(body.max_tokens, self.llm.n_ctx())
+            limits.check_max_tokens(body.max_tokens, n_ctx)
         if body.temperature is not None and not (math.isfinite(body.temperature) and 0 <= body.temperature <= 100):
             raise InputError(f"temperature must be a finite number in 0..100, got {body.temperature}")
+        if getattr(body, "logprobs", None) or getattr(body, "top_logprobs", None):
+            raise InputError("this server does not return log-probabilities: leave out logprobs and top_logprobs")
+        if body.grammar is not None:
+            self._check_grammar(body.grammar)
+        if body.logit_bias:
+            vocabulary = self.llm.n_vocab()
+            for key in body.logit_bias:
+                if body.logit_bias_type != "tokens" and not (key.isascii() and key.isdigit()
+                                                             and int(key) < vocabulary):
+                    raise InputError(f"logit_bias key {key!r} is not a token id below {vocabulary}")
+        tokens = self._prompt_tokens(body)
+        if tokens is not None and tokens >= n_ctx:
+            raise InputError(f"Requested tokens ({tokens}) exceed context window of {n_ctx}: this model's maximum "
+                             f"context length is {n_ctx} tokens; shorten the prompt or the messages")
         return self.resolve(body.steering)
 
-    def run(self, setting: Setting, body, call: str, kwargs: dict[str, Any]) -> Any:
-        """One completion under `setting` (the caller holds the lock). llama-cpp-python's own server code turns
-        the request's grammar, logit bias and min_tokens into what the completion call takes."""
-        self._configure(setting)
+    def _check_grammar(self, grammar: str) -> None:
+        """llama.cpp returns no sampler for a grammar it cannot parse, and llama-cpp-python then crashes the
+        process adding it: parse it here first."""
+        if len(grammar) > 1 << 16:
+            raise InputError("the grammar is over 64 KiB: send a shorter one")
+        vocabulary = llama_cpp.llama_model_get_vocab(self.llm.model)
+        sampler = llama_cpp.llama_sampler_init_grammar(vocabulary, grammar.encode("utf-8"), b"root")
+        if not sampler:
+            raise InputError("the grammar does not parse as GBNF with a `root` rule: fix it or leave it out")
+        llama_cpp.llama_sampler_free(sampler)
+
+    def _prompt_tokens(self, body) -> int | None:
+        """The prompt's length in tokens, as the completion will see it (None when it cannot be told here)."""
+        if isinstance(body, CompletionRequest):
+            return len(self.llm.tokenize(str(body.prompt).encode("utf-8"), add_bos=True, special=True))
+        turns = [(m.get("role"), m.get("content")) for m in body.messages]
+        if body.tools or body.functions or not all(role in ROLES and isinstance(text, str) for role, text in turns):
+            return None
+        rendered = conversation_renderer(self.llm)(turns)
+        return len(self.llm.tokenize(rendered.encode("utf-8"), add_bos=True, special=True))
+
+    def run(self, requested: RequestedSteering, body, call: str, kwargs: dict[str, Any]) -> tuple[Any, dict]:
+        """One completion (the caller holds the lock): its result, and the setting it runs under. llama-cpp-
+        python's own server code turns the request's grammar, logit bias and min_tokens into call arguments."""
+        setting = self.llm.steering.configure(profiles=list(requested.profiles), strength=requested.strength,
+                                              enabled=requested.enabled, scope=requested.scope)
         llm = prepare_request_resources(body, lambda _model: self.llm, None, kwargs)
-        return getattr(llm, call)(**kwargs)
+        return getattr(llm, call)(**kwargs), setting.describe()
 
 
 # ---- HTTP ------------------------------------------------------------------------------------------------
@@ -185,7 +216,8 @@ def _validation_message(error: RequestValidationError) -> str:
 
 class SteeringRoute(RouteErrorHandler):
     """llama-cpp-python's route class (OpenAI-style errors, its context-length message), with bad input as
-    400: a body that is not JSON or not valid, an unknown profile, a number out of range."""
+    400 (a body that is not JSON or not valid, an unknown profile, a number out of range) and HTTP errors (413)
+    in the same OpenAI error format."""
 
     def get_route_handler(self):
         handler = super(RouteErrorHandler, self).get_route_handler()
@@ -193,8 +225,8 @@ class SteeringRoute(RouteErrorHandler):
         async def route(request: Request) -> Response:
             try:
                 return await handler(request)
-            except HTTPException:
-                raise
+            except HTTPException as error:
+                return _error(error.status_code, str(error.detail))
             except RequestValidationError as error:
                 return _error(400, _validation_message(error))
             except InputError as error:
@@ -228,14 +260,11 @@ class BodyLimit:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.limit:
-                raise InputError(f"the request body is over {self.limit} bytes: send less")
+            if received > self.limit:  # FastAPI passes an HTTPException on as it is
+                raise HTTPException(413, f"the request body is over {self.limit} bytes: send less")
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except InputError as error:
-            await _error(413, str(error))(scope, receive, send)
+        await self.app(scope, limited, send)
 
 
 def create_app(server: SteeringServer) -> FastAPI:
@@ -273,9 +302,10 @@ def create_app(server: SteeringServer) -> FastAPI:
     @router.post("/v1/steering/profiles", status_code=201)
     async def post_profile(request: Request):
         try:
-            data = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-            raise InputError("the request body is not valid JSON: send a profile JSON object") from None
+            text = (await request.body()).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError("the request body is not UTF-8: send a profile JSON object") from None
+        data = load_json(text, "the request body")
         async with server.lock:
             profile = server.add_profile(data)
         return {"name": profile.name, "k": profile.k, "sites": list(profile.sites)}
@@ -310,22 +340,22 @@ def _asset(name: str) -> str:
 
 
 async def _complete(server: SteeringServer, request: Request, body, call: str):
-    setting = server.check_request(body)
+    requested = server.check_request(body)
     kwargs = body.model_dump(exclude=EXCLUDED)
-    described = setting.describe()
     if kwargs.get("stream"):
-        return EventSourceResponse(_stream(server, request, setting, body, call, kwargs, described), sep="\n")
+        return EventSourceResponse(_stream(server, request, requested, body, call, kwargs), sep="\n")
     async with server.lock:
         if await request.is_disconnected():
             raise HTTPException(400, "client closed the request")
-        result = await run_in_threadpool(server.run, setting, body, call, kwargs)
+        result, described = await run_in_threadpool(server.run, requested, body, call, kwargs)
     return {**result, "model": server.alias, "steering": described}
 
 
-async def _stream(server: SteeringServer, request: Request, setting: Setting, body, call: str, kwargs: dict,
-                  described: dict) -> AsyncIterator[dict]:
+async def _stream(server: SteeringServer, request: Request, requested: RequestedSteering, body, call: str,
+                  kwargs: dict) -> AsyncIterator[dict]:
     async with server.lock:
-        chunks: Iterator[dict] = await run_in_threadpool(server.run, setting, body, call, kwargs)
+        chunks: Iterator[dict]
+        chunks, described = await run_in_threadpool(server.run, requested, body, call, kwargs)
         try:
             async for chunk in iterate_in_threadpool(chunks):
                 yield {"data": json.dumps({**chunk, "model": server.alias, "steering": described})}

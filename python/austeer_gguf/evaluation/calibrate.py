@@ -23,10 +23,8 @@ import numpy as np
 
 from .. import datasets
 from ..errors import InputError
-from ..profile import MAX_ALPHA, MAX_FACTOR, Profile
+from ..profile import MAX_ALPHA, MAX_FACTOR, MAX_STRENGTH, Profile
 from .evaluate import NeutralKL, generate, perplexity
-
-MEASURES = ("kl", "perplexity")
 
 
 @dataclass
@@ -80,11 +78,10 @@ def calibrate(llm, profile: Profile, *, kl: float | None = None, perplexity_rati
         raise InputError(f"tolerance must lie in (0, 1), got {tolerance!r}")
     texts = list(texts or neutral_texts())
     steering = llm.steering
-    saved = (steering.profiles, steering.strength, steering.enabled, steering.scope)
+    saved = (steering.profiles, steering.strength, steering.enabled, steering.scope, steering.control)
     try:
-        steering.set_profile(profile)
-        steering.enable()
-        steering.scope = "all"
+        steering.set_control_vector(None)
+        steering.configure(profiles=[(profile, 1.0)], strength=1.0, enabled=True, scope="all")
         side_effect: Callable[[], float] = NeutralKL(llm, texts) if measure == "kl" else PerplexityRatio(llm, texts)
         trials: list[tuple[float, float]] = []
 
@@ -105,8 +102,8 @@ def calibrate(llm, profile: Profile, *, kl: float | None = None, perplexity_rati
         measured = dict(trials).get(low, 0.0)
         return Calibration(measure, float(budget), float(low), float(measured), tolerance, trials)
     finally:
-        steering.set_profiles(list(saved[0]))
-        steering.strength, steering.enabled, steering.scope = saved[1], saved[2], saved[3]
+        steering.configure(profiles=list(saved[0]), strength=saved[1], enabled=saved[2], scope=saved[3])
+        steering.set_control_vector(saved[4].vector if saved[4] else None, saved[4].multiplier if saved[4] else 1.0)
 
 
 def _strength_ceiling(profile: Profile) -> float:
@@ -115,8 +112,8 @@ def _strength_ceiling(profile: Profile) -> float:
     if gains == 0.0 and profile.control is None:
         raise InputError(f"profile {profile.name!r} steers nothing (no units, or alpha 0): nothing to calibrate")
     if gains == 0.0:
-        return 1000.0  # a control vector alone: the strength is its multiplier
-    return min(MAX_FACTOR / gains, MAX_ALPHA / max(abs(profile.alpha), 1e-12), 1000.0)
+        return MAX_STRENGTH  # a control vector alone: the strength is its multiplier
+    return min(MAX_FACTOR / gains, MAX_ALPHA / max(abs(profile.alpha), 1e-12), MAX_STRENGTH)
 
 
 def _bracket(at: Callable[[float], float], budget: float, ceiling: float,

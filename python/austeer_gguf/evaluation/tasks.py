@@ -37,7 +37,6 @@ from .evaluate import ChoiceResult, GenerationResult, Prompt
 SEED = 2026
 POLARITY_FRAMES = {"word-polarity": 'The word "{word}" has a sentiment that is',
                    "word-polarity-question": 'Is the word "{word}" positive or negative? Answer:'}
-POLARITY_PROMPT = POLARITY_FRAMES["word-polarity"]
 POLARITY_CHOICES = (" positive", " negative")
 SUFFIXES = ("fulness", "iness", "ness", "ingly", "edly", "fully", "ment", "less", "able", "ible", "ing", "ful",
             "ous", "ive", "ies", "ied", "est", "ely", "ily", "ly", "ed", "er", "es", "s", "y", "e")
@@ -142,7 +141,7 @@ def first_items(items: list, limit: int | None) -> list:
     if not items or not isinstance(items[0], ChoiceItem):
         return list(items[:limit])
     labels = sorted({item.label for item in items})
-    per_label = limit // len(labels)
+    per_label = max(1, limit // len(labels))
     chosen = []
     for label in labels:
         chosen += [index for index, item in enumerate(items) if item.label == label][:per_label]

@@ -25,7 +25,7 @@ import numpy as np
 from .. import sites
 from ..errors import InputError
 from ..fingerprint import fingerprint_of
-from ..ggufio.layout import GgufLayout, TensorEntry, scan
+from ..ggufio.layout import FLOAT_TYPES, GgufLayout, TensorEntry, scan
 from ..ggufio.metadata import BAKED_KEY, encode_profile
 from ..ggufio.rewrite import rewrite
 from ..profile import Profile
@@ -38,7 +38,6 @@ SCALE_FIELDS: dict[gguf.GGMLQuantizationType, tuple[int, ...]] = {
     T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,),
     T.IQ4_NL: (0,), T.IQ4_XS: (0,),
 }
-FLOAT_TYPES = (T.F32, T.F16, T.BF16)
 FP16_MAX = 65504.0
 
 

@@ -27,9 +27,11 @@ import numpy as np
 
 from .. import sites
 from ..errors import InputError
+from ..fingerprint import fingerprint_of
 from ..ggufio.atomic import atomic_output
-from ..ggufio.layout import open_reader
+from ..ggufio.layout import open_reader, scan
 from ..profile import Profile
+from ..sites import ModelShape
 
 
 @dataclass
@@ -41,7 +43,7 @@ class LoraReport:
 
 
 def export_lora(model: str | Path, profile: Profile, target: str | Path, *,
-                skip_layer_units: bool = False) -> LoraReport:
+                skip_layer_units: bool = False, allow_model_mismatch: bool = False) -> LoraReport:
     if profile.control is not None:
         raise InputError(f"profile {profile.name!r} carries a control vector, which a LoRA adapter cannot express: "
                          "steer it at run time with SteeredLlama")
@@ -50,6 +52,9 @@ def export_lora(model: str | Path, profile: Profile, target: str | Path, *,
         raise InputError(f"profile {profile.name!r} has {len(unowned)} 'layer' (residual stream) units, which a "
                          "LoRA adapter cannot express: steer them at run time with SteeredLlama, or pass "
                          "--skip-layer-units to export the others")
+    layout = scan(model)
+    profile.check_model(ModelShape.from_gguf_fields(layout.values()), fingerprint_of(layout),
+                        allow_mismatch=allow_model_mismatch)
     reader = open_reader(model)
     tensors = {tensor.name: tensor for tensor in reader.tensors}
     architecture = reader.fields["general.architecture"].contents()

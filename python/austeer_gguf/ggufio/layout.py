@@ -30,6 +30,9 @@ _NUMPY = {gguf.GGUFValueType.UINT8: "<u1", gguf.GGUFValueType.INT8: "<i1", gguf.
           gguf.GGUFValueType.INT64: "<i8", gguf.GGUFValueType.FLOAT64: "<f8"}
 
 
+FLOAT_TYPES = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16)
+
+
 @dataclass(frozen=True)
 class MetadataEntry:
     key: str
@@ -168,10 +171,6 @@ def _scan(path: Path, buffer: mmap.mmap) -> GgufLayout:
 def read_fields(path: str | Path) -> dict[str, Any]:
     """Every metadata value (arrays of strings as None)."""
     return scan(path).values()
-
-
-def read_tensor_shapes(path: str | Path) -> list[tuple[str, tuple[int, ...]]]:
-    return [(tensor.name, tensor.shape) for tensor in scan(path).tensors]
 
 
 def open_reader(path: str | Path) -> gguf.GGUFReader:

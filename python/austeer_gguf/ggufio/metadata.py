@@ -113,7 +113,8 @@ def embedded_profiles(metadata: Mapping[str, Any]) -> Embedded:
         else:
             try:
                 found.profiles[name] = decode_profile(name, str(text))
-            except InputError as error:
+            except (ValueError, TypeError, OverflowError, KeyError, RecursionError) as error:
+                # A profile that does not decode never stops the model from loading: it is reported broken.
                 found.broken[name] = str(error)
     return found
 

@@ -21,12 +21,11 @@ from tqdm import tqdm
 
 from .. import sites
 from ..errors import InputError
-from ..ggufio.layout import scan
+from ..ggufio.layout import FLOAT_TYPES, scan
 from ..runtime import limits
 from ..runtime.steered_llama import SteeredLlama
 from .pairs import Pair, TokenPair, chat_renderer, conversation_renderer, tokenize_pairs
 
-FLOAT_TYPES = {"F32", "F16", "BF16"}
 MAX_PAIR_TOKENS = 2048  # one pair's text; its two tails go through one decode
 
 
@@ -173,6 +172,8 @@ class ActivationCapture:
         batch = self._batch
         row, last_rows = 0, []
         for seq, tokens, start in entries:
+            if not tokens:
+                raise ValueError("an empty sequence has no last token to capture")
             for offset, token in enumerate(tokens):
                 batch.token[row] = token
                 batch.pos[row] = start + offset
@@ -223,8 +224,8 @@ class Reducer(Protocol):
 def warn_if_quantized(model_path: str | Path) -> None:
     import warnings
 
-    types = {tensor.ggml_type.name for tensor in scan(model_path).tensors if len(tensor.shape) >= 2}
-    quantized = sorted(types - FLOAT_TYPES)
+    types = {tensor.ggml_type for tensor in scan(model_path).tensors if len(tensor.shape) >= 2}
+    quantized = sorted(t.name for t in types - set(FLOAT_TYPES))
     if quantized:
         warnings.warn(f"{model_path} has quantized weights ({', '.join(quantized)}); localization is meant for the "
                       "float model. Run `python -m austeer_gguf dequantize` first for units that match it.",
@@ -273,7 +274,7 @@ class PairCapture:
             self._capture.close()
             raise InputError("every pair renders identically on both sides: nothing to compare")
         self._tokenized = tokenized.pairs
-        self.truncated, self.skipped = tokenized.truncated, tokenized.identical
+        self.truncated, self.skipped = tokenized.truncated, tokenized.identical + tokenized.uneven
         self.shape = self._capture.shape
         return self
 

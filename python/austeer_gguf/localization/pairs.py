@@ -137,13 +137,14 @@ class TokenizedPairs:
     pairs: list[TokenPair]
     truncated: int  # pairs cut to fit max_tokens (the same number of leading tokens off both sides)
     identical: int  # pairs whose two sides tokenize identically (dropped)
+    uneven: int = 0  # pairs whose shorter side would be cut away entirely to fit max_tokens (dropped)
 
 
 def tokenize_pairs(pairs: Sequence[Pair], tokenize: Callable[[str], list[int]], *, max_tokens: int,
                    render_prompt: Callable[[str], str] | None = None,
                    render_messages: Callable[[Sequence[tuple[str, str]]], str] | None = None) -> TokenizedPairs:
     """Tokenize both full texts of every pair; cut over-long pairs from the front, equally on both sides."""
-    out, truncated, identical = [], 0, 0
+    out, truncated, identical, uneven = [], 0, 0, 0
     for index, pair in enumerate(pairs):
         if pair.messages:
             if render_messages is None:
@@ -157,12 +158,17 @@ def tokenize_pairs(pairs: Sequence[Pair], tokenize: Callable[[str], list[int]], 
             warnings.warn(f"pair #{index} renders identically on both sides and is skipped", stacklevel=2)
             continue
         excess = max(len(positive), len(negative)) - max_tokens
+        if excess >= min(len(positive), len(negative)):
+            uneven += 1
+            warnings.warn(f"pair #{index}: its sides differ by more than {max_tokens} tokens, so cutting both to fit "
+                          "would empty the shorter one; it is skipped", stacklevel=2)
+            continue
         if excess > 0:
             truncated += 1
             positive, negative = positive[excess:], negative[excess:]
         shared = _shared_prefix_length(positive, negative)
         out.append(TokenPair(positive[:shared], positive[shared:], negative[shared:]))
-    return TokenizedPairs(out, truncated, identical)
+    return TokenizedPairs(out, truncated, identical, uneven)
 
 
 def _shared_prefix_length(a: list[int], b: list[int]) -> int:

@@ -10,7 +10,7 @@ devices. ggml aborts the process when a registered server cannot be reached, so 
 first and an unreachable one is refused with a message instead. The RPC protocol is not secure: bind
 `ggml-rpc-server` to loopback or a trusted private network only.
 
-`start_server(port)` runs the `ggml-rpc-server` that scripts/setup builds from the same llama.cpp sources.
+`RpcServer()` runs the `ggml-rpc-server` that scripts/setup builds from the same llama.cpp sources, on loopback.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _lock = threading.Lock()
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
     host, _, port = str(endpoint).rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise InputError(f"RPC server {endpoint!r} is not HOST:PORT (for example 127.0.0.1:50052)")
     return host, int(port)
 

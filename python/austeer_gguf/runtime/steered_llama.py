@@ -12,6 +12,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
+from ..errors import InputError
 from ..fingerprint import ModelFingerprint, fingerprint_of
 from ..ggufio.layout import scan
 from ..ggufio.metadata import embedded_profiles
@@ -72,6 +73,11 @@ class SteeredLlama(llama_cpp.Llama):
         self.shape = ModelShape.from_gguf_fields(fields)
         self.fingerprint: ModelFingerprint | None = fingerprint_of(layout)
         _check_resources(llama_kwargs, fields, self.shape.n_layers)
+        embedded = embedded_profiles(fields)
+        chosen = None
+        if profile is not None:  # a mistyped or misfit profile is refused before the model is loaded
+            chosen = resolve(profile, embedded.profiles)
+            chosen.check_model(self.shape, self.fingerprint, allow_mismatch=allow_model_mismatch)
         rpc.check_registered()
         if rpc_servers is not None:
             rpc.add_servers(list(rpc_servers))
@@ -94,17 +100,16 @@ class SteeredLlama(llama_cpp.Llama):
         self.steering = Steering(self._native_state, self.shape, self.fingerprint)
         self._kv = KvRecord()  # which settings the cached positions were computed under
         self._setting: SteeringSetting | None = None  # the setting of the running (or last) completion
-        self._generation: SteeringSetting | None = None  # set while generate() runs: its generated-token phase
+        self._generating: SteeringSetting | None = None  # the setting of the generate() running now
         self._phase_is_prompt = True
-        self._applied_control: tuple | None = ()  # what the context's control vector was made from
+        self._control_key: tuple | None = ()  # what the context's control vector was made from
 
-        embedded = embedded_profiles(fields)
         for name, why in embedded.broken.items():
             warnings.warn(f"{model_path}: embedded profile {name!r} is left out: {why} (remove it with "
                           f"`python -m austeer_gguf strip MODEL --name {name}`)", stacklevel=2)
         self.steering.add_profiles(embedded.profiles)
-        if profile is not None:
-            self.steering.set_profile(self.resolve_profile(profile), allow_model_mismatch=allow_model_mismatch)
+        if chosen is not None:
+            self.steering.set_profile(chosen, allow_model_mismatch=allow_model_mismatch)
 
     def resolve_profile(self, spec: Profile | str | Path) -> Profile:
         """A profile named by the user: see `austeer_gguf.profile.resolve` for the order."""
@@ -120,17 +125,24 @@ class SteeredLlama(llama_cpp.Llama):
     def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any):  # type: ignore[override]
         setting = self._start(self.steering.apply())
         tokens = list(tokens)
-        self._drop_stale_prefix(setting.for_prompt())
-        self._generation = setting
+        reset = kwargs.get("reset", args[6] if len(args) > 6 else True)
+        if reset:
+            self._drop_stale_prefix(setting.for_prompt())
+        else:  # appended to the cached tokens: recompute those not computed under the prompt's setting
+            reusable = self._kv.reusable(setting.for_prompt(), self.n_tokens)
+            tokens = list(self._input_ids[reusable:]) + tokens
+            self.n_tokens = reusable
+        self._generating = setting
+        self._prompt_end = self.n_tokens + len(tokens)  # corrected by the prompt's eval (prefix reuse)
         try:
             return (yield from super().generate(tokens, *args, **kwargs))
         finally:
-            self._generation = None
-            self._kv = KvRecord(setting.for_prompt(), len(tokens), setting)
+            self._generating = None
+            self._kv = KvRecord(setting.for_prompt(), self._prompt_end, setting)
             self._warn_once_if_skipped()
 
     def eval(self, tokens: Sequence[int]) -> None:
-        if self._generation is None:
+        if self._generating is None:
             # A plain eval: every position is a prompt position.
             prompt = self._start(self.steering.apply()).for_prompt()
             reusable = self._kv.reusable(prompt, self.n_tokens)
@@ -143,9 +155,11 @@ class SteeredLlama(llama_cpp.Llama):
             self._warn_once_if_skipped()
             return
         # Inside generate: the first eval holds the prompt (what was not reused), later ones generated tokens.
-        self._enter(self._generation.for_prompt() if self._phase_is_prompt else self._generation)
-        self._phase_is_prompt = False
+        self._enter(self._generating.for_prompt() if self._phase_is_prompt else self._generating)
         super().eval(tokens)
+        if self._phase_is_prompt:
+            self._prompt_end = self.n_tokens  # the prompt's positions end here; generated ones follow
+            self._phase_is_prompt = False
 
     def apply_steering(self) -> SteeringSetting:
         """For code that calls llama_decode itself (activation capture): hand the requested setting to the
@@ -164,9 +178,9 @@ class SteeredLlama(llama_cpp.Llama):
         """Make the native state and the control vector steer as `phase` says."""
         self._native_state.enabled = any(profile.units for profile, _ in phase.profiles)
         key = (phase.control, tuple((p, w) for p, w in phase.profiles if p.control is not None), phase.strength)
-        if key != self._applied_control:
+        if key != self._control_key:
             _apply_control(self, control_directions(phase))
-            self._applied_control = key
+            self._control_key = key
 
     def _drop_stale_prefix(self, prompt: SteeringSetting) -> None:
         """Cut the cached positions that were not computed under `prompt`, before llama-cpp-python looks for
@@ -245,6 +259,13 @@ def _check_resources(kwargs: dict[str, Any], fields: dict[str, Any], n_layers: i
     for name in ("n_batch", "n_ubatch"):
         if kwargs.get(name) is not None:
             limits.check_batch(kwargs[name], max(n_ctx, 1), name)
+
+
+def context_overflow(error: Exception) -> InputError | None:
+    """llama-cpp-python's "Requested tokens (N) exceed context window of M" as an InputError (else None)."""
+    if isinstance(error, ValueError) and str(error).startswith("Requested tokens"):
+        return InputError(f"{error}: shorten the text, start over, or open the model with a larger n_ctx")
+    return None
 
 
 def control_directions(setting: SteeringSetting) -> dict[int, np.ndarray]:

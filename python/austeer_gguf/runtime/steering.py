@@ -39,7 +39,7 @@ MAX_PROFILES = 16
 
 @dataclass(frozen=True)
 class ControlSetting:
-    """A control vector (compared by identity) and its multiplier."""
+    """A control vector (compared by value) and its multiplier."""
 
     vector: ControlVector
     multiplier: float
@@ -68,10 +68,12 @@ class SteeringSetting:
         return self if self.scope == "all" else OFF
 
     def describe(self) -> dict[str, Any]:
-        """A plain summary (for logs and server responses)."""
-        return {"enabled": self.active, "profiles": {p.name: weight for p, weight in self.profiles},
-                "strength": self.strength, "apply": self.scope,
-                "control_vector": None if self.control is None else self.control.multiplier}
+        """A plain summary (for logs and server responses): what steers, not what was asked for."""
+        summary = {"enabled": self.active, "profiles": {p.name: weight for p, weight in self.profiles},
+                   "strength": self.strength, "apply": self.scope}
+        if self.control is not None:
+            summary["control_vector"] = self.control.multiplier
+        return summary
 
 
 OFF = SteeringSetting((), 0.0)
@@ -83,7 +85,7 @@ def native_units(profiles: Sequence[tuple[Profile, float]], strength: float,
     get the product of their factors."""
     factors: dict[tuple[int, str, int], np.float32] = {}
     for profile, weight in profiles:
-        for unit, factor in zip(profile.units, profile.factors(strength * weight)):
+        for unit, factor in zip(profile.units, profile.factors(strength * weight, bounded=False)):
             key = (unit.layer, unit.site, unit.dim)
             factors[key] = np.float32(factors.get(key, np.float32(1.0)) * factor)
     if factors and not max(abs(float(f)) for f in factors.values()) <= MAX_FACTOR:
@@ -121,23 +123,49 @@ class Steering:
                      allow_model_mismatch: bool = False) -> None:
         """Steer with several profiles at once: {name: weight} of available profiles, or (profile or name,
         weight) pairs. Weight 0 leaves a profile out; overlapping units multiply their factors."""
+        self.configure(profiles=weights, allow_model_mismatch=allow_model_mismatch)
+
+    def configure(self, *, profiles: Mapping[str, float] | Sequence[tuple[Profile | str, float]] | None = None,
+                  strength: float | None = None, enabled: bool | None = None, scope: str | None = None,
+                  allow_model_mismatch: bool = False) -> SteeringSetting:
+        """Change several controls at once (those given), checked together and committed together, so no other
+        thread sees a combination nobody checked. Returns the setting the next completion will run under."""
+        chosen = None if profiles is None else self.resolve(profiles, allow_model_mismatch=allow_model_mismatch)
+        strength = None if strength is None else check_strength(strength)
+        if enabled is not None and not isinstance(enabled, bool):
+            raise InputError(f"enabled must be True or False, got {enabled!r}")
+        if scope is not None and scope not in SCOPES:
+            raise InputError(f"the steering scope is 'all' or 'generation', got {scope!r}")
+        with self._lock:
+            new_profiles = self._profiles if chosen is None else chosen
+            new_strength = self._strength if strength is None else strength
+            native_units(new_profiles, new_strength)  # refuses a factor out of range now, not at the next decode
+            self._profiles, self._strength = new_profiles, new_strength
+            self._enabled = self._enabled if enabled is None else enabled
+            self._scope = self._scope if scope is None else scope
+            return self._requested_locked()
+
+    def resolve(self, weights: Mapping[str, float] | Sequence[tuple[Profile | str, float]], *,
+                allow_model_mismatch: bool = False) -> tuple[tuple[Profile, float], ...]:
+        """Checked (profile, weight) pairs for `weights`: names looked up, weights in range, no name twice, every
+        profile fitting this model; weight 0 left out."""
         items = list(weights.items()) if isinstance(weights, Mapping) else list(weights)
         if len(items) > MAX_PROFILES:
             raise InputError(f"at most {MAX_PROFILES} profiles can be active at once")
         chosen: list[tuple[Profile, float]] = []
+        names: set[str] = set()
         for spec, weight in items:
             profile = self.named(spec) if isinstance(spec, str) else spec
             if not isinstance(profile, Profile):
                 raise TypeError(f"set_profiles takes profiles or their names, not {type(spec).__name__}")
             weight = check_weight(profile.name, weight)
-            if any(other.name == profile.name for other, _ in chosen):
+            if profile.name in names:
                 raise InputError(f"profile {profile.name!r} is named twice")
+            names.add(profile.name)
             profile.check_model(self._shape, self._fingerprint, allow_mismatch=allow_model_mismatch)
             if weight != 0.0:
                 chosen.append((profile, weight))
-        native_units(chosen, self._strength)  # refuses a factor out of range now, not at the next completion
-        with self._lock:
-            self._profiles = tuple(chosen)
+        return tuple(chosen)
 
     def add_profiles(self, profiles: dict[str, Profile]) -> None:
         """Make named profiles available to `use` and `set_profiles` (e.g. those embedded in the model file);
@@ -174,15 +202,17 @@ class Steering:
         with self._lock:
             return self._profiles
 
+    @property
+    def control(self) -> ControlSetting | None:
+        """The control vector set with `set_control_vector` (profiles' own vectors are part of the profiles)."""
+        with self._lock:
+            return self._control
+
     def set_control_vector(self, vector: ControlVector | None, multiplier: float = 1.0) -> None:
         """Add a CAA control vector times `multiplier` to the residual stream (None: remove it). It is switched
         on and off together with the profiles."""
         if vector is not None:
-            width = self._shape.widths["layer"]
-            for layer, direction in vector.directions.items():
-                if not 1 <= layer < self._shape.n_layers or direction.shape != (width,):
-                    raise InputError(f"control vector direction.{layer} does not fit this model: layers "
-                                     f"1..{self._shape.n_layers - 1} of width {width}")
+            vector.check_fits(self._shape.n_layers, self._shape.widths["layer"])
             if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) \
                     or not math.isfinite(multiplier) or abs(multiplier) > MAX_MULTIPLIER:
                 raise InputError(f"multiplier must be a finite number within +-{MAX_MULTIPLIER:g}, got {multiplier!r}")
@@ -201,10 +231,7 @@ class Steering:
 
     @enabled.setter
     def enabled(self, on: bool) -> None:
-        if not isinstance(on, bool):
-            raise InputError(f"enabled must be True or False, got {on!r}")
-        with self._lock:
-            self._enabled = on
+        self.configure(enabled=on)
 
     @property
     def strength(self) -> float:
@@ -212,10 +239,7 @@ class Steering:
 
     @strength.setter
     def strength(self, value: float) -> None:
-        value = check_strength(value)
-        with self._lock:
-            native_units(self._profiles, value)  # refuses a factor out of range now
-            self._strength = value
+        self.configure(strength=value)
 
     @property
     def scope(self) -> str:
@@ -224,10 +248,7 @@ class Steering:
 
     @scope.setter
     def scope(self, value: str) -> None:
-        if value not in SCOPES:
-            raise InputError(f"the steering scope is 'all' or 'generation', got {value!r}")
-        with self._lock:
-            self._scope = value
+        self.configure(scope=value)
 
     @property
     def requested(self) -> SteeringSetting:
