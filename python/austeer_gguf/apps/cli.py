@@ -581,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_runtime_options(command: argparse.ArgumentParser, strength, temperature, *, max_tokens: int,
                          n_ctx: int) -> None:
+    from ..runtime.steering import MAX_MULTIPLIER
+
     command.add_argument("--profile", help="embedded profile name or profile JSON file")
     command.add_argument("--strength", type=strength, default=1.0, help="multiplier of the profile's effect")
     command.add_argument("--max-tokens", type=_positive_int, default=max_tokens, help="tokens to generate at most")
@@ -590,7 +592,7 @@ def _add_runtime_options(command: argparse.ArgumentParser, strength, temperature
     command.add_argument("--threads", type=_positive_int, help="CPU threads (default: half the cores)")
     command.add_argument("--force", action="store_true", help="apply a profile made for another model")
     command.add_argument("--cvec", help="also add a control-vector GGUF (the CAA baseline)")
-    command.add_argument("--multiplier", type=_bounded_float(-1000.0, 1000.0), default=1.0,
+    command.add_argument("--multiplier", type=_bounded_float(-MAX_MULTIPLIER, MAX_MULTIPLIER), default=1.0,
                          help="control-vector multiplier")
 
 
