@@ -35,3 +35,27 @@ def test_held_out_margin_rises_with_the_embedded_profile(smollm2, tmp_path):
     llm.steering.enable()
     on = mean_margin()
     assert on > off + 1.0, f"margin off {off:.2f}, on {on:.2f}"
+
+
+def test_the_demo_embeds_the_shipped_detox_profile_and_flips_the_toggle(smollm2):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "austeer_gguf.apps.demo", "--limit", "12", "--harmless", "3",
+                             "--show", "1", "--threads", str(THREADS)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "profile 'detox'" in result.stdout and "[detox off]" in result.stdout and "[detox on ]" in result.stdout
+    assert "Held-out detox items (12, greedy" in result.stdout and "95% CI" in result.stdout
+
+
+def test_the_shipped_detox_profiles_fit_their_models(request):
+    from austeer_gguf.apps.demo import shipped_profile
+    from austeer_gguf.fingerprint import fingerprint_file
+    from austeer_gguf.ggufio.layout import read_fields
+    from austeer_gguf.sites import ModelShape
+
+    for name in ("smollm2", "gemma3"):
+        path = request.getfixturevalue(name)
+        profile = shipped_profile(name)
+        profile.check_model(ModelShape.from_gguf_fields(read_fields(path)), fingerprint_file(path))
+        assert profile.calibration["measure"] == "kl" and profile.extra["report"] == f"reports/detox/{name}.json"
