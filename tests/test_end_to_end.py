@@ -46,16 +46,3 @@ def test_the_demo_embeds_the_shipped_detox_profile_and_flips_the_toggle(smollm2)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "profile 'detox'" in result.stdout and "[detox off]" in result.stdout and "[detox on ]" in result.stdout
     assert "Held-out detox items (12, greedy" in result.stdout and "95% CI" in result.stdout
-
-
-def test_the_shipped_detox_profiles_fit_their_models(request):
-    from austeer_gguf.apps.demo import shipped_profile
-    from austeer_gguf.fingerprint import fingerprint_file
-    from austeer_gguf.ggufio.layout import read_fields
-    from austeer_gguf.sites import ModelShape
-
-    for name in ("smollm2", "gemma3"):
-        path = request.getfixturevalue(name)
-        profile = shipped_profile(name)
-        profile.check_model(ModelShape.from_gguf_fields(read_fields(path)), fingerprint_file(path))
-        assert profile.calibration["measure"] == "kl" and profile.extra["report"] == f"reports/detox/{name}.json"
