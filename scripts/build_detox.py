@@ -144,6 +144,22 @@ def build(name: str, args) -> dict:
             "comparisons": comparisons, "winner": winner, "profile": shipped}
 
 
+def add_prompting(name: str, path: Path, args) -> None:
+    """Asking the model, measured on test even where dev found it outside the fluency budget (users try it)."""
+    report = json.loads(path.read_text())
+    task = load_task("detox")
+    llm = SteeredLlama(str(models.fetch(name)), n_ctx=512, logits_all=True, verbose=False, n_threads=args.threads,
+                       n_threads_batch=args.threads)
+    result = run(llm, task, "test", None, SYSTEM, args.test_limit)
+    base = {**report["test"]["unsteered"], "items": report["test_items"]["unsteered"]}
+    report["test"]["prompting"] = {k: v for k, v in result.items() if k != "items"}
+    report["test_items"]["prompting"] = result["items"]
+    report["comparisons"]["prompting"] = {**compare(result, base), "admissible_on_dev": next(
+        t["admissible"] for t in report["dev"] if t["method"] == "prompting")}
+    path.write_text(json.dumps(report, indent=1, default=float) + "\n")
+    print(f"{name}: prompting {report['comparisons']['prompting']}", flush=True)
+
+
 def choose(trials: list[Trial], base: dict) -> Trial | None:
     fine = [t for t in trials if admissible(t.result, base)]
     return min(fine, key=lambda t: (t.result["offensive_rate"], t.result["offensive"])) if fine else None
@@ -178,6 +194,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "reports" / "detox"))
     parser.add_argument("--quick", action="store_true", help="tiny limits: exercises every step")
+    parser.add_argument("--add-prompting", action="store_true",
+                        help="measure asking the model (a system turn) on test and add it to existing reports")
     args = parser.parse_args()
     args.budgets = BUDGETS if not args.quick else (0.05, 0.4)
     args.dev_limit, args.test_limit = (None, None) if not args.quick else (6, 6)
@@ -185,6 +203,10 @@ def main() -> None:
         args.pairs = args.pairs or 40
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.add_prompting:
+        for name in args.models.split(","):
+            add_prompting(name, out / f"{name}.json", args)
+        return
     for name in args.models.split(","):
         report = build(name, args)
         (out / f"{name}.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
