@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -115,6 +116,7 @@ def main() -> None:
             row["top100_all_sites"] = len(set(top(run, sites.SITES)) & set(top(reference, sites.SITES))) / 100
             table.append(row)
             print(json.dumps(row), flush=True)
+    shutil.rmtree(scratch)
     print("\n| model | weights | file MB | s | peak RSS MB | top-100 overlap attn / ffn / layer / all "
           "| Spearman attn / ffn / layer |")
     print("|---|---|---|---|---|---|---|")
