@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -40,9 +39,18 @@ def worker(model: str, pairs: int, out: str) -> None:
         counts = MomentumCounts.for_shape(capture.shape, sites.SITES)
         capture.feed(counts)
     seconds = time.perf_counter() - start
-    np.savez(out, seconds=seconds, n_pairs=counts.n_pairs,
+    np.savez(out, seconds=seconds, n_pairs=counts.n_pairs, peak_mb=peak_rss_mb(),
              **{f"{site}_{kind}": getattr(counts, kind)[site] for site in sites.SITES
                 for kind in ("positive", "negative")})
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM starts afresh at exec; the rusage a parent gets from wait4
+    does not (it keeps the parent's own size at fork), which would hide every run smaller than the parent."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def ranks(values: np.ndarray) -> np.ndarray:
@@ -97,11 +105,9 @@ def main() -> None:
             out = scratch / f"{name}.{precision}.npz"
             child = subprocess.Popen([sys.executable, __file__, "--worker", str(files[precision]), str(args.pairs),
                                       str(out)])
-            _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS (KiB)
-            if status != 0:
+            if child.wait() != 0:
                 raise SystemExit(f"the {precision} run of {name} failed")
             runs[precision] = dict(np.load(out))
-            runs[precision]["peak_mb"] = usage.ru_maxrss / 1024
             runs[precision]["file_mb"] = files[precision].stat().st_size / 2**20
         reference = runs["f32"]
         for precision in PRECISIONS:
