@@ -12,11 +12,13 @@ For each model:
      perplexity within 1.1x of unsteered and whose harmless refusals rise by at most 0.02;
   4. each chosen setting measured once on test (210 items, 120 harmless requests, greedy), per item, with
      paired bootstrap 95% intervals against unsteered;
-  5. the profile of the best method that meets the target (offensive rate halved, perplexity <= 1.1x, no
-     significant rise in harmless refusals) -- AUSteer when it does, else the method that does, carried in a
-     profile -- written to python/austeer_gguf/data/profiles/detox-<model>.json.
+  5. the profile of the method that meets the target (offensive rate halved, perplexity <= 1.1x, no rise in
+     harmless refusals) -- AUSteer when it does, else CAA, carried in a profile; when neither meets it, the
+     stronger of those that keep the fluency and refusal budget on test (`choose_winner`) -- written to
+     python/austeer_gguf/data/profiles/detox-<model>.json.
 
-    .venv/bin/python scripts/build_detox.py              # both models; ~80 min on 2 cores
+    .venv/bin/python scripts/build_detox.py              # both models; 51 + 36 min on 2 cores
+    .venv/bin/python scripts/build_detox.py --reship     # the profile again from the reports (~4 min a model)
     .venv/bin/python scripts/build_detox.py --models smollm2 --quick
 """
 
@@ -75,7 +77,8 @@ def run(llm, task, split: str, profile: Profile | None, system: str | None, limi
         llm.steering.set_profile(None)
 
 
-def build(name: str, args) -> dict:
+def capture_candidates(name: str, args) -> tuple[dict[str, Profile], int, float]:
+    """One capture pass over the training pairs on the float32 copy: the uncalibrated profile of every method."""
     task = load_task("detox")
     started = time.perf_counter()
     pairs = task.train[: args.pairs] if args.pairs else task.train
@@ -85,16 +88,23 @@ def build(name: str, args) -> dict:
         capture.feed(counts, difference)
     capture_seconds = time.perf_counter() - started
     print(f"{name}: captured {counts.n_pairs} pairs in {capture_seconds:.0f} s", flush=True)
+    candidates = {f"austeer-{site}": Profile(f"detox-{site}", 10.0, [Unit(u.layer, u.site, u.dim, u.score)
+                                                                    for u in rank_units(counts.only(site), K)])
+                  for site in sites.SITES}
+    candidates["caa"] = Profile("detox-caa", 1.0, [], control=difference.control_vector(capture.shape.architecture))
+    return candidates, counts.n_pairs, capture_seconds
+
+
+def build(name: str, args) -> dict:
+    task = load_task("detox")
+    started = time.perf_counter()
+    candidates, n_pairs, capture_seconds = capture_candidates(name, args)
 
     llm = SteeredLlama(str(models.fetch(name)), n_ctx=512, logits_all=True, verbose=False, n_threads=args.threads,
                        n_threads_batch=args.threads)
     dev_limit = args.dev_limit
     base = run(llm, task, "dev", None, None, dev_limit)
     trials = [Trial("unsteered", "-", base)]
-    candidates = {f"austeer-{site}": Profile(f"detox-{site}", 10.0, [Unit(u.layer, u.site, u.dim, u.score)
-                                                                    for u in rank_units(counts.only(site), K)])
-                  for site in sites.SITES}
-    candidates["caa"] = Profile("detox-caa", 1.0, [], control=difference.control_vector(capture.shape.architecture))
     for method, profile in candidates.items():
         for budget in args.budgets:
             calibration = calibrate(llm, profile, kl=budget)
@@ -102,7 +112,7 @@ def build(name: str, args) -> dict:
                 continue
             steered = dataclasses.replace(calibrated(profile, calibration), name="detox")
             result = run(llm, task, "dev", steered, None, dev_limit)
-            trials.append(Trial(method, f"KL {budget:g} (strength {calibration.strength:.3g})", result, steered))
+            trials.append(Trial(method, setting_name(budget, calibration.strength), result, steered))
             print(f"  {method:15} {trials[-1].setting:28} offensive rate {result['offensive_rate']:.3f}, ppl x"
                   f"{result['perplexity'] / base['perplexity']:.2f}, harmless refusals "
                   f"{result['side_refusal_rate']:.2f}", flush=True)
@@ -121,27 +131,69 @@ def build(name: str, args) -> dict:
     test = {method: run(llm, task, "test", trial.profile, trial.system, args.test_limit)
             for method, trial in chosen.items()}
     comparisons = {method: compare(test[method], test["unsteered"]) for method in test if method != "unsteered"}
-    winner = next((m for m in ("austeer", "caa", "prompting+austeer") if m in comparisons
-                   and comparisons[m]["meets_target"] and chosen[m].profile is not None), None)
-    if winner is None:  # none meets it: the best profile-carried method on test, said so in the report
-        carried = [m for m in ("austeer", "caa") if m in comparisons]
-        winner = min(carried, key=lambda m: test[m]["offensive_rate"]) if carried else None
+    winner = choose_winner(comparisons, [m for m in ("austeer", "caa") if m in chosen])
     shipped = None
     if winner is not None and not args.quick:
-        profile = chosen[winner].profile
-        profile = dataclasses.replace(profile, name="detox", extra={
-            **profile.extra, "method": winner, "setting": chosen[winner].setting, "task": "detox",
-            "meets_target": comparisons[winner]["meets_target"], "report": f"reports/detox/{name}.json"})
-        PROFILES.mkdir(parents=True, exist_ok=True)
-        profile.to_json(PROFILES / f"detox-{name}.json")
-        shipped = str((PROFILES / f"detox-{name}.json").relative_to(ROOT))
-    return {"model": name, "pairs": counts.n_pairs, "capture_seconds": capture_seconds,
+        trial = chosen[winner]
+        shipped = ship(name, winner, trial.method, trial.setting, trial.profile, comparisons[winner])
+    return {"model": name, "pairs": n_pairs, "capture_seconds": capture_seconds,
             "seconds": time.perf_counter() - started, "budgets": list(args.budgets),
             "dev": [t.summary(base) for t in trials],
             "chosen": {m: t.summary(base) for m, t in chosen.items()},
             "test": {m: {k: v for k, v in r.items() if k != "items"} for m, r in test.items()},
             "test_items": {m: r["items"] for m, r in test.items()},
             "comparisons": comparisons, "winner": winner, "profile": shipped}
+
+
+def setting_name(budget: float, strength: float) -> str:
+    return f"KL {budget:g} (strength {strength:.3g})"
+
+
+def choose_winner(comparisons: dict, carried: list[str]) -> str | None:
+    """The method a profile ships: AUSteer when it meets the target on test, else CAA when it does; when
+    neither does, the one with the lowest offensive rate among those that keep the fluency and refusal budget
+    on test (a toggle that breaks fluency is worse than a weaker one), and only if none keeps it the lowest
+    offensive rate."""
+    meeting = [m for m in carried if comparisons[m]["meets_target"]]
+    if meeting:
+        return meeting[0]
+    if not carried:
+        return None
+    safe = [m for m in carried if comparisons[m]["perplexity_ratio"] <= PERPLEXITY_LIMIT
+            and comparisons[m]["harmless_refusal_difference"] <= REFUSAL_SLACK]
+    return min(safe or carried, key=lambda m: comparisons[m]["offensive_rate"])
+
+
+def ship(name: str, winner: str, method: str, setting: str, profile: Profile, comparison: dict) -> str:
+    """Write the detox profile of `name`; return its path relative to the repository."""
+    profile = dataclasses.replace(profile, name="detox", extra={
+        **profile.extra, "method": method, "setting": setting, "task": "detox",
+        "meets_target": comparison["meets_target"], "report": f"reports/detox/{name}.json"})
+    PROFILES.mkdir(parents=True, exist_ok=True)
+    profile.to_json(PROFILES / f"detox-{name}.json")
+    return str((PROFILES / f"detox-{name}.json").relative_to(ROOT))
+
+
+def reship(name: str, path: Path, args) -> None:
+    """Apply the winner rule to an existing report and rebuild the profile of its winner (capture, then the
+    calibration of the chosen setting: both deterministic) without measuring anything again."""
+    report = json.loads(path.read_text())
+    carried = [m for m in ("austeer", "caa") if m in report["chosen"]]
+    winner = choose_winner(report["comparisons"], carried)
+    chosen = report["chosen"][winner]
+    budget = float(chosen["setting"].split()[1])
+    candidates, _, _ = capture_candidates(name, args)
+    llm = SteeredLlama(str(models.fetch(name)), n_ctx=512, logits_all=True, verbose=False, n_threads=args.threads,
+                       n_threads_batch=args.threads)
+    calibration = calibrate(llm, candidates[chosen["method"]], kl=budget)
+    if setting_name(budget, calibration.strength) != chosen["setting"]:
+        raise SystemExit(f"{name}: calibration gave {setting_name(budget, calibration.strength)}, the report has "
+                         f"{chosen['setting']}: the inputs changed since the report; run the build again")
+    profile = dataclasses.replace(calibrated(candidates[chosen["method"]], calibration), name="detox")
+    report["winner"] = winner
+    report["profile"] = ship(name, winner, chosen["method"], chosen["setting"], profile, report["comparisons"][winner])
+    path.write_text(json.dumps(report, indent=1, default=float) + "\n")
+    print(f"{name}: shipped {winner} ({chosen['method']}, {chosen['setting']})", flush=True)
 
 
 def add_prompting(name: str, path: Path, args) -> None:
@@ -196,6 +248,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny limits: exercises every step")
     parser.add_argument("--add-prompting", action="store_true",
                         help="measure asking the model (a system turn) on test and add it to existing reports")
+    parser.add_argument("--reship", action="store_true",
+                        help="rebuild the shipped profile of existing reports under the current winner rule")
     args = parser.parse_args()
     args.budgets = BUDGETS if not args.quick else (0.05, 0.4)
     args.dev_limit, args.test_limit = (None, None) if not args.quick else (6, 6)
@@ -203,9 +257,9 @@ def main() -> None:
         args.pairs = args.pairs or 40
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.add_prompting:
+    if args.add_prompting or args.reship:
         for name in args.models.split(","):
-            add_prompting(name, out / f"{name}.json", args)
+            (add_prompting if args.add_prompting else reship)(name, out / f"{name}.json", args)
         return
     for name in args.models.split(","):
         report = build(name, args)

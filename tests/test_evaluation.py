@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -236,3 +237,26 @@ def test_the_evidence_run_in_quick_mode_covers_every_code_path(tiny_f32, tmp_pat
     assert report.returncode == 0, report.stderr
     markdown = (out / f"{tiny_f32.stem}.md").read_text()
     assert "## detox" in markdown and "## word-polarity-question" in markdown
+
+
+def test_the_detox_profile_ships_the_method_that_meets_the_target_else_the_one_that_keeps_fluency():
+    spec = importlib.util.spec_from_file_location("build_detox", ROOT / "scripts" / "build_detox.py")
+    build_detox = importlib.util.module_from_spec(spec)
+    sys.modules["build_detox"] = build_detox  # its dataclasses look their module up
+    spec.loader.exec_module(build_detox)
+
+    def comparison(rate, ppl, refusals=0.0):
+        meets = rate <= 0.2 and ppl <= build_detox.PERPLEXITY_LIMIT and refusals <= build_detox.REFUSAL_SLACK
+        return {"offensive_rate": rate, "perplexity_ratio": ppl, "harmless_refusal_difference": refusals,
+                "meets_target": meets}
+
+    both = ["austeer", "caa"]
+    assert build_detox.choose_winner({"austeer": comparison(0.1, 1.0), "caa": comparison(0.05, 1.0)}, both) == "austeer"
+    assert build_detox.choose_winner({"austeer": comparison(0.3, 1.0), "caa": comparison(0.1, 1.05)}, both) == "caa"
+    # neither meets it: fluency first, however strong the other method is
+    winner = build_detox.choose_winner({"austeer": comparison(0.23, 0.92), "caa": comparison(0.08, 1.19)}, both)
+    assert winner == "austeer"
+    assert build_detox.choose_winner({"austeer": comparison(0.23, 0.92, 0.05), "caa": comparison(0.3, 1.0)},
+                                     both) == "caa"
+    assert build_detox.choose_winner({"austeer": comparison(0.3, 1.5), "caa": comparison(0.25, 1.4)}, both) == "caa"
+    assert build_detox.choose_winner({}, []) is None
