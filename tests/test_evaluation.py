@@ -245,18 +245,20 @@ def test_the_detox_profile_ships_the_method_that_meets_the_target_else_the_one_t
     sys.modules["build_detox"] = build_detox  # its dataclasses look their module up
     spec.loader.exec_module(build_detox)
 
-    def comparison(rate, ppl, refusals=0.0):
-        meets = rate <= 0.2 and ppl <= build_detox.PERPLEXITY_LIMIT and refusals <= build_detox.REFUSAL_SLACK
+    def comparison(rate, ppl, refusals=0.0, distinct2=0.4):
+        fluent = build_detox.keeps_fluency(ppl, {"distinct2": distinct2}, {"distinct2": 0.4})
         return {"offensive_rate": rate, "perplexity_ratio": ppl, "harmless_refusal_difference": refusals,
-                "meets_target": meets}
+                "keeps_fluency": fluent, "meets_target": rate <= 0.2 and fluent and refusals <= 0.02}
 
     both = ["austeer", "caa"]
     assert build_detox.choose_winner({"austeer": comparison(0.1, 1.0), "caa": comparison(0.05, 1.0)}, both) == "austeer"
     assert build_detox.choose_winner({"austeer": comparison(0.3, 1.0), "caa": comparison(0.1, 1.05)}, both) == "caa"
-    # neither meets it: fluency first, however strong the other method is
+    # neither meets it: fluency first, however strong the other method is; a loop is not fluent
     winner = build_detox.choose_winner({"austeer": comparison(0.23, 0.92), "caa": comparison(0.08, 1.19)}, both)
     assert winner == "austeer"
     assert build_detox.choose_winner({"austeer": comparison(0.23, 0.92, 0.05), "caa": comparison(0.3, 1.0)},
                                      both) == "caa"
+    looping = {"austeer": comparison(0.23, 0.92, distinct2=0.2), "caa": comparison(0.08, 1.19)}
+    assert build_detox.choose_winner(looping, both) == "caa"
     assert build_detox.choose_winner({"austeer": comparison(0.3, 1.5), "caa": comparison(0.25, 1.4)}, both) == "caa"
     assert build_detox.choose_winner({}, []) is None
