@@ -84,6 +84,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="smollm2,gemma3")
     parser.add_argument("--pairs", type=int, default=1000)
+    parser.add_argument("--scratch", help="keep the copies and runs in this folder and reuse the finished ones "
+                        "(default: a temporary folder, removed at the end)")
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "PAIRS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -93,27 +95,31 @@ def main() -> None:
     from austeer_gguf import models, sites
     from austeer_gguf.ggufio.dequantize import dequantize
 
-    scratch = Path(tempfile.mkdtemp(prefix="austeer-precision-"))
+    scratch = Path(args.scratch or tempfile.mkdtemp(prefix="austeer-precision-"))
+    scratch.mkdir(parents=True, exist_ok=True)
     table = []
     for name in args.models.split(","):
         shipped = models.fetch(name)
         files = {"f32": models.float_copy(name), "shipped": shipped}
         for precision in ("f16", "bf16", "q8_0"):
-            files[precision] = dequantize(shipped, scratch / f"{name}.{precision}.gguf", dtype=precision)
+            files[precision] = scratch / f"{name}.{precision}.gguf"
+            if not files[precision].exists():
+                dequantize(shipped, files[precision], dtype=precision)
         runs = {}
         for precision in PRECISIONS:
-            out = scratch / f"{name}.{precision}.npz"
-            child = subprocess.Popen([sys.executable, __file__, "--worker", str(files[precision]), str(args.pairs),
-                                      str(out)])
-            if child.wait() != 0:
-                raise SystemExit(f"the {precision} run of {name} failed")
+            out = scratch / f"{name}.{precision}.{args.pairs}.npz"
+            if not out.exists():
+                child = subprocess.Popen([sys.executable, __file__, "--worker", str(files[precision]),
+                                          str(args.pairs), str(out)])
+                if child.wait() != 0:
+                    raise SystemExit(f"the {precision} run of {name} failed")
             runs[precision] = dict(np.load(out))
             runs[precision]["file_mb"] = files[precision].stat().st_size / 2**20
         reference = runs["f32"]
         for precision in PRECISIONS:
             run = runs[precision]
             row = {"model": name, "weights": precision, "file_mb": round(run["file_mb"]),
-                   "seconds": round(float(run["seconds"]), 1), "peak_rss_mb": round(run["peak_mb"]),
+                   "seconds": round(float(run["seconds"]), 1), "peak_rss_mb": round(float(run["peak_mb"])),
                    "pairs": int(run["n_pairs"])}
             for site in sites.SITES:
                 row[f"top100_{site}"] = len(set(top(run, (site,))) & set(top(reference, (site,)))) / 100
@@ -122,7 +128,8 @@ def main() -> None:
             row["top100_all_sites"] = len(set(top(run, sites.SITES)) & set(top(reference, sites.SITES))) / 100
             table.append(row)
             print(json.dumps(row), flush=True)
-    shutil.rmtree(scratch)
+    if not args.scratch:
+        shutil.rmtree(scratch)
     print("\n| model | weights | file MB | s | peak RSS MB | top-100 overlap attn / ffn / layer / all "
           "| Spearman attn / ffn / layer |")
     print("|---|---|---|---|---|---|---|")
