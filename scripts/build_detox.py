@@ -36,6 +36,7 @@ from austeer_gguf import Profile, SteeredLlama, Unit, models, sites
 from austeer_gguf.evaluation import metrics
 from austeer_gguf.evaluation.calibrate import calibrate, calibrated
 from austeer_gguf.evaluation.tasks import load_task
+from austeer_gguf.fingerprint import fingerprint_file
 from austeer_gguf.localization.capture import PairCapture
 from austeer_gguf.localization.reducers import MeanDifference, MomentumCounts, rank_units
 
@@ -167,7 +168,7 @@ def choose_winner(comparisons: dict, carried: list[str]) -> str | None:
 
 def ship(name: str, winner: str, method: str, setting: str, profile: Profile, comparison: dict) -> str:
     """Write the detox profile of `name`; return its path relative to the repository."""
-    profile = dataclasses.replace(profile, name="detox", extra={
+    profile = dataclasses.replace(profile, name="detox", model=fingerprint_file(models.fetch(name)), extra={
         **profile.extra, "method": method, "setting": setting, "task": "detox",
         "meets_target": comparison["meets_target"], "report": f"reports/detox/{name}.json"})
     PROFILES.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from austeer_gguf.evaluation.evaluate import kl_on_neutral
 from austeer_gguf.ggufio.metadata import embed_profiles, read_profiles
 
 from conftest import open_steered
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def spread_profile(llm, site: str = "attn") -> Profile:
@@ -64,3 +67,23 @@ def test_perplexity_budgets_and_the_command(tiny_f32, tmp_path):
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "one of the arguments --kl --perplexity is required" in refused.stderr
     assert json.loads(out.read_text())["calibration"]["strength"] > 0
+
+
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
+def test_the_shipped_detox_profile_fits_its_model_and_keeps_its_recorded_budget(name, request):
+    from austeer_gguf.apps.demo import shipped_profile
+    from austeer_gguf.evaluation.calibrate import neutral_texts
+    from austeer_gguf.fingerprint import fingerprint_file
+
+    profile = shipped_profile(name)
+    report = json.loads((ROOT / profile.extra["report"]).read_text())
+    assert report["model"] == name and report["profile"].endswith(f"detox-{name}.json")
+    assert profile.extra["meets_target"] == report["comparisons"][report["winner"]]["meets_target"]
+    model = request.getfixturevalue(name)
+    assert profile.model == fingerprint_file(model)
+    llm = open_steered(model, n_ctx=512)
+    llm.steering.set_profile(profile)  # refused if it did not fit the model
+    assert profile.calibration["measure"] == "kl"
+    side_effect = kl_on_neutral(llm, neutral_texts())
+    assert side_effect == pytest.approx(profile.calibration["side_effect"], rel=1e-3)
+    assert side_effect <= profile.calibration["budget"]

@@ -95,3 +95,22 @@ def test_a_pair_too_long_for_one_decode_is_refused(tiny_f32):
         too_long = TokenPair(list(range(3, 20)), [5], [6])
         with pytest.raises(ValueError, match="at most 8 fit"):
             list(capture.pairs([too_long], ["attn"]))
+
+
+def test_only_weights_outside_the_precision_measurement_get_a_warning(tiny_q8, tmp_path):
+    import warnings
+
+    from austeer_gguf.localization.capture import PairCapture
+    from austeer_gguf.localization.pairs import Pair
+
+    from tiny_model import write_tiny_llama
+
+    pairs = [Pair("Tell me.", " yes", " no")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Q8_0 was measured: no warning
+        with PairCapture(tiny_q8, pairs, ("attn",), n_threads=1, progress=False):
+            pass
+    q4_0 = write_tiny_llama(tmp_path / "tiny-q4_0.gguf", weight_type="Q4_0")
+    with (pytest.warns(UserWarning, match=r"Q4_0 weights.*--weights f16"),
+          PairCapture(q4_0, pairs, ("attn",), n_threads=1, progress=False)):
+        pass
