@@ -80,9 +80,10 @@ def budget_table(report: dict, budget: str) -> list[str]:
         versus = "-" if comparison is None else (
             f"{comparison['difference']:+.3f} ({comparison['ci'][0]:+.3f}..{comparison['ci'][1]:+.3f})"
             + (" within noise" if comparison["within_noise"] else ""))
+        auc = "-" if test.get("auc") is None else f"{test['auc']:.3f}"
         extra = (f"{test['offensive_rate']:.3f} | {test['sentiment']:+.3f} | "
                  f"{test['side_refusal_rate'] if test['side_refusal_rate'] is not None else '-'} |" if generation
-                 else f"{test['auc'] if test.get('auc') is not None else '-'} | {test['greedy_accuracy']:.3f} |")
+                 else f"{auc} | {test['greedy_accuracy']:.3f} |")
         lines.append(f"| {method} | {setting} | {test['score']:.3f} | {versus} | {trial['kl']:.3f} | "
                      f"{trial['perplexity_ratio']:.2f} | {extra}")
     return lines
