@@ -102,8 +102,7 @@ def build(name: str, args) -> dict:
     started = time.perf_counter()
     candidates, n_pairs, capture_seconds = capture_candidates(name, args)
 
-    llm = SteeredLlama(str(models.fetch(name)), n_ctx=512, logits_all=True, verbose=False, n_threads=args.threads,
-                       n_threads_batch=args.threads)
+    llm = open_quantized(name, args)
     dev_limit = args.dev_limit
     base = run(llm, task, "dev", None, None, dev_limit)
     trials = [Trial("unsteered", "-", base)]
@@ -137,7 +136,7 @@ def build(name: str, args) -> dict:
     shipped = None
     if winner is not None and not args.quick:
         trial = chosen[winner]
-        shipped = ship(name, winner, trial.method, trial.setting, trial.profile, comparisons[winner])
+        shipped = ship(name, trial.method, trial.setting, trial.profile, comparisons[winner])
     return {"model": name, "pairs": n_pairs, "capture_seconds": capture_seconds,
             "seconds": time.perf_counter() - started, "budgets": list(args.budgets),
             "dev": [t.summary(base) for t in trials],
@@ -145,6 +144,12 @@ def build(name: str, args) -> dict:
             "test": {m: {k: v for k, v in r.items() if k != "items"} for m, r in test.items()},
             "test_items": {m: r["items"] for m, r in test.items()},
             "comparisons": comparisons, "winner": winner, "profile": shipped}
+
+
+def open_quantized(name: str, args) -> SteeredLlama:
+    """The shipped quantized file of a built-in model, where every measurement runs."""
+    return SteeredLlama(str(models.fetch(name)), n_ctx=512, logits_all=True, verbose=False, n_threads=args.threads,
+                        n_threads_batch=args.threads)
 
 
 def setting_name(budget: float, strength: float) -> str:
@@ -166,7 +171,7 @@ def choose_winner(comparisons: dict, carried: list[str]) -> str | None:
     return min(safe or carried, key=lambda m: comparisons[m]["offensive_rate"])
 
 
-def ship(name: str, winner: str, method: str, setting: str, profile: Profile, comparison: dict) -> str:
+def ship(name: str, method: str, setting: str, profile: Profile, comparison: dict) -> str:
     """Write the detox profile of `name`; return its path relative to the repository."""
     profile = dataclasses.replace(profile, name="detox", model=fingerprint_file(models.fetch(name)), extra={
         **profile.extra, "method": method, "setting": setting, "task": "detox",
@@ -194,15 +199,14 @@ def reship(name: str, path: Path, args) -> None:
     else:
         budget = float(chosen["setting"].split()[1])
         candidates, _, _ = capture_candidates(name, args)
-        llm = SteeredLlama(str(models.fetch(name)), n_ctx=512, logits_all=True, verbose=False,
-                           n_threads=args.threads, n_threads_batch=args.threads)
+        llm = open_quantized(name, args)
         calibration = calibrate(llm, candidates[chosen["method"]], kl=budget)
         if setting_name(budget, calibration.strength) != chosen["setting"]:
             raise SystemExit(f"{name}: calibration gave {setting_name(budget, calibration.strength)}, the report "
                              f"has {chosen['setting']}: the inputs changed since the report; run the build again")
         profile = dataclasses.replace(calibrated(candidates[chosen["method"]], calibration), name="detox")
     report["winner"] = winner
-    report["profile"] = ship(name, winner, chosen["method"], chosen["setting"], profile, report["comparisons"][winner])
+    report["profile"] = ship(name, chosen["method"], chosen["setting"], profile, report["comparisons"][winner])
     path.write_text(json.dumps(report, indent=1, default=float) + "\n")
     print(f"{name}: shipped {winner} ({chosen['method']}, {chosen['setting']}); "
           f"{json.dumps(report['comparisons'][winner])}", flush=True)
@@ -212,8 +216,7 @@ def add_prompting(name: str, path: Path, args) -> None:
     """Asking the model, measured on test even where dev found it outside the fluency budget (users try it)."""
     report = json.loads(path.read_text())
     task = load_task("detox")
-    llm = SteeredLlama(str(models.fetch(name)), n_ctx=512, logits_all=True, verbose=False, n_threads=args.threads,
-                       n_threads_batch=args.threads)
+    llm = open_quantized(name, args)
     result = run(llm, task, "test", None, SYSTEM, args.test_limit)
     base = {**report["test"]["unsteered"], "items": report["test_items"]["unsteered"]}
     report["test"]["prompting"] = {k: v for k, v in result.items() if k != "items"}
