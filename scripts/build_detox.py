@@ -79,9 +79,8 @@ def run(llm, task, split: str, profile: Profile | None, system: str | None, limi
         llm.steering.set_profile(None)
 
 
-def capture_candidates(name: str, args) -> tuple[dict[str, Profile], int, float]:
+def capture_candidates(name: str, task, args) -> tuple[dict[str, Profile], int, float]:
     """One capture pass over the training pairs on the float32 copy: the uncalibrated profile of every method."""
-    task = load_task("detox")
     started = time.perf_counter()
     pairs = task.train[: args.pairs] if args.pairs else task.train
     with PairCapture(models.float_copy(name), pairs, sites.SITES, n_threads=args.threads, progress=False) as capture:
@@ -100,7 +99,7 @@ def capture_candidates(name: str, args) -> tuple[dict[str, Profile], int, float]
 def build(name: str, args) -> dict:
     task = load_task("detox")
     started = time.perf_counter()
-    candidates, n_pairs, capture_seconds = capture_candidates(name, args)
+    candidates, n_pairs, capture_seconds = capture_candidates(name, task, args)
 
     llm = open_quantized(name, args)
     dev_limit = args.dev_limit
@@ -198,7 +197,7 @@ def reship(name: str, path: Path, args) -> None:
         profile = current
     else:
         budget = float(chosen["setting"].split()[1])
-        candidates, _, _ = capture_candidates(name, args)
+        candidates, _, _ = capture_candidates(name, load_task("detox"), args)
         llm = open_quantized(name, args)
         calibration = calibrate(llm, candidates[chosen["method"]], kl=budget)
         if setting_name(budget, calibration.strength) != chosen["setting"]:

@@ -25,6 +25,7 @@ from ..ggufio.layout import scan
 from ..runtime import limits
 from ..runtime.steered_llama import SteeredLlama
 from .pairs import Pair, TokenPair, chat_renderer, conversation_renderer, tokenize_pairs
+from .weights import MEASURED_TYPES
 
 MAX_PAIR_TOKENS = 2048  # one pair's text; its two tails go through one decode
 
@@ -223,8 +224,6 @@ class Reducer(Protocol):
 
 def warn_if_unmeasured(model_path: str | Path) -> None:
     import warnings
-
-    from .weights import MEASURED_TYPES
 
     types = {tensor.ggml_type.name for tensor in scan(model_path).tensors if len(tensor.shape) >= 2}
     unmeasured = sorted(types - MEASURED_TYPES)
