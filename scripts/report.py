@@ -67,8 +67,9 @@ def plot_pareto(report: dict, path: Path, score_name: str) -> None:
 def budget_table(report: dict, budget: str) -> list[str]:
     generation = report["task_kind"] == "generation"
     chosen, tests, comparisons = report["chosen"][budget], report["test"][budget], report["comparisons"].get(budget, {})
-    head = ("| method | dev-chosen setting | test score | vs AUSteer (95% CI) | KL | perplexity ratio | "
-            + ("offensive rate | VADER | harmless refusals |" if generation else "AUC | greedy 1-token acc. |"))
+    head = ("| method | dev-chosen setting | test score | vs AUSteer (95% CI) | KL (dev) | neutral ppl ratio (dev) | "
+            + ("offensive rate | VADER | harmless refusals | test ppl / unsteered | test distinct-2 / unsteered |"
+               if generation else "AUC | greedy 1-token acc. |"))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for method in METHODS:
         if method not in tests:
@@ -82,7 +83,9 @@ def budget_table(report: dict, budget: str) -> list[str]:
             + (" within noise" if comparison["within_noise"] else ""))
         auc = "-" if test.get("auc") is None else f"{test['auc']:.3f}"
         extra = (f"{test['offensive_rate']:.3f} | {test['sentiment']:+.3f} | "
-                 f"{test['side_refusal_rate'] if test['side_refusal_rate'] is not None else '-'} |" if generation
+                 f"{test['side_refusal_rate'] if test['side_refusal_rate'] is not None else '-'} | "
+                 f"{test['perplexity'] / tests['unsteered']['perplexity']:.2f} | "
+                 f"{test['distinct2'] / tests['unsteered']['distinct2']:.2f} |" if generation
                  else f"{auc} | {test['greedy_accuracy']:.3f} |")
         lines.append(f"| {method} | {setting} | {test['score']:.3f} | {versus} | {trial['kl']:.3f} | "
                      f"{trial['perplexity_ratio']:.2f} | {extra}")

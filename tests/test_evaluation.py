@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -113,6 +114,16 @@ def tiny_task(kind: str) -> Task:
     return GenerationTask("tiny-generation", train, words[:2], words[2:4], "test fixture")
 
 
+def test_a_budget_refuses_repetitive_generations_that_pass_kl_and_perplexity():
+    from austeer_gguf.evaluation.sweep import Budget, Setting, Trial
+
+    budget = Budget("tight", 0.1, 1.1)
+    fluent = Trial(Setting("austeer"), kl=0.05, perplexity_ratio=0.9, score=0.5, distinct2_ratio=0.95)
+    looping = dataclasses.replace(fluent, distinct2_ratio=0.5)
+    choice = dataclasses.replace(fluent, distinct2_ratio=None)
+    assert fluent.within(budget) and choice.within(budget) and not looping.within(budget)
+
+
 @pytest.mark.parametrize("kind", ["choice", "generation"])
 def test_the_matched_cost_sweep_and_its_report(tiny_f32, tmp_path, kind):
     from austeer_gguf.evaluation.sweep import Budget
@@ -138,6 +149,9 @@ def test_the_matched_cost_sweep_and_its_report(tiny_f32, tmp_path, kind):
     assert "austeer" in loose and "caa-range" in loose
     if kind == "generation":
         assert len(loose["unsteered"]["items"]) == 2 * len(tiny_task(kind).test)  # two sampled runs, per item
+        assert all(t.distinct2_ratio is not None for t in measured) and measured[0].distinct2_ratio == 1.0
+    else:
+        assert all(t.distinct2_ratio is None for t in measured)
     assert llm.steering.profile is None  # left unsteered
     model_dir = tmp_path / "tiny"
     model_dir.mkdir()

@@ -18,9 +18,11 @@ For one model and one task:
    under steering scored by the unsteered model, over the unsteered continuations). Every method gets the same
    number of dev trials (prompting, which has no axis, one); the counts are reported.
 3. Budgets: a setting is within a budget when both its KL and its perplexity ratio are (tight: KL <= 0.1 and
-   perplexity <= 1.1x; loose: 0.3 and 1.3x). For each budget, each method's best dev setting within it is
-   measured once on test, per item (generation tasks: `seeds` sampled runs), and compared with AUSteer's by a
-   paired bootstrap 95% interval of the difference; an interval that contains 0 is within noise.
+   perplexity <= 1.1x; loose: 0.3 and 1.3x) and, on generation tasks, its dev texts keep at least 0.8x the
+   unsteered distinct bigrams (a loop has a low perplexity: it passes the other two). For each budget, each
+   method's best dev setting within it is measured once on test, per item (generation tasks: `seeds` sampled
+   runs; harmless refusals on the first), and compared with AUSteer's by a paired bootstrap 95% interval of
+   the difference; an interval that contains 0 is within noise.
 Settings are chosen on dev only; test is touched once per (method, budget).
 """
 
@@ -51,6 +53,7 @@ class Budget:
     name: str
     kl: float
     perplexity: float
+    distinct2: float = 0.8  # generation tasks: distinct bigrams of the dev texts, steered / unsteered, at least
 
 
 BUDGETS = (Budget("tight", 0.1, 1.1), Budget("loose", 0.3, 1.3))
@@ -83,11 +86,13 @@ class Trial:
     kl: float
     perplexity_ratio: float | None = None
     score: float | None = None  # the task's dev score (None: screened only)
+    distinct2_ratio: float | None = None  # generation tasks: distinct bigrams of the dev texts over unsteered's
     result: dict | None = None
 
     def within(self, budget: Budget) -> bool:
         return (self.score is not None and self.kl <= budget.kl and self.perplexity_ratio is not None
-                and self.perplexity_ratio <= budget.perplexity)
+                and self.perplexity_ratio <= budget.perplexity
+                and (self.distinct2_ratio is None or self.distinct2_ratio >= budget.distinct2))
 
 
 @dataclass
@@ -148,6 +153,7 @@ class Sweeper:
         self.control: ControlVector | None = None
         self._kl: NeutralKL | None = None  # side effects, made once the model's unsteered outputs are known
         self._fluency: PerplexityRatio | None = None
+        self._baseline_distinct2: float | None = None
         self._tested: dict[Setting, dict] = {}
 
     # ---- settings -------------------------------------------------------------------------------------
@@ -226,6 +232,11 @@ class Sweeper:
         self._apply(trial.setting)
         trial.perplexity_ratio = 1.0 if trial.setting.method in ("unsteered", "prompting") else self._fluency()
         trial.score = float(self.task.score(result))
+        if self.task.kind == "generation":
+            if self._baseline_distinct2 is None:  # the first measurement is the unsteered one
+                self._baseline_distinct2 = result.distinct2
+            base = self._baseline_distinct2
+            trial.distinct2_ratio = result.distinct2 / base if base > 0 else 1.0
         data = result.to_dict()
         for key in ("predictions", "items", "labels", "margins"):
             data.pop(key, None)
@@ -312,8 +323,9 @@ class Sweeper:
             result = self._evaluate(setting, "test").to_dict()
             result["score"] = result["balanced_accuracy"]
             return result
-        runs = [self._evaluate(setting, "test", temperature=self.config.temperature, seed=1000 * seed)
-                for seed in range(self.config.seeds)]
+        # Refusals of harmless requests are a side check: measured on the first seed's run only.
+        runs = [self._evaluate(setting, "test", temperature=self.config.temperature, seed=1000 * seed,
+                               side=seed == 0) for seed in range(self.config.seeds)]
         items = [dict(item, seed=seed) for seed, run in enumerate(runs) for item in run.items]
         merged = runs[0].to_dict()
         for key in ("sentiment", "offensive", "offensive_rate", "refusal_rate", "distinct2", "side_refusal_rate"):

@@ -110,15 +110,16 @@ class GenerationTask(Task):
 
     def evaluate(self, llm, split: str, *, limit: int | None = None, max_tokens: int = 32,
                  temperature: float = 0.0, seed: int = 0, system: str | None = None, prompted: bool = False,
-                 **_) -> GenerationResult:
+                 side: bool = True, **_) -> GenerationResult:
         """`prompted`: asking the model, with the task's instruction as a system turn (chat) or before the text;
-        `system`: another system turn."""
+        `system`: another system turn; `side`: also the harmless side prompts (refusals)."""
         task = self
         if prompted and not self.chat:
             task = dataclasses.replace(self, frame=f"{self.instruction} {self.frame}")
         elif prompted:
             system = self.instruction
-        return evaluate.evaluate_generation(llm, task, self.split(split, limit), self.side(split, limit),
+        side_prompts = self.side(split, limit) if side else []
+        return evaluate.evaluate_generation(llm, task, self.split(split, limit), side_prompts,
                                             max_tokens=max_tokens, temperature=temperature, seed=seed, system=system)
 
     def score(self, result: GenerationResult, baseline: GenerationResult | None = None, *,
