@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Turn matched-cost sweep results (reports/evidence/<model>/<task>.json) into reports/evidence/<model>.md with
 Pareto plots: one per task, the dev score of every method's measured settings against their side effect
-(KL on neutral text, and the perplexity ratio of neutral continuations), each method's frontier as a line.
+(KL on neutral text, and the perplexity ratio of neutral continuations), each method's frontier as a line;
+and reports/evidence/summary.md, the headline tables: every model and task, each budget.
 
     .venv/bin/python scripts/report.py                       # every model under reports/evidence
     .venv/bin/python scripts/report.py --reports DIR --models smollm2
@@ -24,8 +25,13 @@ COLORS = dict(zip(METHODS, ["tab:red", "tab:orange", "tab:olive", "tab:pink", "t
                             "tab:purple", "black"]))
 
 
+TASK_ORDER = ["word-polarity", "word-polarity-question", "sentiment", "detox"]
+
+
 def load(model_dir: Path) -> dict[str, dict]:
-    return {path.stem: json.loads(path.read_text()) for path in sorted(model_dir.glob("*.json"))}
+    paths = sorted(model_dir.glob("*.json"), key=lambda p: (TASK_ORDER.index(p.stem) if p.stem in TASK_ORDER
+                                                           else len(TASK_ORDER), p.stem))
+    return {path.stem: json.loads(path.read_text()) for path in paths}
 
 
 def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -127,6 +133,49 @@ def write_model_report(model: str, reports: dict[str, dict], out_dir: Path) -> P
     return path
 
 
+HEADLINE_METHODS = ["unsteered", "austeer", "single-unit", "whole-layer", "random-units", "caa-layer", "caa-range",
+                    "prompting", "prompting+austeer"]
+
+
+def headline_cell(report: dict, budget: str, method: str) -> str:
+    """The test figure of a method (offensive rate for detox, else the score), bold when better than AUSteer and
+    italic when worse (95% interval clear of 0), plain within noise; "-" when no setting was within budget."""
+    test = report["test"][budget].get(method)
+    if test is None:
+        return "-"
+    value = test["offensive_rate"] if report["task"] == "detox" else test["score"]
+    comparison = report["comparisons"].get(budget, {}).get(method)
+    text = f"{value:.3f}"
+    if comparison is None or comparison["within_noise"]:
+        return text
+    return f"**{text}**" if comparison["difference"] > 0 else f"_{text}_"
+
+
+def write_summary(all_reports: dict[str, dict[str, dict]], out_dir: Path) -> Path:
+    measure = {"detox": "offensive rate, lower is better", "sentiment": "VADER compound"}
+    lines = ["# Matched-cost evidence: every model and task", "",
+             "Test figures of each method's dev-chosen setting within the budget. **Bold**: better than AUSteer, "
+             "_italic_: worse, both with a paired bootstrap 95% interval clear of 0; plain: within noise of AUSteer; "
+             "-: no dev setting within the budget. Choice tasks: balanced accuracy.", ""]
+    budgets = next(iter(next(iter(all_reports.values())).values()))["config"]["budgets"]
+    for budget in budgets:
+        lines += [f"## Budget {budget['name']}: KL <= {budget['kl']}, perplexity <= {budget['perplexity']}x", ""]
+        head = "| model / task | " + " | ".join(HEADLINE_METHODS) + " | minutes |"
+        lines += [head, "|" + "---|" * (head.count("|") - 1)]
+        for model, reports in all_reports.items():
+            for task, report in reports.items():
+                name = f"{task} ({measure[task]})" if task in measure else task
+                cells = [headline_cell(report, budget["name"], method) for method in HEADLINE_METHODS]
+                minutes = sum(report["seconds"].values()) / 60
+                lines.append(f"| {model} / {name} | " + " | ".join(cells) + f" | {minutes:.0f} |")
+        lines.append("")
+    total = sum(sum(r["seconds"].values()) for reports in all_reports.values() for r in reports.values()) / 60
+    lines += [f"Wall time of the runs above: {total:.0f} min on 2 cores.", ""]
+    path = out_dir / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reports", default="reports/evidence")
@@ -134,10 +183,11 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.reports)
     names = args.models.split(",") if args.models else sorted(p.name for p in root.iterdir() if p.is_dir())
-    for name in names:
-        reports = load(root / name)
-        if reports:
-            print(write_model_report(name, reports, root))
+    all_reports = {name: reports for name in names if (reports := load(root / name))}
+    for name, reports in all_reports.items():
+        print(write_model_report(name, reports, root))
+    if all_reports:
+        print(write_summary(all_reports, root))
 
 
 if __name__ == "__main__":

@@ -161,6 +161,8 @@ def test_the_matched_cost_sweep_and_its_report(tiny_f32, tmp_path, kind):
     assert result.returncode == 0, result.stderr
     markdown = (tmp_path / "tiny.md").read_text()
     assert "| austeer |" in markdown and "### Budget tight" in markdown and "Dev trials per method" in markdown
+    summary = (tmp_path / "summary.md").read_text()
+    assert f"| tiny / {kind} |" in summary and "## Budget loose" in summary
     image = tmp_path / f"tiny-{kind}-pareto.png"
     assert image.stat().st_size > 10_000 and f"({image.name})" in markdown
 
