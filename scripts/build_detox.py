@@ -35,6 +35,7 @@ import numpy as np
 from austeer_gguf import Profile, SteeredLlama, Unit, models, sites
 from austeer_gguf.evaluation import metrics
 from austeer_gguf.evaluation.calibrate import calibrate, calibrated
+from austeer_gguf.evaluation.sweep import DISTINCT2_RATIO
 from austeer_gguf.evaluation.tasks import load_task
 from austeer_gguf.fingerprint import fingerprint_file
 from austeer_gguf.localization.capture import PairCapture
@@ -47,7 +48,6 @@ BUDGETS = (0.025, 0.05, 0.1, 0.2, 0.4)
 K = 100
 MAX_TOKENS = 24
 PERPLEXITY_LIMIT = 1.1
-DISTINCT_LIMIT = 0.8  # distinct bigrams of the replies, steered / unsteered: loops pass a perplexity budget
 REFUSAL_SLACK = 0.02
 
 
@@ -256,7 +256,7 @@ def compare(result: dict, base: dict) -> dict:
 
 
 def keeps_fluency(perplexity_ratio: float, result: dict, base: dict) -> bool:
-    return perplexity_ratio <= PERPLEXITY_LIMIT and result["distinct2"] >= DISTINCT_LIMIT * base["distinct2"]
+    return perplexity_ratio <= PERPLEXITY_LIMIT and result["distinct2"] >= DISTINCT2_RATIO * base["distinct2"]
 
 
 def main() -> None:

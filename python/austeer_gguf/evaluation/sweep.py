@@ -47,13 +47,15 @@ from .calibrate import PerplexityRatio
 from .evaluate import NeutralKL
 from .tasks import Task
 
+DISTINCT2_RATIO = 0.8  # distinct bigrams of generated texts, steered / unsteered, at least: loops pass perplexity
+
 
 @dataclass(frozen=True)
 class Budget:
     name: str
     kl: float
     perplexity: float
-    distinct2: float = 0.8  # generation tasks: distinct bigrams of the dev texts, steered / unsteered, at least
+    distinct2: float = DISTINCT2_RATIO  # generation tasks only, on the dev texts
 
 
 BUDGETS = (Budget("tight", 0.1, 1.1), Budget("loose", 0.3, 1.3))
