@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..localization.pairs import conversation_renderer
 from . import metrics
-from .scoring import answer_tokens, token_logprobs
+from .scoring import answer_tokens, last_logits_only, logits_from, token_logprobs
 
 if TYPE_CHECKING:
     from .tasks import ChoiceItem, GenerationTask
@@ -85,8 +85,7 @@ def choice_logprobs(llm, item: ChoiceItem) -> tuple[np.ndarray, int]:
     sequences = [answer_tokens(llm, item.prompt, choice) for choice in item.choices]
     common = min(start for _, start in sequences)
     first_tokens = sequences[0][0]
-    llm.reset()
-    llm.eval(first_tokens[:common])
+    logits_from(llm, first_tokens[:common], common - 1)
     greedy = int(np.argmax(llm.scores[common - 1]))
     scores = []
     for tokens, start in sequences:
@@ -163,13 +162,14 @@ def generate(llm, prompts: Sequence[str | Prompt], *, chat: bool, max_tokens: in
         tokens = llm.tokenize(render(prompt).encode("utf-8"), add_bos=True, special=True)
         llm.set_seed(seed + index)
         generated: list[int] = []
-        for token in llm.generate(tokens, temp=temperature):
-            if llama_cpp.llama_vocab_is_eog(vocab, token):
-                break
-            generated.append(token)
-            if len(generated) >= max_tokens or (stop and stop in llm.detokenize(generated[-4:]).decode(
-                    "utf-8", errors="replace")):
-                break
+        with last_logits_only(llm):
+            for token in llm.generate(tokens, temp=temperature):
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    break
+                generated.append(token)
+                if len(generated) >= max_tokens or (stop and stop in llm.detokenize(generated[-4:]).decode(
+                        "utf-8", errors="replace")):
+                    break
         text = llm.detokenize(generated).decode("utf-8", errors="replace")
         if stop:
             text = text.split(stop)[0]
@@ -191,8 +191,7 @@ def perplexities(llm, prompts: Sequence[str | Prompt], texts: Sequence[str], *, 
                 values.append(float("inf"))
                 continue
             tokens, start = answer_tokens(llm, render(prompt), text)
-            llm.reset()
-            llm.eval(tokens)
+            logits_from(llm, tokens, start - 1)
             values.append(float(np.exp(-token_logprobs(llm, tokens, start).mean())))
     return values
 

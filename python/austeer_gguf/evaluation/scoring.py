@@ -1,6 +1,15 @@
-"""Log-likelihood of an answer after a prompt under a (steered) model."""
+"""Log-likelihood of an answer after a prompt under a (steered) model.
+
+The model is opened with logits_all=True, which makes llama-cpp-python 0.3.36 compute and copy the logits of
+every evaluated position. Scoring needs only the rows from the answer on, and sampling only the last: the
+unembedding of Gemma-3's 262k-token vocabulary costs more per position than its layers, so the positions
+before those rows are evaluated without logits (`logits_from`, `last_logits_only`).
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -31,6 +40,26 @@ def token_logprobs(llm, tokens: list[int], start: int) -> np.ndarray:
 def answer_logprob(llm, prompt: str, answer: str) -> float:
     """Sum of the log-probabilities of the answer's tokens. `llm` must be opened with logits_all=True."""
     tokens, start = answer_tokens(llm, prompt, answer)
-    llm.reset()
-    llm.eval(tokens)
+    logits_from(llm, tokens, start - 1)
     return float(token_logprobs(llm, tokens, start).sum())
+
+
+def logits_from(llm, tokens: list[int], first_row: int) -> None:
+    """Evaluate `tokens` on an empty cache, with logits rows (in `llm.scores`) from `first_row` on only."""
+    llm.reset()
+    if first_row > 0:
+        with last_logits_only(llm):
+            llm.eval(tokens[:first_row])
+    llm.eval(tokens[first_row:])
+
+
+@contextlib.contextmanager
+def last_logits_only(llm) -> Iterator[None]:
+    """Evaluate without copying every position's logits: only the last position's are computed, in the
+    context (where llama-cpp-python's sampler reads them); `llm.scores` is not written."""
+    previous = llm._logits_all  # llama-cpp-python 0.3.36 reads it at every eval: the batch's logits flags
+    llm._logits_all = False
+    try:
+        yield
+    finally:
+        llm._logits_all = previous
