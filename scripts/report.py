@@ -16,6 +16,9 @@ from pathlib import Path
 
 import matplotlib
 
+from austeer_gguf.evaluation.sweep import compare
+from austeer_gguf.evaluation.tasks import load_task
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -31,7 +34,17 @@ TASK_ORDER = ["word-polarity", "word-polarity-question", "sentiment", "detox"]
 def load(model_dir: Path) -> dict[str, dict]:
     paths = sorted(model_dir.glob("*.json"), key=lambda p: (TASK_ORDER.index(p.stem) if p.stem in TASK_ORDER
                                                            else len(TASK_ORDER), p.stem))
-    return {path.stem: json.loads(path.read_text()) for path in paths}
+    return {path.stem: with_holm(json.loads(path.read_text())) for path in paths}
+
+
+def with_holm(report: dict) -> dict:
+    """Reports written before the comparisons carried p-values and Holm's check get them from their per-item
+    test results (the same bootstrap, so the same intervals)."""
+    for budget, results in report["test"].items():
+        stored = report["comparisons"].get(budget, {})
+        if not all("holm" in comparison for comparison in stored.values()):
+            report["comparisons"][budget] = compare(load_task(report["task"]), results)
+    return report
 
 
 def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -85,8 +98,9 @@ def budget_table(report: dict, budget: str) -> list[str]:
                            if v not in (None, False) and k != "method") or "-"
         comparison = comparisons.get(method)
         versus = "-" if comparison is None else (
-            f"{comparison['difference']:+.3f} ({comparison['ci'][0]:+.3f}..{comparison['ci'][1]:+.3f})"
-            + (" within noise" if comparison["within_noise"] else ""))
+            f"{comparison['difference']:+.3f} ({comparison['ci'][0]:+.3f}..{comparison['ci'][1]:+.3f}, "
+            f"{p_value(comparison['p'])})" + (" within noise" if comparison["within_noise"] else "")
+            + (" holds after Holm" if comparison["holm"] else ""))
         auc = "-" if test.get("auc") is None else f"{test['auc']:.3f}"
         extra = (f"{test['offensive_rate']:.3f} | {test['sentiment']:+.3f} | "
                  f"{test['side_refusal_rate'] if test['side_refusal_rate'] is not None else '-'} | "
@@ -98,12 +112,18 @@ def budget_table(report: dict, budget: str) -> list[str]:
     return lines
 
 
+def p_value(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p {p:.3f}"
+
+
 def write_model_report(model: str, reports: dict[str, dict], out_dir: Path) -> Path:
     lines = [f"# AUSteer on {model}: matched-cost evidence", "",
              "Localized on the float32 copy (train pairs); every method screened along its strength axis by KL on "
              "neutral text, the same number of settings per method measured on dev, each method's best dev setting "
              "within a side-effect budget measured once on test. Differences against AUSteer: paired bootstrap 95% "
-             "intervals over test items; an interval containing 0 is within noise.", ""]
+             "intervals over test items and p-values; an interval containing 0 is within noise; \"holds after "
+             "Holm\": the difference stays significant after Holm's correction over the budget's comparisons "
+             "(family-wise 5%).", ""]
     for task, report in reports.items():
         generation = report["task_kind"] == "generation"
         score_name = ("-offensive rate" if report["task"] == "detox" else "VADER compound") if generation \
@@ -139,7 +159,8 @@ HEADLINE_METHODS = ["unsteered", "austeer", "single-unit", "whole-layer", "rando
 
 def headline_cell(report: dict, budget: str, method: str) -> str:
     """The test figure of a method (offensive rate for detox, else the score), bold when better than AUSteer and
-    italic when worse (95% interval clear of 0), plain within noise; "-" when no setting was within budget."""
+    italic when worse (95% interval clear of 0), plain within noise, with a dagger when the difference holds
+    after Holm's correction over the row; "-" when no setting was within budget."""
     test = report["test"][budget].get(method)
     if test is None:
         return "-"
@@ -148,7 +169,8 @@ def headline_cell(report: dict, budget: str, method: str) -> str:
     text = f"{value:.3f}"
     if comparison is None or comparison["within_noise"]:
         return text
-    return f"**{text}**" if comparison["difference"] > 0 else f"_{text}_"
+    text = f"**{text}**" if comparison["difference"] > 0 else f"_{text}_"
+    return text + (" †" if comparison["holm"] else "")
 
 
 def write_summary(all_reports: dict[str, dict[str, dict]], out_dir: Path) -> Path:
@@ -156,6 +178,7 @@ def write_summary(all_reports: dict[str, dict[str, dict]], out_dir: Path) -> Pat
     lines = ["# Matched-cost evidence: every model and task", "",
              "Test figures of each method's dev-chosen setting within the budget. **Bold**: better than AUSteer, "
              "_italic_: worse, both with a paired bootstrap 95% interval clear of 0; plain: within noise of AUSteer; "
+             "†: the difference also holds after Holm's correction over the row's comparisons (family-wise 5%). "
              "-: no dev setting within the budget. Choice tasks: balanced accuracy.", ""]
     budgets = next(iter(next(iter(all_reports.values())).values()))["config"]["budgets"]
     for budget in budgets:

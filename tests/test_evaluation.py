@@ -177,6 +177,7 @@ def test_the_matched_cost_sweep_and_its_report(tiny_f32, tmp_path, kind):
         for comparison in report.comparisons[budget.name].values():
             low, high = comparison["ci"]
             assert low <= high and comparison["within_noise"] == (low <= 0 <= high)
+            assert 0 < comparison["p"] <= 1 and (not comparison["holm"] or not comparison["within_noise"])
     loose = report.test["loose"]
     assert "austeer" in loose and "caa-range" in loose
     if kind == "generation":
@@ -243,6 +244,18 @@ def test_auc_and_the_paired_bootstrap_on_known_inputs():
     noise = rng.standard_normal(400)
     low, high = metrics.paired_bootstrap(lambda i: noise[i].mean(), 400)
     assert low < 0 < high and high - low < 0.3
+    assert metrics.paired_bootstrap_test(lambda i: a[i].mean() - b[i].mean(), 200) == (1.0, 1.0, 1 / 2000)
+    assert metrics.paired_bootstrap_test(lambda i: noise[i].mean(), 400)[2] > 0.05
+    shifted = noise + 0.3  # a mean 0.3 = 6 standard errors from 0
+    assert metrics.paired_bootstrap_test(lambda i: shifted[i].mean(), 400)[2] == 1 / 2000
+
+
+def test_holm_steps_down_from_the_smallest_p_value():
+    # m = 4: 0.01 <= 0.05/4 holds; 0.02 <= 0.05/3 fails, so it and every larger p-value are kept
+    assert metrics.holm({"a": 0.02, "b": 0.01, "c": 0.04, "d": 0.5}) == {"b": True, "a": False, "c": False,
+                                                                         "d": False}
+    assert metrics.holm({"a": 0.001, "b": 0.02, "c": 0.024}) == {"a": True, "b": True, "c": True}
+    assert metrics.holm({}) == {}
 
 
 def test_polarity_splits_keep_each_stem_in_one_split_and_both_framings_share_words():

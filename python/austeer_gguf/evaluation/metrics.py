@@ -91,7 +91,29 @@ def auc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
 def paired_bootstrap(statistic, n_items: int, *, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
     """95% interval of statistic(indices) over resamples of the items (with replacement): for a paired
     comparison, `statistic` computes method A minus method B on the same resampled items."""
+    low, high, _ = paired_bootstrap_test(statistic, n_items, resamples=resamples, seed=seed)
+    return low, high
+
+
+def paired_bootstrap_test(statistic, n_items: int, *, resamples: int = 2000,
+                          seed: int = 0) -> tuple[float, float, float]:
+    """The 95% interval of `paired_bootstrap` and a two-sided p-value for "the statistic is 0": twice the share
+    of resamples on the far side of 0 (at least 1 / resamples; below 0.05 exactly when the interval excludes 0,
+    up to how percentiles interpolate)."""
     rng = np.random.default_rng(seed)
-    values = [statistic(rng.integers(0, n_items, n_items)) for _ in range(resamples)]
+    values = np.array([statistic(rng.integers(0, n_items, n_items)) for _ in range(resamples)])
     low, high = np.percentile(values, [2.5, 97.5])
-    return float(low), float(high)
+    far_side = min(np.mean(values <= 0), np.mean(values >= 0))
+    return float(low), float(high), float(min(1.0, max(2 * far_side, 1 / resamples)))
+
+
+def holm(p_values: dict[str, float], alpha: float = 0.05) -> dict[str, bool]:
+    """Which hypotheses Holm's step-down procedure rejects at family-wise error `alpha`: the i-th smallest
+    p-value (from 0) against alpha / (m - i), stopping at the first that fails."""
+    rejected, m = {}, len(p_values)
+    ordered = sorted(p_values.items(), key=lambda item: item[1])
+    still = True
+    for index, (name, p) in enumerate(ordered):
+        still = still and p <= alpha / (m - index)
+        rejected[name] = still
+    return rejected

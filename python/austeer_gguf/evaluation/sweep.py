@@ -22,7 +22,8 @@ For one model and one task:
    unsteered distinct bigrams (a loop has a low perplexity: it passes the other two). For each budget, each
    method's best dev setting within it is measured once on test, per item (generation tasks: `seeds` sampled
    runs; harmless refusals on the first), and compared with AUSteer's by a paired bootstrap 95% interval of
-   the difference; an interval that contains 0 is within noise.
+   the difference; an interval that contains 0 is within noise. Holm's correction over a budget's comparisons
+   says which differences also hold family-wise (`compare`).
 Settings are chosen on dev only; test is touched once per (method, budget).
 """
 
@@ -299,7 +300,7 @@ class Sweeper:
             report.test[budget.name] = {method: self._test(trial.setting) for method, trial in chosen.items()}
             for method, result in report.test[budget.name].items():
                 log(f"  test {budget.name:5} {method:18} {result['score']:.3f}  ({chosen[method].setting.label()})")
-            report.comparisons[budget.name] = self._compare(report.test[budget.name])
+            report.comparisons[budget.name] = compare(self.task, report.test[budget.name])
         report.seconds["test"] = time.perf_counter() - clock
         self._apply(Setting("unsteered"))
         return report
@@ -338,21 +339,24 @@ class Sweeper:
         merged["score"] = float(self.task.sign * merged[self.task.behaviour])
         return merged
 
-    def _compare(self, results: dict[str, dict]) -> dict[str, dict]:
-        """Each method against AUSteer on the same test items: the difference of the task statistic with a
-        paired bootstrap 95% interval."""
-        if "austeer" not in results:
-            return {}
-        reference = results["austeer"]
-        out = {}
-        for method, result in results.items():
-            if method == "austeer":
-                continue
-            statistic, n = _paired_statistic(self.task, result, reference)
-            low, high = metrics.paired_bootstrap(statistic, n)
-            difference = result["score"] - reference["score"]
-            out[method] = {"difference": difference, "ci": (low, high), "within_noise": low <= 0 <= high}
-        return out
+def compare(task: Task, results: dict[str, dict]) -> dict[str, dict]:
+    """Each method against AUSteer on the same test items: the difference of the task statistic, a paired
+    bootstrap 95% interval (`within_noise` when it contains 0), its p-value, and whether the difference holds
+    after Holm's correction over the budget's comparisons (`holm`, family-wise 5%)."""
+    if "austeer" not in results:
+        return {}
+    reference = results["austeer"]
+    out = {}
+    for method, result in results.items():
+        if method == "austeer":
+            continue
+        statistic, n = _paired_statistic(task, result, reference)
+        low, high, p = metrics.paired_bootstrap_test(statistic, n)
+        difference = result["score"] - reference["score"]
+        out[method] = {"difference": difference, "ci": (low, high), "within_noise": low <= 0 <= high, "p": p}
+    for method, holds in metrics.holm({method: c["p"] for method, c in out.items()}).items():
+        out[method]["holm"] = holds and not out[method]["within_noise"]
+    return out
 
 
 def _paired_statistic(task: Task, a: dict, b: dict):
