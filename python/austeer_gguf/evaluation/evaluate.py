@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..localization.pairs import conversation_renderer
 from . import metrics
-from .scoring import answer_tokens, last_logits_only, logits_from, token_logprobs
+from .scoring import answer_logprobs, answer_tokens, last_logits_only, logits_from, token_logprobs
 
 if TYPE_CHECKING:
     from .tasks import ChoiceItem, GenerationTask
@@ -190,9 +190,7 @@ def perplexities(llm, prompts: Sequence[str | Prompt], texts: Sequence[str], *, 
             if not text.strip():
                 values.append(float("inf"))
                 continue
-            tokens, start = answer_tokens(llm, render(prompt), text)
-            logits_from(llm, tokens, start - 1)
-            values.append(float(np.exp(-token_logprobs(llm, tokens, start).mean())))
+            values.append(float(np.exp(-answer_logprobs(llm, render(prompt), text).mean())))
     return values
 
 

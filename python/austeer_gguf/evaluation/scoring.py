@@ -37,11 +37,16 @@ def token_logprobs(llm, tokens: list[int], start: int) -> np.ndarray:
     return log_softmax(rows)[np.arange(len(tokens) - start), tokens[start:]]
 
 
-def answer_logprob(llm, prompt: str, answer: str) -> float:
-    """Sum of the log-probabilities of the answer's tokens. `llm` must be opened with logits_all=True."""
+def answer_logprobs(llm, prompt: str, answer: str) -> np.ndarray:
+    """Log-probability of each of the answer's tokens after the prompt. `llm` must be opened with logits_all=True."""
     tokens, start = answer_tokens(llm, prompt, answer)
     logits_from(llm, tokens, start - 1)
-    return float(token_logprobs(llm, tokens, start).sum())
+    return token_logprobs(llm, tokens, start)
+
+
+def answer_logprob(llm, prompt: str, answer: str) -> float:
+    """Sum of the log-probabilities of the answer's tokens."""
+    return float(answer_logprobs(llm, prompt, answer).sum())
 
 
 def logits_from(llm, tokens: list[int], first_row: int) -> None:
