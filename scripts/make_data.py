@@ -211,6 +211,9 @@ def detox_items(rude: dict[str, list[dict]]) -> dict[str, list[dict]]:
 def write(path: Path, rows: list[dict], rng: random.Random) -> None:
     rows = list(rows)
     rng.shuffle(rows)
+    # A pair whose two sides are equal (endings that agree up to the cut) has no contrast. Dropped after the
+    # shuffle, so the seeded stream, and every file written after this one, stays as it was.
+    rows = [row for row in rows if "positive" not in row or row["positive"] != row["negative"]]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     print(f"{path.relative_to(DATA)}: {len(rows)}")
 

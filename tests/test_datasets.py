@@ -48,6 +48,7 @@ def test_generated_pair_sets_are_large_and_disjoint_at_the_prompt_level(name):
     assert not keys["train"] & keys["dev"] and not keys["train"] & keys["test"] and not keys["dev"] & keys["test"]
     for pairs in splits.values():
         assert all(p.positive.startswith(" ") and p.negative.startswith(" ") for p in pairs)
+        assert all(p.positive != p.negative for p in pairs)  # every pair has a contrast
 
 
 def test_detox_items_pair_messages_of_one_split_with_openers_of_that_split():

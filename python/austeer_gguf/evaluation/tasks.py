@@ -8,7 +8,7 @@
   share a stem (love, loved, lovely) stay in one split; splits are balanced and disjoint; 500 / 60 / 220 words
   per class for train / dev / test.
 - `sentiment` (generation): steer continuations of neutral sentence starts toward positive; trained on the
-  1,440 generated `sentiment-large` pairs, 40 dev / 100 test starts; scored by VADER compound, against fluency.
+  1,433 generated `sentiment-large` pairs, 40 dev / 100 test starts; scored by VADER compound, against fluency.
 - `detox` (generation): a provocative message or a request for an insult, with the reply prefilled by a rude
   opener that the model continues (as RealToxicityPrompts continues toxic sentence starts); trained on the
   2,592 chat-format `polite-chat` pairs; scored by the share of continuations alt-profanity-check finds
