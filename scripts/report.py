@@ -133,6 +133,10 @@ def write_model_report(model: str, reports: dict[str, dict], out_dir: Path) -> P
         counts = ", ".join(f"{m} {n}" for m, n in report["trial_counts"].items())
         lines += [f"## {task}", "", f"Data: {report['provenance']}; {report['n_pairs']} training pairs.", "",
                   f"Dev trials per method: {counts}.", ""]
+        if not generation:
+            unsteered = report["test"][report["config"]["budgets"][0]["name"]]["unsteered"]
+            lines += [f"Test: {unsteered['n']} items; majority baseline (always the commoner label) "
+                      f"{unsteered['majority_baseline']:.3f}, whose balanced accuracy is 0.500.", ""]
         for budget in report["config"]["budgets"]:
             lines += [f"### Budget {budget['name']}: KL <= {budget['kl']}, perplexity <= {budget['perplexity']}x", ""]
             lines += budget_table(report, budget["name"]) + [""]
@@ -179,7 +183,8 @@ def write_summary(all_reports: dict[str, dict[str, dict]], out_dir: Path) -> Pat
              "Test figures of each method's dev-chosen setting within the budget. **Bold**: better than AUSteer, "
              "_italic_: worse, both with a paired bootstrap 95% interval clear of 0; plain: within noise of AUSteer; "
              "†: the difference also holds after Holm's correction over the row's comparisons (family-wise 5%). "
-             "-: no dev setting within the budget. Choice tasks: balanced accuracy.", ""]
+             "-: no dev setting within the budget. Choice tasks: balanced accuracy (always giving one answer scores "
+             "0.500; the majority baselines are in the model reports).", ""]
     budgets = next(iter(next(iter(all_reports.values())).values()))["config"]["budgets"]
     for budget in budgets:
         lines += [f"## Budget {budget['name']}: KL <= {budget['kl']}, perplexity <= {budget['perplexity']}x", ""]
