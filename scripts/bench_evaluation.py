@@ -4,10 +4,13 @@
 A model opened with logits_all=True makes llama-cpp-python compute and copy the logits of every evaluated
 position. The evaluation reads only some (austeer_gguf/evaluation/scoring.py): sampling reads the last
 position's, scoring the rows from the answer on. Measured on the evidence run's own items, in rotating order
-in every round:
+in every round (way A / way B):
   generate   16 greedy tokens of detox items (chat template and prefill): every position's logits / the last only
   score      log-likelihood of prompt + reply (perplexity, choice answers): every row / the rows from the answer
-Printed: median milliseconds per item of each way and the median of the per-round ratios (all / read only).
+  decode8    8 positions after a prompt, last logits only: one llama_decode each / all 8 in one. Not built: it
+             bounds what decoding 8 prompts together (one token each per llama_decode) could save.
+Printed: median milliseconds per item (decode8: per position) of each way and the median of the per-round
+ratios (A / B).
 
     .venv/bin/python scripts/bench_evaluation.py                 # both built-in models, 5 rounds of 12 items
 """
@@ -52,6 +55,22 @@ def time_score(llm, sequences: list[tuple[list[int], int]], read_only: bool) -> 
     return (time.perf_counter() - start) / len(sequences)
 
 
+def time_decode(llm, contexts: list[list[int]], tokens: list[list[int]], together: bool) -> float:
+    elapsed = 0.0
+    with last_logits_only(llm):
+        for context, these in zip(contexts, tokens):
+            llm.reset()
+            llm.eval(context)
+            start = time.perf_counter()
+            if together:
+                llm.eval(these)
+            else:
+                for token in these:
+                    llm.eval([token])
+            elapsed += time.perf_counter() - start
+    return elapsed / sum(map(len, tokens))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="smollm2,gemma3", help="built-in names or GGUF paths")
@@ -75,7 +94,8 @@ def bench_model(path: str, items: list[Prompt], args: argparse.Namespace) -> Non
     sequences = [answer_tokens(llm, render(item), reply or " ...") for item, reply in zip(items, replies)]
 
     ways = {"generate": lambda read_only: time_generate(llm, prompts, args.max_tokens, read_only),
-            "score": lambda read_only: time_score(llm, sequences, read_only)}
+            "score": lambda read_only: time_score(llm, sequences, read_only),
+            "decode8": lambda together: time_decode(llm, prompts, [tokens[-8:] for tokens, _ in sequences], together)}
     seconds: dict[tuple[str, bool], list[float]] = {(part, r): [] for part in ways for r in (False, True)}
     for measure in ways.values():  # warm-up
         measure(False)
@@ -83,18 +103,17 @@ def bench_model(path: str, items: list[Prompt], args: argparse.Namespace) -> Non
     for round_index in range(args.rounds):
         order = [False, True] if round_index % 2 == 0 else [True, False]
         for part, measure in ways.items():
-            for read_only in order:
-                seconds[(part, read_only)].append(measure(read_only))
+            for way_b in order:
+                seconds[(part, way_b)].append(measure(way_b))
 
     mean_prompt = statistics.mean(len(tokens) for tokens in prompts)
     print(f"\nmodel {path}: vocabulary {llm.n_vocab()}, {len(items)} detox dev items (prompts of "
           f"{mean_prompt:.0f} tokens), {args.rounds} rounds, {args.threads} threads")
-    print(f"{'part':9} {'all logits ms':>14} {'read only ms':>13} {'all / read only':>16}")
+    print(f"{'part':9} {'way A ms':>10} {'way B ms':>10} {'A / B':>7}")
     for part in ways:
-        every, read = seconds[(part, False)], seconds[(part, True)]
-        ratio = statistics.median(a / b for a, b in zip(every, read))
-        print(f"{part:9} {1000 * statistics.median(every):14.1f} {1000 * statistics.median(read):13.1f} "
-              f"{ratio:16.2f}")
+        way_a, way_b = seconds[(part, False)], seconds[(part, True)]
+        ratio = statistics.median(a / b for a, b in zip(way_a, way_b))
+        print(f"{part:9} {1000 * statistics.median(way_a):10.1f} {1000 * statistics.median(way_b):10.1f} {ratio:7.2f}")
     llm.close()
 
 if __name__ == "__main__":
