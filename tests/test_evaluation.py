@@ -323,3 +323,24 @@ def test_the_detox_profile_ships_the_method_that_meets_the_target_else_the_one_t
     assert build_detox.choose_winner(looping, both) == "caa"
     assert build_detox.choose_winner({"austeer": comparison(0.3, 1.5), "caa": comparison(0.25, 1.4)}, both) == "caa"
     assert build_detox.choose_winner({}, []) is None
+
+
+def test_reports_written_before_holm_get_p_values_and_keep_their_intervals():
+    spec = importlib.util.spec_from_file_location("report", ROOT / "scripts" / "report.py")
+    report_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report_script)
+    stored = json.loads((ROOT / "reports" / "evidence" / "smollm2" / "word-polarity.json").read_text())
+    older = json.loads(json.dumps(stored))
+    for comparisons in older["comparisons"].values():
+        for comparison in comparisons.values():
+            comparison.pop("p", None)
+            comparison.pop("holm", None)
+    updated = report_script.with_holm(older)
+    for budget, comparisons in stored["comparisons"].items():
+        assert set(updated["comparisons"][budget]) == set(comparisons)
+        for method, comparison in comparisons.items():
+            new = updated["comparisons"][budget][method]
+            assert list(new["ci"]) == pytest.approx(comparison["ci"])  # the run's own bootstrap, recomputed
+            assert new["within_noise"] == comparison["within_noise"]
+            assert new["p"] <= 0.06 if not new["within_noise"] else new["p"] >= 0.04
+            assert not new["holm"] or not new["within_noise"]
