@@ -18,6 +18,7 @@ ratios (A / B).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -30,10 +31,7 @@ from austeer_gguf.evaluation.tasks import load_task
 def time_generate(llm, tokens_per_prompt: list[list[int]], max_tokens: int, read_only: bool) -> float:
     start = time.perf_counter()
     for tokens in tokens_per_prompt:  # as the evaluation runs them: a shared chat prefix is reused
-        if read_only:
-            with last_logits_only(llm):
-                _take(llm.generate(tokens, temp=0.0), max_tokens)
-        else:
+        with last_logits_only(llm) if read_only else contextlib.nullcontext():
             _take(llm.generate(tokens, temp=0.0), max_tokens)
     return (time.perf_counter() - start) / len(tokens_per_prompt)
 
