@@ -104,12 +104,16 @@ def budget_table(report: dict, budget: str) -> list[str]:
         auc = "-" if test.get("auc") is None else f"{test['auc']:.3f}"
         extra = (f"{test['offensive_rate']:.3f} | {test['sentiment']:+.3f} | "
                  f"{test['side_refusal_rate'] if test['side_refusal_rate'] is not None else '-'} | "
-                 f"{test['perplexity'] / tests['unsteered']['perplexity']:.2f} | "
-                 f"{test['distinct2'] / tests['unsteered']['distinct2']:.2f} |" if generation
+                 f"{ratio(test['perplexity'], tests['unsteered']['perplexity'])} | "
+                 f"{ratio(test['distinct2'], tests['unsteered']['distinct2'])} |" if generation
                  else f"{auc} | {test['greedy_accuracy']:.3f} |")
         lines.append(f"| {method} | {setting} | {test['score']:.3f} | {versus} | {trial['kl']:.3f} | "
                      f"{trial['perplexity_ratio']:.2f} | {extra}")
     return lines
+
+
+def ratio(value: float, unsteered: float) -> str:
+    return f"{value / unsteered:.2f}" if unsteered else "-"  # "-": the unsteered texts had none (tiny runs)
 
 
 def p_value(p: float) -> str:

@@ -18,7 +18,8 @@ import dataclasses
 import time
 from pathlib import Path
 
-from austeer_gguf import SteeredLlama, models
+from austeer_gguf import models
+from austeer_gguf.evaluation.batched import open_for_evaluation
 from austeer_gguf.evaluation.sweep import SweepConfig, Sweeper
 from austeer_gguf.evaluation.tasks import load_task
 
@@ -48,8 +49,7 @@ def main() -> None:
         float_model = Path(args.float_model) if args.float_model else (
             models.float_copy(model) if model in models.MODELS else quantized)
         name = model if model in models.MODELS else quantized.stem
-        llm = SteeredLlama(str(quantized), n_ctx=512, n_batch=512, logits_all=True, verbose=False,
-                           n_threads=args.threads, n_threads_batch=args.threads)
+        llm = open_for_evaluation(str(quantized), verbose=False, n_threads=args.threads, n_threads_batch=args.threads)
         for task_name in args.tasks.split(","):
             task = load_task(task_name)
             if args.quick:

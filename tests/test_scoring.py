@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from austeer_gguf.evaluation.scoring import answer_logprob, answer_tokens
+from austeer_gguf.evaluation.batched import forward
+from austeer_gguf.evaluation.scoring import answer_rows, answer_tokens, token_logprobs
 
 from conftest import open_steered
 from reference import ReferenceModel
@@ -26,4 +27,6 @@ def test_answer_logprob_matches_the_reference(tiny_f32):
         tokens, start = answer_tokens(llm, prompt, answer)
         assert llm.detokenize(tokens[start:]).decode().strip() == answer.strip()
         expected = numpy_logprob(reference, tokens, start)
-        assert abs(answer_logprob(llm, prompt, answer) - expected) < 1e-3 * max(1.0, abs(expected))
+        (rows,) = forward(llm, [tokens], [answer_rows(tokens, start)])
+        assert rows.shape[0] == len(tokens) - start  # only the rows that score the answer
+        assert abs(token_logprobs(rows, tokens, start).sum() - expected) < 1e-3 * max(1.0, abs(expected))

@@ -1,7 +1,8 @@
 """Evaluating a (steered) model on a task: choice accuracy, behaviour and fluency, side effects.
 
-Every function takes a `SteeredLlama` opened with `logits_all=True` and measures it under whatever steering
-it currently has; "unsteered" figures come from the same model with steering switched off.
+Every function takes a `SteeredLlama` and measures it under whatever steering it currently has; "unsteered"
+figures come from the same model with steering switched off. Many sequences go through each decode when the
+model was opened by `batched.open_for_evaluation` (see `batched`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from tqdm import tqdm
 
 from ..localization.pairs import conversation_renderer
 from . import metrics
-from .scoring import answer_logprobs, answer_tokens, last_logits_only, logits_from, token_logprobs
+from .batched import forward, generate_tokens
+from .scoring import answer_rows, answer_tokens, log_softmax, token_logprobs
 
 if TYPE_CHECKING:
     from .tasks import ChoiceItem, GenerationTask
@@ -80,25 +82,31 @@ def steering_off(llm) -> Iterator[None]:
 
 # ---- choice tasks ------------------------------------------------------------------------------------------
 
-def choice_logprobs(llm, item: ChoiceItem) -> tuple[np.ndarray, int]:
-    """Log-likelihood of each choice after the prompt, and the greedy next token after the prompt."""
-    sequences = [answer_tokens(llm, item.prompt, choice) for choice in item.choices]
-    common = min(start for _, start in sequences)
-    first_tokens = sequences[0][0]
-    logits_from(llm, first_tokens[:common], common - 1)
-    greedy = int(np.argmax(llm.scores[common - 1]))
-    scores = []
-    for tokens, start in sequences:
-        llm.n_tokens = common
-        llm.eval(tokens[common:])
-        scores.append(float(token_logprobs(llm, tokens, start).sum()))
-    return np.array(scores), greedy
+def choice_logprobs(llm, items: Sequence[ChoiceItem]) -> list[tuple[np.ndarray, int]]:
+    """For each item: the log-likelihood of each choice after the prompt, and the greedy next token after
+    the prompt."""
+    sequences, rows, layout = [], [], []
+    for item in items:
+        tokenized = [answer_tokens(llm, item.prompt, choice) for choice in item.choices]
+        first = min(start for _, start in tokenized) - 1  # the prompt's last row: the greedy token
+        layout.append((len(sequences), tokenized, first))
+        for tokens, _ in tokenized:
+            sequences.append(tokens)
+            rows.append(range(first, len(tokens) - 1))
+    logits = forward(llm, sequences, rows)
+    out = []
+    for offset, tokenized, first in layout:
+        scores = [float(token_logprobs(logits[offset + i][start - 1 - first:], tokens, start).sum())
+                  for i, (tokens, start) in enumerate(tokenized)]
+        out.append((np.array(scores), int(np.argmax(logits[offset][0]))))
+    return out
 
 
 def evaluate_choice(llm, items: Sequence[ChoiceItem], *, progress: bool = False) -> ChoiceResult:
     labels, predictions, greedy_hits, greedy_predictions, margins, differences = [], [], [], [], [], []
-    for item in tqdm(items, desc="choices", unit="item", disable=not progress):
-        scores, greedy = choice_logprobs(llm, item)
+    scored = choice_logprobs(llm, items)
+    for item, (scores, greedy) in tqdm(zip(items, scored), total=len(items), desc="choices", unit="item",
+                                      disable=not progress):
         differences.append(float(scores[0] - scores[1]) if len(scores) == 2 else 0.0)
         prediction = int(np.argmax(scores))
         others = np.delete(scores, item.label)
@@ -146,33 +154,24 @@ def prompt_renderer(llm, chat: bool, frame: str = "{prompt}", system: str | None
 
 def generate(llm, prompts: Sequence[str | Prompt], *, chat: bool, max_tokens: int, temperature: float = 0.0,
              seed: int = 0, frame: str = "{prompt}", system: str | None = None) -> list[str]:
-    """Greedy (temperature 0) or seeded sampled continuations, stopped at an end-of-generation token (and,
-    for a chat with a model that has no template, where it starts writing the user's next turn).
-
-    Runs llama-cpp-python's token generator directly: its completion API keeps generating while the text is
-    not valid UTF-8 yet, which can run a context full on small vocabularies.
-    """
-    import llama_cpp
-
+    """Greedy (temperature 0) or seeded sampled continuations (`batched.generate_tokens`; prompt i draws from
+    seed + i), stopped at an end-of-generation token (and, for a chat with a model that has no template, where
+    it starts writing the user's next turn)."""
     render = prompt_renderer(llm, chat, frame, system)
-    stop = "\nUser:" if chat and not llm.metadata.get("tokenizer.chat_template") else None
-    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    stop_text = "\nUser:" if chat and not llm.metadata.get("tokenizer.chat_template") else None
+
+    def stop(generated: list[int]) -> bool:
+        return stop_text in llm.detokenize(generated[-4:]).decode("utf-8", errors="replace")
+
+    tokens = [llm.tokenize(render(prompt).encode("utf-8"), add_bos=True, special=True) for prompt in prompts]
+    generated = generate_tokens(llm, tokens, max_tokens=max_tokens, temperature=temperature,
+                                seeds=[seed + index for index in range(len(prompts))],
+                                stop=stop if stop_text else None)
     texts = []
-    for index, prompt in enumerate(prompts):
-        tokens = llm.tokenize(render(prompt).encode("utf-8"), add_bos=True, special=True)
-        llm.set_seed(seed + index)
-        generated: list[int] = []
-        with last_logits_only(llm):
-            for token in llm.generate(tokens, temp=temperature):
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
-                    break
-                generated.append(token)
-                if len(generated) >= max_tokens or (stop and stop in llm.detokenize(generated[-4:]).decode(
-                        "utf-8", errors="replace")):
-                    break
-        text = llm.detokenize(generated).decode("utf-8", errors="replace")
-        if stop:
-            text = text.split(stop)[0]
+    for prompt, reply in zip(prompts, generated):
+        text = llm.detokenize(reply).decode("utf-8", errors="replace")
+        if stop_text:
+            text = text.split(stop_text)[0]
         # A reply is stripped; a continuation of a prefill keeps its leading space (it joins the prefill).
         continues = isinstance(prompt, Prompt) and prompt.prefill
         texts.append(text.rstrip() if continues else text.strip() if chat else text)
@@ -184,13 +183,15 @@ def perplexities(llm, prompts: Sequence[str | Prompt], texts: Sequence[str], *, 
     """Per-token perplexity of each generated text after its prompt (without any system turn), under the
     unsteered model (inf: empty)."""
     render = prompt_renderer(llm, chat, frame)
-    values = []
+    values = [float("inf")] * len(texts)
+    scored = [(index, *answer_tokens(llm, render(prompt), text))
+              for index, (prompt, text) in enumerate(zip(prompts, texts)) if text.strip()]
+    scored = [(index, tokens, start) for index, tokens, start in scored if start < len(tokens)]
     with steering_off(llm):
-        for prompt, text in zip(prompts, texts):
-            if not text.strip():
-                values.append(float("inf"))
-                continue
-            values.append(float(np.exp(-answer_logprobs(llm, render(prompt), text).mean())))
+        rows = forward(llm, [tokens for _, tokens, _ in scored], [answer_rows(tokens, start)
+                                                                   for _, tokens, start in scored])
+    for (index, tokens, start), logits in zip(scored, rows):
+        values[index] = float(np.exp(-token_logprobs(logits, tokens, start).mean()))
     return values
 
 
@@ -237,22 +238,20 @@ def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str | Promp
 
 class NeutralKL:
     """KL(steered || unsteered) of next-token distributions over every position of neutral texts, under the
-    model's current steering; the unsteered logits are computed once."""
+    model's current steering; the unsteered log-probabilities are computed once."""
 
     def __init__(self, llm, texts: Sequence[str]) -> None:
         self.llm = llm
         self.tokens = [llm.tokenize(text.encode("utf-8"), add_bos=True, special=True) for text in texts]
         with steering_off(llm):
-            self.reference = [self._logits(tokens) for tokens in self.tokens]
+            self.reference = [log_softmax(logits, np.float32) for logits in self._logits()]
 
-    def _logits(self, tokens: list[int]) -> np.ndarray:
-        self.llm.reset()
-        self.llm.eval(tokens)
-        return np.array(self.llm.scores[: len(tokens)], copy=True)
+    def _logits(self) -> list[np.ndarray]:
+        return forward(self.llm, self.tokens, [range(len(tokens)) for tokens in self.tokens])
 
     def __call__(self) -> float:
-        return float(np.mean([metrics.kl_divergence(self._logits(tokens), reference)
-                              for tokens, reference in zip(self.tokens, self.reference)]))
+        return float(np.mean([metrics.kl_from_log_probs(logits, reference)
+                              for logits, reference in zip(self._logits(), self.reference)]))
 
 
 def kl_on_neutral(llm, texts: Sequence[str]) -> float:

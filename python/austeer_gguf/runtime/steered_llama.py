@@ -162,12 +162,16 @@ class SteeredLlama(llama_cpp.Llama):
             self._phase_is_prompt = False
 
     def apply_steering(self) -> SteeringSetting:
-        """For code that calls llama_decode itself (activation capture): hand the requested setting to the
-        native state as for a prompt, and forget the cached positions' record."""
+        """For code that calls llama_decode itself (activation capture, batched evaluation): hand the requested
+        setting to the native state as for a prompt, and forget the cached positions' record."""
         setting = self._start(self.steering.apply())
         self._enter(setting.for_prompt())
         self._kv = KvRecord()
         return setting
+
+    def steer_generated(self, setting: SteeringSetting) -> None:
+        """After `apply_steering()` returned `setting`: steer the generated positions decoded next as it says."""
+        self._enter(setting)
 
     def _start(self, setting: SteeringSetting) -> SteeringSetting:
         self._setting = setting

@@ -1,0 +1,118 @@
+"""Many sequences per decode (evaluation/batched.py) against the NumPy reference and against one at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_tiny_reference import profile_on, relative_error
+
+from austeer_gguf.errors import InputError
+from austeer_gguf.evaluation import batched
+from austeer_gguf.evaluation.batched import Decoder, forward, generate_tokens, open_for_evaluation, sample
+
+from conftest import THREADS
+from reference import ReferenceModel, steer_of
+
+# Long enough that a group holds more than 32 positions; the first three share a prefix, as chat prompts do.
+TEXTS = ["the cat is very happy and the dog was sad but I like this very much",
+         "the cat is very happy and the dog is not good at all so the cat is sad",
+         "the cat is very happy and the dog was sad but I like that",
+         "you hate the dog",
+         "a dog was"]
+
+
+def open_batched(path, **kwargs):
+    return open_for_evaluation(str(path), n_ctx=512, n_batch=256, verbose=False, n_threads=THREADS,
+                               n_threads_batch=THREADS, **kwargs)
+
+
+def tokens_of(llm, texts=TEXTS):
+    return [llm.tokenize(text.encode(), add_bos=True, special=True) for text in texts]
+
+
+def greedy_by_reference(reference, prompt, generated, steer=None, steer_from=0, tie=1e-2):
+    """True when each generated token is the reference's argmax after what came before, or within `tie`
+    of it (two float paths may order a near-tie differently)."""
+    logits = reference.forward(prompt + generated, steer, steer_from=steer_from).logits
+    return all(logits[len(prompt) + i - 1][token] >= logits[len(prompt) + i - 1].max() - tie
+               for i, token in enumerate(generated))
+
+
+def test_groups_share_prefixes_and_respect_the_limits(tiny_f32):
+    llm = open_batched(tiny_f32)
+    sequences = tokens_of(llm)
+    with Decoder(llm) as decoder:
+        groups = list(decoder.groups(sequences))
+        assert [g.members for g in groups] == [[0, 1, 2, 3, 4]]
+        (group,) = groups
+        shared = next(i for i, (a, b) in enumerate(zip(sequences[0], sequences[1])) if a != b)
+        assert shared > 5
+        assert len(group.cells) < sum(map(len, sequences))  # the shared prefix is held once
+        assert group.positions[1][:shared] == group.positions[0][:shared]
+        assert [group.cells[c].token for c in group.positions[2]] == sequences[2]
+    with Decoder(llm, max_sequences=2) as decoder:
+        assert [g.members for g in decoder.groups(sequences)] == [[0, 1], [2, 3], [4]]
+    with Decoder(llm) as decoder, pytest.raises(InputError, match="does not fit the context"):
+        list(decoder.groups([sequences[0] * 20]))
+
+
+def test_forward_rows_match_the_reference_and_one_at_a_time(tiny_f32):
+    llm = open_batched(tiny_f32)
+    reference = ReferenceModel(tiny_f32)
+    sequences = tokens_of(llm)
+    rows = [range(len(s)) for s in sequences[:3]] + [range(2, 4), range(0)]
+    together = forward(llm, sequences, rows)
+    alone = forward(llm, sequences, rows, max_sequences=1)
+    for tokens, wanted, a, b in zip(sequences, rows, together, alone):
+        assert a.shape == (len(wanted), llm.n_vocab())
+        if len(wanted):
+            expected = reference.forward(tokens).logits[wanted.start: wanted.stop]
+            assert relative_error(a, expected) < 1e-3
+            assert np.allclose(a, b, atol=1e-3)
+
+
+@pytest.mark.parametrize("site", ["attn", "layer"])
+def test_steered_forward_and_generation_scope_match_the_reference(tiny_f32, site):
+    llm = open_batched(tiny_f32)
+    reference = ReferenceModel(tiny_f32)
+    profile = profile_on(site, llm.shape.widths[site], llm.shape.n_layers, seed=9)
+    llm.steering.set_profile(profile)
+    sequences = tokens_of(llm)
+    for tokens, logits in zip(sequences, forward(llm, sequences, [range(len(s)) for s in sequences])):
+        assert relative_error(logits, reference.forward(tokens, steer_of(profile)).logits) < 1e-3
+    for scope in ("all", "generation"):
+        llm.steering.scope = scope
+        generated = generate_tokens(llm, sequences, max_tokens=5)
+        for prompt, tokens in zip(sequences, generated):
+            assert len(tokens) == 5
+            steer_from = len(prompt) if scope == "generation" else 0
+            assert greedy_by_reference(reference, prompt, tokens, steer_of(profile), steer_from)
+
+
+def test_generation_is_the_same_in_groups_and_one_at_a_time_and_stops(tiny_f32):
+    llm = open_batched(tiny_f32)
+    reference = ReferenceModel(tiny_f32)
+    prompts = tokens_of(llm)
+    greedy = generate_tokens(llm, prompts, max_tokens=6)
+    assert greedy == generate_tokens(llm, prompts, max_tokens=6, max_sequences=1)
+    assert all(greedy_by_reference(reference, p, g) for p, g in zip(prompts, greedy))
+    seeds = [11, 12, 13, 14, 15]
+    sampled = generate_tokens(llm, prompts, max_tokens=6, temperature=0.8, seeds=seeds)
+    assert sampled == generate_tokens(llm, prompts, max_tokens=6, temperature=0.8, seeds=seeds, max_sequences=2)
+    assert sampled != greedy
+    stopped = generate_tokens(llm, prompts, max_tokens=6, stop=lambda tokens: len(tokens) == 2)
+    assert stopped == [g[:2] for g in greedy]
+
+
+def test_sampling_keeps_top_k_top_p_and_min_p():
+    logits = np.log(np.array([0.5, 0.3, 0.12, 0.05, 0.03] + [1e-6] * 100))
+    rng = np.random.default_rng(0)
+    draws = [sample(logits, 1.0, rng) for _ in range(3000)]
+    # top-p 0.95 keeps the first four (0.5 + 0.3 + 0.12 + 0.05 >= 0.95); min-p 0.05 drops 0.05 * 0.5 < 0.03 only
+    assert set(draws) == {0, 1, 2, 3}
+    shares = np.bincount(draws, minlength=4)[:4] / len(draws)
+    assert np.allclose(shares, np.array([0.5, 0.3, 0.12, 0.05]) / 0.97, atol=0.03)
+    assert sample(logits, 0.0, rng) == 0
+    nearly_flat = -1e-3 * np.arange(100)  # top-k keeps tokens 0..39; top-p 0.95 of them about 38
+    drawn = {sample(nearly_flat, 1.0, rng) for _ in range(2000)}
+    assert batched.TOP_K == 40 and drawn <= set(range(40)) and len(drawn) >= 36
