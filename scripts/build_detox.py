@@ -34,6 +34,7 @@ import numpy as np
 
 from austeer_gguf import Profile, SteeredLlama, Unit, models, sites
 from austeer_gguf.evaluation import metrics
+from austeer_gguf.evaluation.batched import open_for_evaluation
 from austeer_gguf.evaluation.calibrate import calibrate, calibrated
 from austeer_gguf.evaluation.sweep import DISTINCT2_RATIO
 from austeer_gguf.evaluation.tasks import load_task
@@ -147,8 +148,8 @@ def build(name: str, args) -> dict:
 
 def open_quantized(name: str, args) -> SteeredLlama:
     """The shipped quantized file of a built-in model, where every measurement runs."""
-    return SteeredLlama(str(models.fetch(name)), n_ctx=512, logits_all=True, verbose=False, n_threads=args.threads,
-                        n_threads_batch=args.threads)
+    return open_for_evaluation(str(models.fetch(name)), verbose=False, n_threads=args.threads,
+                               n_threads_batch=args.threads)
 
 
 def setting_name(budget: float, strength: float) -> str:

@@ -70,11 +70,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def _calibrated(model: Path, profile, *, kl, perplexity, tolerance: float = 0.05, threads=None, force=False):
     """The profile calibrated on `model` to a KL or perplexity budget (see evaluation/calibrate.py)."""
+    from ..evaluation.batched import open_for_evaluation
     from ..evaluation.calibrate import calibrate, calibrated
-    from ..runtime.steered_llama import SteeredLlama
 
-    llm = SteeredLlama(str(model), n_ctx=512, logits_all=True, n_threads=threads, n_threads_batch=threads,
-                       verbose=False)
+    llm = open_for_evaluation(str(model), n_threads=threads, n_threads_batch=threads, verbose=False)
     llm.steering.set_profile(profile, allow_model_mismatch=force)
     result = calibrate(llm, profile, kl=kl, perplexity_ratio=perplexity, tolerance=tolerance)
     print(f"calibrated {profile.name!r}: strength {result.strength:.4g} keeps the {result.measure} at "
@@ -205,12 +204,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     task = load_task(args.task)
     output = check_output(Path(args.output or f"{task.name}.eval.json"), [args.model, args.task], force=args.force)
-    llm = _open_steered(args, logits_all=True, warn_unsteered=False)
+    llm = _open_steered(args, sequences=True, warn_unsteered=False)
     results = {}
     for label, on in (("unsteered", False), ("steered", True)):
         llm.steering.enabled = on
-        result = task.evaluate(llm, args.split, limit=args.limit, progress=not args.quiet,
-                               max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed).to_dict()
+        result = task.evaluate(llm, args.split, limit=args.limit, max_tokens=args.max_tokens,
+                               temperature=args.temperature, seed=args.seed).to_dict()
         result.pop("predictions", None)
         results[label] = result
     kl = kl_on_neutral(llm, datasets.prompts("neutral", "train")[:10])
@@ -224,7 +223,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report += [f"| {k} | {results['unsteered'][k]:.4g} | {results['steered'][k]:.4g} |" for k in keys]
     report += ["", f"KL(steered || unsteered) on neutral text: {kl:.4f} nats"]
     atomic_write_text(output.with_suffix(".md"), "\n".join(report) + "\n")
-    print("\n".join(report))
+    if not args.quiet:
+        print("\n".join(report))
     return 0
 
 
@@ -280,13 +280,16 @@ def _resolve_profile(model: Path, spec: str):
     return resolve(spec, profiles_from_metadata(scan(model).values()))
 
 
-def _open_steered(args: argparse.Namespace, *, logits_all: bool = False, warn_unsteered: bool = True):
+def _open_steered(args: argparse.Namespace, *, sequences: bool = False, warn_unsteered: bool = True):
+    """`sequences`: a context that decodes several sequences together (evaluation)."""
+    from ..evaluation.batched import sequence_overrides
     from ..runtime import limits
     from ..runtime.steered_llama import SteeredLlama
 
     path = models.resolve(args.model)
+    overrides = sequence_overrides(min(args.n_ctx, 512)) if sequences else None
     llm = SteeredLlama(str(path), n_ctx=args.n_ctx, n_threads=args.threads, n_threads_batch=args.threads,
-                       seed=args.seed, logits_all=logits_all, verbose=False)
+                       seed=args.seed, verbose=False, _context_overrides=overrides)
     limits.check_max_tokens(args.max_tokens, llm.n_ctx())
     if args.profile:
         llm.steering.set_profile(llm.resolve_profile(args.profile), allow_model_mismatch=args.force)
@@ -549,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["dev", "test"], help="which split to measure")
     evaluate.add_argument("-o", "--output", help="result JSON (default: <task>.eval.json; a .md beside it)")
     evaluate.add_argument("--limit", type=_positive_int, help="first N items (and N harmless prompts)")
-    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.add_argument("--quiet", action="store_true", help="no table on the terminal (the files are written)")
     _add_runtime_options(evaluate, strength, temperature, max_tokens=32, n_ctx=1024)
     evaluate.set_defaults(run=cmd_eval)
 

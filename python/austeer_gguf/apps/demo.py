@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import datasets, models
 from ..evaluation import metrics
+from ..evaluation.batched import open_for_evaluation
 from ..evaluation.evaluate import Prompt, generate
 from ..ggufio.metadata import embed_profiles
 from ..profile import Profile
@@ -49,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="austeer-demo-") as scratch:
         steered_path = embed_profiles(quantized, [profile], Path(scratch) / quantized.name)
         print(f"embedded into {steered_path} (a copy; removed at the end)\n")
-        llm = SteeredLlama(str(steered_path), profile="detox", n_ctx=512, logits_all=True, verbose=False,
-                           n_threads=args.threads, n_threads_batch=args.threads)
+        llm = open_for_evaluation(str(steered_path), profile="detox", verbose=False, n_threads=args.threads,
+                                  n_threads_batch=args.threads)
         try:
             return _compare(llm, args)
         finally:

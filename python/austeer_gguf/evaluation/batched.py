@@ -29,13 +29,19 @@ TOP_K, TOP_P, MIN_P = 40, 0.95, 0.05
 
 
 def open_for_evaluation(model_path: str, **llama_kwargs: Any):
-    """A `SteeredLlama` whose context decodes `SEQUENCES` sequences together (unified KV cache)."""
+    """A `SteeredLlama` whose context decodes `SEQUENCES` sequences together."""
     from ..runtime.steered_llama import SteeredLlama
 
     llama_kwargs.setdefault("n_ctx", EVALUATION_CONTEXT)
     llama_kwargs.setdefault("n_batch", 512)
-    overrides = {"n_seq_max": min(SEQUENCES, llama_kwargs["n_batch"]), "kv_unified": True}
-    return SteeredLlama(str(model_path), _context_overrides=overrides, **llama_kwargs)
+    return SteeredLlama(str(model_path), _context_overrides=sequence_overrides(llama_kwargs["n_batch"]),
+                        **llama_kwargs)
+
+
+def sequence_overrides(n_batch: int) -> dict[str, Any]:
+    """Context parameters for `SEQUENCES` sequences on one unified KV cache (llama.cpp aborts when n_seq_max
+    exceeds n_batch)."""
+    return {"n_seq_max": min(SEQUENCES, n_batch), "kv_unified": True}
 
 
 @dataclass

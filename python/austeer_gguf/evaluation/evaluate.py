@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-from tqdm import tqdm
 
 from ..localization.pairs import conversation_renderer
 from . import metrics
@@ -102,11 +101,9 @@ def choice_logprobs(llm, items: Sequence[ChoiceItem]) -> list[tuple[np.ndarray, 
     return out
 
 
-def evaluate_choice(llm, items: Sequence[ChoiceItem], *, progress: bool = False) -> ChoiceResult:
+def evaluate_choice(llm, items: Sequence[ChoiceItem]) -> ChoiceResult:
     labels, predictions, greedy_hits, greedy_predictions, margins, differences = [], [], [], [], [], []
-    scored = choice_logprobs(llm, items)
-    for item, (scores, greedy) in tqdm(zip(items, scored), total=len(items), desc="choices", unit="item",
-                                      disable=not progress):
+    for item, (scores, greedy) in zip(items, choice_logprobs(llm, items)):
         differences.append(float(scores[0] - scores[1]) if len(scores) == 2 else 0.0)
         prediction = int(np.argmax(scores))
         others = np.delete(scores, item.label)

@@ -74,13 +74,12 @@ class ChoiceTask(Task):
 
     kind: ClassVar[str] = "choice"
 
-    def evaluate(self, llm, split: str, *, limit: int | None = None, progress: bool = False, prompted: bool = False,
-                 **_) -> ChoiceResult:
+    def evaluate(self, llm, split: str, *, limit: int | None = None, prompted: bool = False, **_) -> ChoiceResult:
         """`prompted`: each prompt after the task's instruction (asking the model)."""
         items = self.split(split, limit)
         if prompted:
             items = [ChoiceItem(f"{self.instruction}\n{item.prompt}", item.choices, item.label) for item in items]
-        return evaluate.evaluate_choice(llm, items, progress=progress)
+        return evaluate.evaluate_choice(llm, items)
 
     def score(self, result: ChoiceResult, baseline: ChoiceResult | None = None, **_) -> float:
         """Balanced accuracy; the mean margin breaks ties."""
