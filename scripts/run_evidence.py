@@ -27,7 +27,8 @@ TASKS = "word-polarity,word-polarity-question,sentiment,detox"
 GRIDS = {
     "choice": SweepConfig(dev_limit=120, test_limit=440),
     # Generation costs ~10x a choice item: 4 dev trials per method (not 6) and 16-token texts (measured on 2
-    # cores: sentiment 21 min on SmolLM2, 33 on Gemma-3; detox about 50 on SmolLM2).
+    # cores: word polarity 8 min per framing and model; sentiment 12 min on SmolLM2, 19 on Gemma-3; detox 29 on
+    # SmolLM2).
     "generation": SweepConfig(dev_limit=40, test_limit=100, seeds=3, trials=4, max_tokens=16),
 }
 QUICK = dict(ks=(2, 5), alphas=(2.0, 8.0), layer_alphas=(0.5,), multipliers=(0.5, 4.0), caa_layer_step=2,

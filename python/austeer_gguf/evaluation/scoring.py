@@ -33,3 +33,12 @@ def answer_rows(tokens: list[int], start: int) -> range:
 def token_logprobs(rows: np.ndarray, tokens: list[int], start: int) -> np.ndarray:
     """Log-probability of each of tokens[start:], from its rows (`answer_rows`)."""
     return log_softmax(rows)[np.arange(len(tokens) - start), tokens[start:]]
+
+
+def answer_logprob(llm, prompt: str, answer: str) -> float:
+    """Sum of the log-probabilities of the answer's tokens after the prompt, under the model's current steering."""
+    from .batched import forward
+
+    tokens, start = answer_tokens(llm, prompt, answer)
+    (rows,) = forward(llm, [tokens], [answer_rows(tokens, start)])
+    return float(token_logprobs(rows, tokens, start).sum())
