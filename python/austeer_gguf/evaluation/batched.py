@@ -21,6 +21,7 @@ import llama_cpp
 import numpy as np
 
 from ..errors import InputError
+from .scoring import common_prefix
 
 SEQUENCES = 16  # sequences per decode of an evaluation context (scripts/bench_evaluation.py measures the gain)
 EVALUATION_CONTEXT = 2048  # KV cells of an evaluation context: room for a group of prompts and their replies
@@ -63,7 +64,7 @@ class _Group:
 
     def add(self, index: int, tokens: Sequence[int], previous: Sequence[int]) -> None:
         slot = len(self.members)
-        shared = _common_prefix(tokens, previous) if self.members else 0
+        shared = common_prefix(tokens, previous) if self.members else 0
         own = self.positions[-1][:shared] if shared else []
         for cell in own:
             self.cells[cell].sequences.append(slot)
@@ -72,15 +73,6 @@ class _Group:
             self.cells.append(_Cell(tokens[position], position, [slot]))
         self.members.append(index)
         self.positions.append(own)
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class Decoder:
@@ -125,7 +117,7 @@ class Decoder:
                 raise InputError(f"a text of {len(tokens)} tokens (+{extra_cells} to generate) does not fit the "
                                  f"context ({self.n_batch}-token batches, {self.n_ctx} cells): shorten it, or "
                                  "open the model with a larger n_ctx and n_batch")
-            shared = _common_prefix(tokens, previous) if group.members else 0
+            shared = common_prefix(tokens, previous) if group.members else 0
             cells = len(group.cells) + len(tokens) - shared
             if group.members and (len(group.members) == self.max_sequences or cells > self.n_batch
                                   or cells + extra_cells * (len(group.members) + 1) > self.n_ctx):

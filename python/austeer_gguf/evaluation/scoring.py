@@ -6,6 +6,8 @@ start - 1 .. len - 2 (`answer_rows`), which `batched.forward` computes without t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -19,10 +21,15 @@ def answer_tokens(llm, prompt: str, answer: str) -> tuple[list[int], int]:
     the tokenization of the prompt alone)."""
     full = llm.tokenize((prompt + answer).encode("utf-8"), add_bos=True, special=True)
     alone = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-    start = 0
-    while start < min(len(full), len(alone)) and full[start] == alone[start]:
-        start += 1
-    return full, max(start, 1)
+    return full, max(common_prefix(full, alone), 1)
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many tokens two sequences share from their start."""
+    length = 0
+    while length < min(len(a), len(b)) and a[length] == b[length]:
+        length += 1
+    return length
 
 
 def answer_rows(tokens: list[int], start: int) -> range:
