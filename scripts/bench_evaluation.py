@@ -57,7 +57,7 @@ def bench_model(path: str, args: argparse.Namespace) -> None:
                                                   max_sequences=n)),
         "kl": (1, lambda n: forward(llm, neutral, [range(len(t)) for t in neutral], max_sequences=n)),
         "choices": (len(choices) // 2, lambda n: forward(llm, [t for t, _ in choices],
-                                                          [range(s - 1, len(t) - 1) for t, s in choices],
+                                                          [answer_rows(t, s) for t, s in choices],
                                                           max_sequences=n)),
     }
     seconds: dict[tuple[str, int], list[float]] = {(part, n): [] for part in ways for n in (1, SEQUENCES)}

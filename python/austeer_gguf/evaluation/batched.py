@@ -62,9 +62,9 @@ class _Group:
     members: list[int] = field(default_factory=list)  # sequence indices, in slot order
     positions: list[list[int]] = field(default_factory=list)  # per slot: the cell of each position
 
-    def add(self, index: int, tokens: Sequence[int], previous: Sequence[int]) -> None:
+    def add(self, index: int, tokens: Sequence[int], shared: int) -> None:
+        """Add a sequence whose first `shared` tokens are those of the group's last sequence."""
         slot = len(self.members)
-        shared = common_prefix(tokens, previous) if self.members else 0
         own = self.positions[-1][:shared] if shared else []
         for cell in own:
             self.cells[cell].sequences.append(slot)
@@ -122,8 +122,8 @@ class Decoder:
             if group.members and (len(group.members) == self.max_sequences or cells > self.n_batch
                                   or cells + extra_cells * (len(group.members) + 1) > self.n_ctx):
                 yield group
-                group = _Group()
-            group.add(index, tokens, previous)
+                group, shared = _Group(), 0
+            group.add(index, tokens, shared)
             previous = tokens
         if group.members:
             yield group
