@@ -5,14 +5,17 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <utility>
 
 #include "steering.hpp"
 
 namespace py = pybind11;
 using austeer::CaptureSpec;
+using austeer::SteeringSpec;
 using austeer::SteeringState;
 using austeer::UnitTable;
 
@@ -34,12 +37,20 @@ std::unique_ptr<SteeringState> make_state(const std::string &ggml_base_path,
     return std::make_unique<SteeringState>(austeer::GgmlApi::load(ggml_base_path), std::move(names));
 }
 
-void set_units(SteeringState &state, int n_layers, const Array<int32_t> &layers, const Array<int32_t> &sites,
-               const Array<int32_t> &dims, const Array<float> &factors) {
-    auto table = std::make_unique<UnitTable>(state.sites().size(), n_layers, to_vector(layers, "layers"),
-                                             to_vector(sites, "sites"), to_vector(dims, "dims"),
-                                             to_vector(factors, "factors"));
-    state.set_units(std::move(table));
+using TableArrays = std::tuple<Array<int32_t>, Array<int32_t>, Array<int32_t>, Array<float>>;
+
+void set_spec(SteeringState &state, int n_layers, const std::vector<TableArrays> &tables,
+              const std::optional<Array<int32_t>> &row_tables, const std::optional<Array<int64_t>> &output_rows) {
+    std::vector<UnitTable> built;
+    built.reserve(tables.size());
+    for (const auto &[layers, sites, dims, factors] : tables) {
+        built.emplace_back(state.sites().size(), n_layers, to_vector(layers, "layers"), to_vector(sites, "sites"),
+                           to_vector(dims, "dims"), to_vector(factors, "factors"));
+    }
+    std::vector<int32_t> rows = row_tables ? to_vector(*row_tables, "row_tables") : std::vector<int32_t>{};
+    std::vector<int64_t> outputs = output_rows ? to_vector(*output_rows, "output_rows") : std::vector<int64_t>{};
+    state.set_spec(std::make_unique<const SteeringSpec>(state.sites().size(), n_layers, std::move(built),
+                                                        std::move(rows), std::move(outputs)));
 }
 
 void begin_capture(SteeringState &state, const std::vector<int> &sites, int n_layers,
@@ -67,18 +78,10 @@ py::tuple captured(const SteeringState &state, int site) {
 }
 
 py::dict counters(const SteeringState &state) {
-    const auto &c = state.counters;
     py::dict out;
-    out["steered"] = c.steered.load();
-    out["captured"] = c.captured.load();
-    out["via_backend_api"] = c.via_backend_api.load();
-    out["skipped_not_f32"] = c.skipped_not_f32.load();
-    out["skipped_not_contiguous"] = c.skipped_not_contiguous.load();
-    out["skipped_width"] = c.skipped_width.load();
-    out["skipped_no_data"] = c.skipped_no_data.load();
-    out["skipped_unknown_layout"] = c.skipped_unknown_layout.load();
-    out["capture_row_mismatch"] = c.capture_row_mismatch.load();
-    out["errors"] = c.errors.load();
+#define AUSTEER_COUNTER_ITEM(name, what) out[#name] = state.counters.name.load();
+    AUSTEER_COUNTERS(AUSTEER_COUNTER_ITEM)
+#undef AUSTEER_COUNTER_ITEM
     return out;
 }
 
@@ -100,13 +103,11 @@ PYBIND11_MODULE(_native, m) {
                  return site < 0 ? py::object(py::none()) : py::object(py::make_tuple(site, layer));
              },
              py::arg("name"))
-        .def("set_units", &set_units, py::arg("n_layers"), py::arg("layers"), py::arg("sites"), py::arg("dims"),
-             py::arg("factors"))
-        .def("clear_units", [](SteeringState &s) { s.set_units(nullptr); })
+        .def("set_spec", &set_spec, py::arg("n_layers"), py::arg("tables"), py::arg("row_tables") = py::none(),
+             py::arg("output_rows") = py::none())
+        .def("clear_spec", &SteeringState::clear_spec)
         .def_property_readonly("n_units", &SteeringState::n_units)
-        .def_property(
-            "enabled", [](const SteeringState &s) { return s.enabled.load(); },
-            [](SteeringState &s, bool on) { s.enabled.store(on); })
+        .def_property_readonly("n_tables", &SteeringState::n_tables)
         .def("set_chained",
              [](SteeringState &s, uintptr_t callback, uintptr_t user_data) {
                  s.set_chained(reinterpret_cast<austeer::EvalCallback>(callback), reinterpret_cast<void *>(user_data));

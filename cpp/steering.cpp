@@ -131,10 +131,43 @@ const UnitFactor *UnitTable::end(int site, int layer) const {
 }
 
 void Counters::reset() {
-    for (auto *c : {&steered, &captured, &via_backend_api, &skipped_not_f32, &skipped_not_contiguous,
-                    &skipped_width, &skipped_no_data, &skipped_unknown_layout, &capture_row_mismatch, &errors}) {
-        c->store(0);
+#define AUSTEER_RESET_COUNTER(name, what) name.store(0);
+    AUSTEER_COUNTERS(AUSTEER_RESET_COUNTER)
+#undef AUSTEER_RESET_COUNTER
+}
+
+SteeringSpec::SteeringSpec(int n_sites, int n_layers, std::vector<UnitTable> tables, std::vector<int32_t> row_tables,
+                           std::vector<int64_t> output_rows)
+    : n_layers_(n_layers),
+      tables_(std::move(tables)),
+      row_tables_(std::move(row_tables)),
+      output_rows_(std::move(output_rows)),
+      claimed_(size_t(n_sites) * size_t(n_layers), 0) {
+    if (n_layers <= 0 || n_layers > kMaxLayers) throw std::invalid_argument("n_layers out of range");
+    if (n_sites <= 0 || n_sites > kMaxSites) throw std::invalid_argument("n_sites out of range");
+    if (tables_.empty()) throw std::invalid_argument("a steering spec needs at least one table");
+    std::vector<uint8_t> used(tables_.size() + 1, uniform() ? 1 : 0);
+    for (int32_t table : row_tables_) {
+        if (table < 0 || size_t(table) > tables_.size()) throw std::invalid_argument("row table index out of range");
+        used[size_t(table)] = 1;
     }
+    for (int64_t row : output_rows_) {
+        if (row < 0 || size_t(row) >= row_tables_.size()) throw std::invalid_argument("output row out of range");
+    }
+    for (size_t index = 1; index <= tables_.size(); ++index) {
+        if (!used[index]) continue;
+        for (int site = 0; site < n_sites; ++site) {
+            for (int layer = 0; layer < n_layers; ++layer) {
+                if (tables_[index - 1].has(site, layer)) claimed_[size_t(site) * n_layers + layer] = 1;
+            }
+        }
+    }
+}
+
+size_t SteeringSpec::n_units() const {
+    size_t total = 0;
+    for (const UnitTable &table : tables_) total += table.size();
+    return total;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -168,44 +201,23 @@ bool SteeringState::eval_callback(void *tensor, bool ask, void *user_data) noexc
     }
 }
 
-void SteeringState::set_units(std::unique_ptr<UnitTable> table) {
-    const UnitTable *fresh = table.get();
-    if (fresh != nullptr) {
-        std::lock_guard<std::mutex> lock(retired_mutex_);
-        owned_tables_.push_back(std::move(table));
-    }
-    table_.store(fresh);
-    release_unused_tables();
-}
-
-size_t SteeringState::n_units() const {
-    const UnitTable *table = table_.load();
-    return table ? table->size() : 0;
-}
-
-// A callback increments readers_ before it loads table_, so once table_ points elsewhere and readers_ is
-// zero, no callback can hold an older table.
-void SteeringState::release_unused_tables() {
-    std::lock_guard<std::mutex> lock(retired_mutex_);
-    if (readers_.load() != 0) return;
-    const UnitTable *current = table_.load();
-    owned_tables_.erase(std::remove_if(owned_tables_.begin(), owned_tables_.end(),
-                                       [&](const std::unique_ptr<const UnitTable> &t) { return t.get() != current; }),
-                        owned_tables_.end());
+void SteeringState::set_spec(std::unique_ptr<const SteeringSpec> spec) {
+    if (spec != nullptr && spec->n_layers() > kMaxLayers) throw std::invalid_argument("n_layers out of range");
+    n_units_.store(spec ? spec->n_units() : 0);
+    n_tables_.store(spec ? spec->n_tables() : 0);
+    spec_ = std::move(spec);
 }
 
 void SteeringState::set_chained(EvalCallback callback, void *user_data) {
-    chained_user_data_.store(user_data);
-    chained_.store(callback);
+    chained_ = callback;
+    chained_user_data_ = user_data;
 }
 
-// The ask path runs for every node of every graph: a name check, two atomic loads, no allocation.
+// The ask path runs for every node of every graph: a name check and a few loads, no allocation.
 bool SteeringState::ask(void *tensor) {
     pending_ = Pending{};
     pending_.tensor = tensor;
-    if (EvalCallback chained = chained_.load()) {
-        pending_.chained = chained(tensor, true, chained_user_data_.load());
-    }
+    if (chained_ != nullptr) pending_.chained = chained_(tensor, true, chained_user_data_);
     const char *name = api_.get_name(tensor);
     int layer = -1;
     const int site = name != nullptr ? sites_.match(name, &layer) : -1;
@@ -224,11 +236,8 @@ bool SteeringState::ask(void *tensor) {
 
     pending_.site = site;
     pending_.layer = layer;
-    readers_.fetch_add(1);
-    const UnitTable *table = table_.load();
-    pending_.steer = table != nullptr && enabled.load() && table->has(site, layer);
-    readers_.fetch_sub(1);
-    pending_.capture = (capture_mask_.load() >> site) & 1u;
+    pending_.steer = spec_ != nullptr && layer < spec_->n_layers() && spec_->claims(site, layer);
+    pending_.capture = (capture_mask_ >> site) & 1u;
     return pending_.steer || pending_.capture || pending_.chained;
 }
 
@@ -237,9 +246,7 @@ bool SteeringState::compute(void *tensor) {
     if (pending.tensor != tensor) return true;
     if (pending.steer) steer(tensor, pending.site, pending.layer);
     if (pending.capture) capture(tensor, pending.site, pending.layer);
-    if (pending.chained) {
-        if (EvalCallback chained = chained_.load()) return chained(tensor, false, chained_user_data_.load());
-    }
+    if (pending.chained && chained_ != nullptr) return chained_(tensor, false, chained_user_data_);
     return true;
 }
 
@@ -318,25 +325,35 @@ bool SteeringState::open(void *tensor, Access *access) {
 }
 
 void SteeringState::steer(void *tensor, int site, int layer) {
-    readers_.fetch_add(1);
-    struct Release {
-        std::atomic<int> &readers;
-        ~Release() { readers.fetch_sub(1); }
-    } release{readers_};
-    const UnitTable *table = table_.load();
-    if (table == nullptr || !enabled.load() || !table->has(site, layer)) return;
-    const UnitFactor *first = table->begin(site, layer);
-    const UnitFactor *last = table->end(site, layer);
+    const SteeringSpec &spec = *spec_;
     Access access;
     if (!open(tensor, &access)) return;
-    if ((last - 1)->dim >= access.row_width) {
-        counters.skipped_width.fetch_add(1);
-        note_skip(tensor, "a unit dim is beyond the row width");
+    // Which batch row each tensor row is: every row of the batch, or (last layer) only its output rows.
+    const std::vector<int32_t> &row_tables = spec.row_tables();
+    const bool all_rows = !spec.uniform() && access.n_rows == int64_t(row_tables.size());
+    if (!spec.uniform() && !all_rows && access.n_rows != int64_t(spec.output_rows().size())) {
+        counters.skipped_rows.fetch_add(1);
+        note_skip(tensor, "the row map does not fit its rows");
         return;
     }
+    for (size_t index = 1; index <= spec.n_tables(); ++index) {
+        const UnitTable &table = spec.table(int32_t(index));
+        if (table.has(site, layer) && (table.end(site, layer) - 1)->dim >= access.row_width) {
+            counters.skipped_width.fetch_add(1);
+            note_skip(tensor, "a unit dim is beyond the row width");
+            return;
+        }
+    }
     for (int64_t row = 0; row < access.n_rows; ++row) {
+        int32_t index = 1;
+        if (!spec.uniform()) index = row_tables[size_t(all_rows ? row : spec.output_rows()[size_t(row)])];
+        if (index == 0) continue;
+        const UnitTable &table = spec.table(index);
+        if (!table.has(site, layer)) continue;
         float *values = access.data + row * access.row_width;
-        for (const UnitFactor *unit = first; unit != last; ++unit) values[unit->dim] *= unit->factor;
+        for (const UnitFactor *unit = table.begin(site, layer); unit != table.end(site, layer); ++unit) {
+            values[unit->dim] *= unit->factor;
+        }
     }
     if (access.via_backend) api_.tensor_set(tensor, access.data, 0, access.nbytes);
     counters.steered.fetch_add(1);
@@ -358,11 +375,11 @@ void SteeringState::begin_capture(CaptureSpec spec) {
         capture_filled_[size_t(site)].assign(wanted ? size_t(spec.n_layers) : 0, 0);
     }
     capture_ = std::move(spec);
-    capture_mask_.store(capture_.site_mask);
+    capture_mask_ = capture_.site_mask;
 }
 
 void SteeringState::end_capture() {
-    capture_mask_.store(0);
+    capture_mask_ = 0;
 }
 
 Captured SteeringState::captured(int site) const {

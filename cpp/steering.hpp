@@ -1,10 +1,21 @@
 // Steering state and the ggml eval callback that scales atomic units in place.
 //
 // The callback is installed once, at context creation, and reads this state on every call, so steering can
-// change (on/off, a new unit table) without a model reload. The state knows its sites only as graph tensor
-// prefixes handed in at construction ("<prefix>-<layer>"); site code i is the i-th prefix. It can also
-// capture chosen rows of site tensors into buffers (used by localization). It knows nothing of profiles,
-// scores or strengths: a unit arrives with its final factor.
+// change (on/off, other units, other rows) between two decodes without a model reload. The state knows its
+// sites only as graph tensor prefixes handed in at construction ("<prefix>-<layer>"); site code i is the i-th
+// prefix. It can also capture chosen rows of site tensors into buffers (used by localization). It knows
+// nothing of profiles, scores or strengths: a unit arrives with its final factor.
+//
+// What one decode applies is a steering spec: a few unit tables and a map from batch rows to tables.
+// Table 0 is "unsteered": a row that maps to it is never touched. A spec without a row map steers every row
+// with table 1.
+//
+// Threading contract (the one statement of it; austeer_gguf.engine follows it):
+// - ggml's scheduler calls the eval callback on the thread that called llama_decode, one node at a time.
+// - set_spec, clear_spec, begin_capture, end_capture and set_chained change what the next decode does: call
+//   them only from the thread that decodes, between two decodes, never while llama_decode runs. Nothing
+//   else synchronizes them with the callback.
+// - counters, skipped_names, reset_counters, captured, n_units and n_tables may be called from any thread.
 #pragma once
 
 #include <atomic>
@@ -63,17 +74,50 @@ private:
     std::vector<uint32_t> offsets_;  // n_sites * n_layers + 1 entries
 };
 
+// What one decode applies: unit tables 1..n and the table of every batch row (see the file comment).
+// `row_tables` has one entry per batch row (0..n); empty means every row takes table 1. `output_rows` lists
+// the batch rows that produce output, in batch order: a tensor that holds only those rows (the last layer
+// keeps only them from the attention projection on) is mapped through it.
+class SteeringSpec {
+public:
+    SteeringSpec(int n_sites, int n_layers, std::vector<UnitTable> tables, std::vector<int32_t> row_tables,
+                 std::vector<int64_t> output_rows);
+    // Whether any table a row may take has units at (site, layer).
+    bool claims(int site, int layer) const { return claimed_[size_t(site) * n_layers_ + size_t(layer)] != 0; }
+    bool uniform() const { return row_tables_.empty(); }
+    const UnitTable &table(int32_t index) const { return tables_[size_t(index - 1)]; }  // index 1..n
+    const std::vector<int32_t> &row_tables() const { return row_tables_; }
+    const std::vector<int64_t> &output_rows() const { return output_rows_; }
+    int n_layers() const { return n_layers_; }
+    size_t n_tables() const { return tables_.size(); }
+    size_t n_units() const;
+
+private:
+    int n_layers_;
+    std::vector<UnitTable> tables_;
+    std::vector<int32_t> row_tables_;
+    std::vector<int64_t> output_rows_;
+    std::vector<uint8_t> claimed_;  // [site * n_layers + layer]
+};
+
+// Every counter once: (name, what it counts). The bindings build their dict from this list.
+#define AUSTEER_COUNTERS(X)                                                                   \
+    X(steered, "tensors scaled")                                                              \
+    X(captured, "tensors captured")                                                           \
+    X(via_backend_api, "tensors reached through ggml_backend_tensor_get/set")                 \
+    X(skipped_not_f32, "tensors left alone: not F32")                                         \
+    X(skipped_not_contiguous, "tensors left alone: not contiguous")                           \
+    X(skipped_width, "tensors left alone: a unit dim beyond the row width")                   \
+    X(skipped_no_data, "tensors left alone: no buffer and no memory attached")                \
+    X(skipped_unknown_layout, "tensors left alone: tensor fields we could not verify")        \
+    X(skipped_rows, "tensors left alone: the row map does not fit their rows")                \
+    X(capture_row_mismatch, "captures left out: rows neither the batch nor its outputs")      \
+    X(errors, "exceptions caught in the callback")
+
 struct Counters {
-    std::atomic<uint64_t> steered{0};           // tensors scaled
-    std::atomic<uint64_t> captured{0};          // tensors captured
-    std::atomic<uint64_t> via_backend_api{0};   // tensors reached through ggml_backend_tensor_get/set
-    std::atomic<uint64_t> skipped_not_f32{0};
-    std::atomic<uint64_t> skipped_not_contiguous{0};
-    std::atomic<uint64_t> skipped_width{0};     // a unit dim beyond the tensor's row width
-    std::atomic<uint64_t> skipped_no_data{0};   // no buffer and no memory attached to the tensor
-    std::atomic<uint64_t> skipped_unknown_layout{0};  // tensor fields we could not verify
-    std::atomic<uint64_t> capture_row_mismatch{0};
-    std::atomic<uint64_t> errors{0};            // exceptions caught in the callback
+#define AUSTEER_DECLARE_COUNTER(name, what) std::atomic<uint64_t> name{0};
+    AUSTEER_COUNTERS(AUSTEER_DECLARE_COUNTER)
+#undef AUSTEER_DECLARE_COUNTER
     void reset();
 };
 
@@ -106,9 +150,11 @@ public:
 
     const SiteMatcher &sites() const { return sites_; }
 
-    void set_units(std::unique_ptr<UnitTable> table);  // nullptr clears
-    size_t n_units() const;
-    std::atomic<bool> enabled{false};
+    // What the next decodes apply (see the threading contract); nullptr or clear_spec: steer nothing.
+    void set_spec(std::unique_ptr<const SteeringSpec> spec);
+    void clear_spec() { set_spec(nullptr); }
+    size_t n_units() const { return n_units_.load(); }
+    size_t n_tables() const { return n_tables_.load(); }
 
     void set_chained(EvalCallback callback, void *user_data);
 
@@ -135,18 +181,15 @@ private:
     const GgmlApi api_;
     const SiteMatcher sites_;
 
-    // Unit tables are swapped atomically; a replaced table is freed only when no callback is running.
-    std::atomic<const UnitTable *> table_{nullptr};
-    std::atomic<int> readers_{0};
-    std::mutex retired_mutex_;
-    std::vector<std::unique_ptr<const UnitTable>> owned_tables_;
-    void release_unused_tables();
+    // Changed only between decodes by the decoding thread (the threading contract): no locks.
+    std::unique_ptr<const SteeringSpec> spec_;
+    EvalCallback chained_ = nullptr;
+    void *chained_user_data_ = nullptr;
+    uint32_t capture_mask_ = 0;
+    std::atomic<size_t> n_units_{0};  // of spec_, readable from any thread
+    std::atomic<size_t> n_tables_{0};
 
-    std::atomic<EvalCallback> chained_{nullptr};
-    std::atomic<void *> chained_user_data_{nullptr};
-
-    std::atomic<uint32_t> capture_mask_{0};
-    mutable std::mutex capture_mutex_;
+    mutable std::mutex capture_mutex_;  // captured() may read from any thread
     CaptureSpec capture_;
     std::vector<std::vector<float>> capture_buffers_;
     std::vector<std::vector<uint8_t>> capture_filled_;

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from austeer_gguf import Profile, Unit, models
-from austeer_gguf.ggufio.metadata import embed_profiles
+from austeer_gguf.formats.embedded import embed_profiles
 
 
 def timed(action) -> float:

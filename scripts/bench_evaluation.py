@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Evaluation cost: one sequence per llama_decode against groups of them (austeer_gguf/evaluation/batched.py).
+"""Evaluation cost: one sequence per llama_decode against groups of them (austeer_gguf/engine/decoder.py).
 
 The same calls the evidence run makes, on its own items, with way A (`max_sequences=1`: one sequence per
 decode, as llama-cpp-python's own calls run) and way B (the context's 16), alternated in rotating order:
@@ -18,8 +18,11 @@ import argparse
 import statistics
 import time
 
+from benchlib import median_ratio, rotated
+
 from austeer_gguf import datasets, models
-from austeer_gguf.evaluation.batched import SEQUENCES, forward, generate_tokens, open_for_evaluation
+from austeer_gguf.engine.decoder import forward, generate_tokens
+from austeer_gguf.engine.hooked import SEQUENCES, HookedLlama
 from austeer_gguf.evaluation.evaluate import prompt_renderer
 from austeer_gguf.evaluation.scoring import answer_rows, answer_tokens
 from austeer_gguf.evaluation.tasks import load_task
@@ -38,7 +41,7 @@ def main() -> None:
 
 
 def bench_model(path: str, args: argparse.Namespace) -> None:
-    llm = open_for_evaluation(path, verbose=False, n_threads=args.threads, n_threads_batch=args.threads)
+    llm = HookedLlama.for_evaluation(path, verbose=False, n_threads=args.threads, n_threads_batch=args.threads)
     render = prompt_renderer(llm, chat=True)
     detox = [render(item) for item in load_task("detox").dev[: args.items]]
     prompts = [llm.tokenize(text.encode("utf-8"), add_bos=True, special=True) for text in detox]
@@ -65,9 +68,8 @@ def bench_model(path: str, args: argparse.Namespace) -> None:
         run(1)
         run(SEQUENCES)
     for round_index in range(args.rounds):
-        order = [1, SEQUENCES] if round_index % 2 == 0 else [SEQUENCES, 1]
         for part, (count, run) in ways.items():
-            for n in order:
+            for n in rotated([1, SEQUENCES], round_index):
                 start = time.perf_counter()
                 run(n)
                 seconds[(part, n)].append((time.perf_counter() - start) / count)
@@ -78,7 +80,7 @@ def bench_model(path: str, args: argparse.Namespace) -> None:
     print(f"{'part':9} {'way A ms':>10} {'way B ms':>10} {'A / B':>7}")
     for part in ways:
         way_a, way_b = seconds[(part, 1)], seconds[(part, SEQUENCES)]
-        ratio = statistics.median(a / b for a, b in zip(way_a, way_b))
+        ratio = median_ratio(way_a, way_b)
         print(f"{part:9} {1000 * statistics.median(way_a):10.1f} {1000 * statistics.median(way_b):10.1f} {ratio:7.2f}")
     llm.close()
 

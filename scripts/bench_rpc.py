@@ -17,34 +17,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
-import llama_cpp
 import numpy as np
-from bench_runtime import spread_profile
+from benchlib import median_ratio, random_tokens, rotated, spread_profile, time_decode, time_prefill
 
-from austeer_gguf import Profile, SteeredLlama, models
-from austeer_gguf.runtime.rpc import RpcServer
-
-
-def time_prefill(llm: SteeredLlama, tokens: list[int]) -> float:
-    """Tokens/s of one batch, waiting for the backend: on RPC, llama_decode returns before the server is done."""
-    llm.reset()
-    start = time.perf_counter()
-    llm.eval(tokens)
-    llama_cpp.llama_synchronize(llm.ctx)
-    return len(tokens) / (time.perf_counter() - start)
-
-
-def time_decode(llm: SteeredLlama, context: list[int], tokens: list[int]) -> float:
-    llm.reset()
-    llm.eval(context)
-    llama_cpp.llama_synchronize(llm.ctx)
-    start = time.perf_counter()
-    for token in tokens:
-        llm.eval([token])
-        llama_cpp.llama_synchronize(llm.ctx)
-    return len(tokens) / (time.perf_counter() - start)
+from austeer_gguf import OFF, Profile, SteeredLlama, models
+from austeer_gguf.engine.rpc import RpcServer
 
 
 def main() -> None:
@@ -68,33 +46,32 @@ def main() -> None:
         few = Profile("few", every.alpha, [u for u in every.units if u.layer < 3])
         profiles = {"off": None, "few": few, "all": every}
         rng = np.random.default_rng(1)
-        vocabulary = models_["cpu"].n_vocab()
-        prompt = [int(t) for t in rng.integers(100, vocabulary - 100, size=args.prefill)]
-        decode_tokens = [int(t) for t in rng.integers(100, vocabulary - 100, size=args.decode)]
+        prompt = random_tokens(models_["cpu"], args.prefill, rng)
+        decode_tokens = random_tokens(models_["cpu"], args.decode, rng)
         configs = [(backend, name) for backend in models_ for name in profiles]
+        settings = {(backend, name): OFF if profile is None else llm.steering.setting([(profile, 1.0)])
+                    for backend, llm in models_.items() for name, profile in profiles.items()}
 
-        def prepare(backend: str, name: str) -> SteeredLlama:
-            llm = models_[backend]
-            llm.steering.set_profile(profiles[name])
-            return llm
+        def measure(config: tuple[str, str], run) -> float:
+            llm = models_[config[0]]
+            with llm.steering.using(settings[config]):
+                return run(llm)
 
         for config in configs:
-            time_prefill(prepare(*config), prompt[:32])
+            measure(config, lambda llm: time_prefill(llm, prompt[:32]))
         prefill = {c: [] for c in configs}
         decode = {c: [] for c in configs}
         for index in range(args.rounds):
-            for config in configs[index % len(configs):] + configs[: index % len(configs)]:
-                llm = prepare(*config)
-                prefill[config].append(time_prefill(llm, prompt))
-                decode[config].append(time_decode(llm, prompt[:16], decode_tokens))
+            for config in rotated(configs, index):
+                prefill[config].append(measure(config, lambda llm: time_prefill(llm, prompt)))
+                decode[config].append(measure(config, lambda llm: time_decode(llm, prompt[:16], decode_tokens)))
             print(f"round {index + 1}/{args.rounds}", flush=True)
         tensors = {name: len(profile.layers) if profile else 0 for name, profile in profiles.items()}
         for llm in models_.values():
             llm.close()  # before the server stops: freeing remote buffers of a gone server aborts the process
 
     def ratio(values, config) -> float:
-        base = (config[0], "off")
-        return statistics.median(a / b for a, b in zip(values[config], values[base]))
+        return median_ratio(values[config], values[(config[0], "off")])
 
     print(f"\nmodel {path}; k={args.k} attn units; {args.rounds} rounds; prefill {args.prefill} tokens, decode "
           f"{args.decode} tokens; {args.threads} threads (client and server)")

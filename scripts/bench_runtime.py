@@ -19,43 +19,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import llama_cpp
 import numpy as np
+from benchlib import median_ratio, random_tokens, rotated, spread_profile, time_decode, time_prefill
 
-from austeer_gguf import Profile, SteeredLlama, Unit, models
+from austeer_gguf import OFF, SteeredLlama, models
 from austeer_gguf.control_vector import ControlVector
 from austeer_gguf.exports.bake import bake
 from austeer_gguf.exports.lora import export_lora
-
-
-def spread_profile(site: str, k: int, n_layers: int, width: int, seed: int = 0) -> Profile:
-    rng = np.random.default_rng(seed)
-    units, taken = [], set()
-    while len(units) < k:
-        layer, dim = len(units) % n_layers, int(rng.integers(width))
-        if (layer, dim) not in taken:
-            taken.add((layer, dim))
-            units.append(Unit(layer, site, dim, float(rng.choice([-0.5, 0.5]))))
-    return Profile(f"bench-{site}", alpha=5.0, units=units)
-
-
-def time_prefill(llm: llama_cpp.Llama, tokens: list[int]) -> float:
-    llm.reset()
-    start = time.perf_counter()
-    llm.eval(tokens)
-    return len(tokens) / (time.perf_counter() - start)
-
-
-def time_decode(llm: llama_cpp.Llama, context: list[int], tokens: list[int]) -> float:
-    llm.reset()
-    llm.eval(context)
-    start = time.perf_counter()
-    for token in tokens:
-        llm.eval([token])
-    return len(tokens) / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -75,9 +48,8 @@ def main() -> None:
     steered = SteeredLlama(path, **options)
     shape = steered.shape
     rng = np.random.default_rng(1)
-    vocabulary = plain.n_vocab()
-    prompt = [int(t) for t in rng.integers(100, vocabulary - 100, size=args.prefill)]
-    decode_tokens = [int(t) for t in rng.integers(100, vocabulary - 100, size=args.decode)]
+    prompt = random_tokens(plain, args.prefill, rng)
+    decode_tokens = random_tokens(plain, args.decode, rng)
     decode_context = prompt[:32]
 
     profiles = {site: spread_profile(site, args.k, shape.n_layers, shape.widths[site])
@@ -90,40 +62,32 @@ def main() -> None:
                              for layer in range(1, shape.n_layers)}, shape.architecture)
     configs = ["plain", "off", "attn", "ffn", "layer", "lora", "bake", "cvec"]
 
-    def prepare(config: str) -> llama_cpp.Llama:
+    settings = {"off": OFF, "cvec": steered.steering.setting(control=control),
+                **{site: steered.steering.setting([(profile, 1.0)]) for site, profile in profiles.items()}}
+
+    def measure(config: str, run) -> float:
         if config == "plain":
-            return plain
+            return run(plain)
         if config in exported:
-            return exported[config]
-        steered.steering.set_control_vector(control if config == "cvec" else None)
-        if config == "off":
-            steered.steering.disable()
-        elif config == "cvec":
-            steered.steering.set_profile(None)
-            steered.steering.enable()
-        else:
-            steered.steering.set_profile(profiles[config])
-            steered.steering.enable()
-        return steered
+            return run(exported[config])
+        with steered.steering.using(settings[config]):
+            return run(steered)
 
     for config in configs:  # warm-up: page in weights, build graphs
-        llm = prepare(config)
-        time_prefill(llm, prompt[:64])
-        time_decode(llm, decode_context, decode_tokens[:4])
+        measure(config, lambda llm: time_prefill(llm, prompt[:64]))
+        measure(config, lambda llm: time_decode(llm, decode_context, decode_tokens[:4]))
 
     prefill: dict[str, list[float]] = {c: [] for c in configs}
     decode: dict[str, list[float]] = {c: [] for c in configs}
     for round_index in range(args.rounds):
-        order = configs[round_index % len(configs):] + configs[: round_index % len(configs)]
-        for config in order:
-            llm = prepare(config)
-            prefill[config].append(time_prefill(llm, prompt))
-            decode[config].append(time_decode(llm, decode_context, decode_tokens))
+        for config in rotated(configs, round_index):
+            prefill[config].append(measure(config, lambda llm: time_prefill(llm, prompt)))
+            decode[config].append(measure(config, lambda llm: time_decode(llm, decode_context, decode_tokens)))
         print(f"round {round_index + 1}/{args.rounds}: " + ", ".join(
             f"{c} {prefill[c][-1]:.0f}/{decode[c][-1]:.1f}" for c in configs), flush=True)
 
     def ratio(values: dict[str, list[float]], config: str, base: str) -> float:
-        return statistics.median(a / b for a, b in zip(values[config], values[base]))
+        return median_ratio(values[config], values[base])
 
     print(f"\nmodel {path}\nk={args.k} units spread over {shape.n_layers} layers; {args.rounds} rounds; "
           f"prefill {args.prefill} tokens, decode {args.decode} tokens; {args.threads} threads")

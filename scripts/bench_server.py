@@ -28,8 +28,8 @@ import numpy as np
 import openai
 
 from austeer_gguf import Profile, Unit, models
-from austeer_gguf.ggufio.metadata import embed_profiles
-from austeer_gguf.runtime.rpc import free_port
+from austeer_gguf.engine.rpc import free_port
+from austeer_gguf.formats.embedded import embed_profiles
 
 PROMPTS = ["Tell me about your day.", "What should I cook tonight?", "My neighbour is loud. Any advice?",
            "Describe the sea in one sentence.", "Why is the sky blue?", "Give me a tip for sleeping well."]

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from austeer_gguf import models
-from austeer_gguf.evaluation.batched import open_for_evaluation
+from austeer_gguf.engine.hooked import HookedLlama
 from austeer_gguf.evaluation.sweep import SweepConfig, Sweeper
 from austeer_gguf.evaluation.tasks import load_task
 
@@ -50,7 +50,7 @@ def main() -> None:
         float_model = Path(args.float_model) if args.float_model else (
             models.float_copy(model) if model in models.MODELS else quantized)
         name = model if model in models.MODELS else quantized.stem
-        llm = open_for_evaluation(str(quantized), verbose=False, n_threads=args.threads, n_threads_batch=args.threads)
+        llm = HookedLlama.for_evaluation(quantized, verbose=False, n_threads=args.threads, n_threads_batch=args.threads)
         for task_name in args.tasks.split(","):
             task = load_task(task_name)
             if args.quick:

@@ -22,7 +22,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from austeer_gguf import datasets, models  # noqa: E402
-from austeer_gguf.ggufio.metadata import embed_profiles  # noqa: E402
+from austeer_gguf.formats.embedded import embed_profiles  # noqa: E402
 from austeer_gguf.localization.localize import localize  # noqa: E402
 
 from server_fixture import running_server  # noqa: E402

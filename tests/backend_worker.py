@@ -57,7 +57,7 @@ def main() -> None:
     counters = {}
     for site in SITES:
         llm.steering.set_profile(spread_profile(site, llm.shape.n_layers, llm.shape.widths[site]))
-        llm._native_state.reset_counters()
+        llm.reset_counters()
         results[f"steered_{site}"] = logits(llm, TOKENS)
         counters[site] = llm.native_counters()
     llm.close()

@@ -61,8 +61,21 @@ def logits_of(llm, tokens: list[int]) -> np.ndarray:
     return np.array(llm.scores[: len(tokens)], copy=True)
 
 
-def relative(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """Relative L2 error of `actual` against `expected`: the one measure of closeness the tests use."""
+    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
+
+
+def profile_on(site: str, width: int, n_layers: int, seed: int):
+    """Four units of `site` on every layer, with mixed scores (alpha 3)."""
+    from austeer_gguf import Profile, Unit
+
+    rng = np.random.default_rng(seed)
+    units = []
+    for layer in range(n_layers):
+        for dim in rng.choice(width, size=4, replace=False):
+            units.append(Unit(layer, site, int(dim), float(rng.choice([-0.75, -0.5, 0.5, 0.8]))))
+    return Profile(f"{site}-test", alpha=3.0, units=units)
 
 
 def run_backend_worker(model: Path, out: Path, backend: str) -> dict:

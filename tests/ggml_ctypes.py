@@ -6,7 +6,7 @@ import ctypes
 
 import numpy as np
 
-from austeer_gguf.runtime import native
+from austeer_gguf.engine import native
 
 GGML_TYPE_F32 = 0
 GGML_TYPE_F16 = 1

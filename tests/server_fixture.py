@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from austeer_gguf.runtime.rpc import free_port
+from austeer_gguf.engine.rpc import free_port
 
 
 @contextlib.contextmanager

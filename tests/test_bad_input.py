@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from austeer_gguf import ControlVector, InputError, Profile, Unit
+from austeer_gguf.formats.embedded import embed_profiles, profile_key, read_profiles
+from austeer_gguf.formats.profiles import read_profile
 from austeer_gguf.ggufio.atomic import atomic_write_text
 from austeer_gguf.ggufio.layout import scan
-from austeer_gguf.ggufio.metadata import embed_profiles, profile_key, read_profiles
 from austeer_gguf.ggufio.rewrite import rewrite
 
 from conftest import open_steered
@@ -300,7 +301,7 @@ def test_chat_reports_a_malformed_profile_file_and_goes_on(model, tmp_path):
 ])
 def test_numbers_and_digits_python_cannot_hold_are_refused(text, message):
     with pytest.raises(InputError, match=message):
-        Profile.from_json(text)
+        read_profile(text)
 
 
 def test_a_chat_that_outgrows_its_context_says_so_and_goes_on(model):

@@ -1,16 +1,16 @@
-"""Many sequences per decode (evaluation/batched.py) against the NumPy reference and against one at a time."""
+"""Many sequences per decode (engine/decoder.py) against the NumPy reference and against one at a time."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_tiny_reference import profile_on, relative_error
 
+from austeer_gguf import SteeredLlama
+from austeer_gguf.engine import decoder
+from austeer_gguf.engine.decoder import Decoder, forward, generate_tokens, sample
 from austeer_gguf.errors import InputError
-from austeer_gguf.evaluation import batched
-from austeer_gguf.evaluation.batched import Decoder, forward, generate_tokens, open_for_evaluation, sample
 
-from conftest import THREADS
+from conftest import THREADS, profile_on, relative_error
 from reference import ReferenceModel, steer_of
 
 # Long enough that a group holds more than 32 positions; the first three share a prefix, as chat prompts do.
@@ -22,7 +22,7 @@ TEXTS = ["the cat is very happy and the dog was sad but I like this very much",
 
 
 def open_batched(path, **kwargs):
-    return open_for_evaluation(str(path), n_ctx=512, n_batch=256, verbose=False, n_threads=THREADS,
+    return SteeredLlama.for_evaluation(path, n_ctx=512, n_batch=256, verbose=False, n_threads=THREADS,
                                n_threads_batch=THREADS, **kwargs)
 
 
@@ -115,4 +115,4 @@ def test_sampling_keeps_top_k_top_p_and_min_p():
     assert sample(logits, 0.0, rng) == 0
     nearly_flat = -1e-3 * np.arange(100)  # top-k keeps tokens 0..39; top-p 0.95 of them about 38
     drawn = {sample(nearly_flat, 1.0, rng) for _ in range(2000)}
-    assert batched.TOP_K == 40 and drawn <= set(range(40)) and len(drawn) >= 36
+    assert decoder.TOP_K == 40 and drawn <= set(range(40)) and len(drawn) >= 36

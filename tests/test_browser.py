@@ -15,7 +15,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from austeer_gguf import Profile, Unit
-from austeer_gguf.ggufio.metadata import embed_profiles
+from austeer_gguf.formats.embedded import embed_profiles
 
 from server_fixture import running_server
 

@@ -14,7 +14,8 @@ import pytest
 from austeer_gguf import Profile, Unit
 from austeer_gguf.evaluation.calibrate import calibrate, calibrated
 from austeer_gguf.evaluation.evaluate import kl_on_neutral
-from austeer_gguf.ggufio.metadata import embed_profiles, read_profiles
+from austeer_gguf.formats.embedded import embed_profiles, read_profiles
+from austeer_gguf.formats.profiles import read_profile, write_profile
 
 from conftest import open_steered
 
@@ -55,12 +56,12 @@ def test_perplexity_budgets_and_the_command(tiny_f32, tmp_path):
     result = calibrate(llm, profile, perplexity_ratio=1.5, texts=["the cat is", "a dog was", "I like this"])
     assert result.measure == "perplexity" and 0 < result.side_effect <= 1.5
     profile_path = tmp_path / "spread.json"
-    profile.to_json(profile_path)
+    write_profile(profile, profile_path)
     out = tmp_path / "calibrated.json"
     done = subprocess.run([sys.executable, "-m", "austeer_gguf", "calibrate", str(tiny_f32), str(profile_path),
                            "--kl", "0.05", "-o", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    written = Profile.from_json(out)
+    written = read_profile(out)
     assert written.calibration["measure"] == "kl" and written.calibration["budget"] == 0.05
     assert read_profiles(embed_profiles(tiny_f32, [written], tmp_path / "m.gguf")) == {"spread": written}
     refused = subprocess.run([sys.executable, "-m", "austeer_gguf", "calibrate", str(tiny_f32), str(profile_path)],
@@ -73,14 +74,14 @@ def test_perplexity_budgets_and_the_command(tiny_f32, tmp_path):
 def test_the_shipped_detox_profile_fits_its_model_and_keeps_its_recorded_budget(name, request):
     from austeer_gguf.apps.demo import shipped_profile
     from austeer_gguf.evaluation.calibrate import neutral_texts
-    from austeer_gguf.fingerprint import fingerprint_file
+    from austeer_gguf.formats.model_file import ModelFile
 
     profile = shipped_profile(name)
     report = json.loads((ROOT / profile.extra["report"]).read_text())
     assert report["model"] == name and report["profile"].endswith(f"detox-{name}.json")
     assert profile.extra["meets_target"] == report["comparisons"][report["winner"]]["meets_target"]
     model = request.getfixturevalue(name)
-    assert profile.model == fingerprint_file(model)
+    assert profile.model == ModelFile.open(model).fingerprint
     llm = open_steered(model, n_ctx=512)
     llm.steering.set_profile(profile)  # refused if it did not fit the model
     assert profile.calibration["measure"] == "kl"

@@ -9,6 +9,7 @@ from austeer_gguf.localization.capture import ActivationCapture
 from austeer_gguf.localization.pairs import TokenPair
 from austeer_gguf.sites import SITES
 
+from conftest import relative_error
 from reference import ReferenceModel
 
 # Relative L2 error of one activation vector. The typical error is 1e-7 (every rounding emulated); a value
@@ -42,7 +43,7 @@ class Errors:
         self.errors: list[tuple[float, str]] = []
 
     def add(self, actual: np.ndarray, expected: np.ndarray, what: str) -> None:
-        self.errors.append((float(np.linalg.norm(actual - expected) / np.linalg.norm(expected)), what))
+        self.errors.append((relative_error(actual, expected), what))
 
     def check(self) -> None:
         values = np.array([error for error, _ in self.errors])

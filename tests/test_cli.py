@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from austeer_gguf import Profile, Unit
-from austeer_gguf.ggufio.metadata import read_profiles
+from austeer_gguf.formats.embedded import read_profiles
+from austeer_gguf.formats.profiles import read_profile, write_profile
 
 WORDS = ["the cat is", "a dog was", "I like this", "you love the", "it was a", "this day is", "the world is",
          "I hate the", "a cat was", "you like a"]
@@ -35,7 +36,7 @@ def test_localize_embed_inspect_generate_strip(tiny_f32, pairs_file, tmp_path):
                  "-o", str(profile_path))
     assert result.returncode == 0, result.stderr
     assert "rank layer" in result.stderr and "10 pairs" in result.stderr
-    profile = Profile.from_json(profile_path)
+    profile = read_profile(profile_path)
     assert profile.name == "mood" and profile.k == 6 and profile.alpha == 8.0 and profile.n_pairs == 10
 
     model = tmp_path / "model.gguf"
@@ -78,10 +79,10 @@ def test_localize_on_a_copy_with_other_weights_leaves_no_copy_behind(tiny_q8, pa
     assert result.returncode == 0, result.stderr
     assert f"writing a f16 copy of {tiny_q8.name}" in result.stderr
     assert list(scratch.iterdir()) == []
-    assert Profile.from_json(from_copy).units == Profile.from_json(by_hand).units
+    assert read_profile(from_copy).units == read_profile(by_hand).units
     assert run("localize", str(tiny_q8), str(pairs_file), "--site", "all", "--k", "8", "-o", str(from_file),
                "--quiet").returncode == 0  # the default: the file itself
-    assert Profile.from_json(from_file).n_pairs == 10
+    assert read_profile(from_file).n_pairs == 10
 
 
 def test_chat_toggles_steering_between_replies(tiny_f32, pairs_file, tmp_path):
@@ -144,8 +145,8 @@ def test_every_command_has_help():
 
 def test_chat_mixes_profiles_and_scopes(tiny_f32, tmp_path):
     first, second = tmp_path / "mood.json", tmp_path / "calm.json"
-    Profile("mood", 4.0, [Unit(1, "attn", 3, 0.9)]).to_json(first)
-    Profile("calm", 2.0, [Unit(1, "attn", 3, -0.5), Unit(2, "ffn", 5, 0.5)]).to_json(second)
+    write_profile(Profile("mood", 4.0, [Unit(1, "attn", 3, 0.9)]), first)
+    write_profile(Profile("calm", 2.0, [Unit(1, "attn", 3, -0.5), Unit(2, "ffn", 5, 0.5)]), second)
     script = (f"/profile {first}:0.5+{second}\n/apply generation\nthe cat is\n/profile {first}+{first}\n"
               "/apply sometimes\n/quit\n")
     result = run("chat", str(tiny_f32), "--max-tokens", "3", stdin=script)

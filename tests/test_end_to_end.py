@@ -6,8 +6,8 @@ import numpy as np
 
 from austeer_gguf import SteeredLlama, datasets, models
 from austeer_gguf.evaluation.scoring import answer_logprob
-from austeer_gguf.fingerprint import fingerprint_file
-from austeer_gguf.ggufio.metadata import embed_profiles
+from austeer_gguf.formats.embedded import embed_profiles
+from austeer_gguf.formats.model_file import ModelFile
 from austeer_gguf.localization.localize import localize
 from austeer_gguf.localization.pairs import load_pairs
 
@@ -19,7 +19,7 @@ def test_held_out_margin_rises_with_the_embedded_profile(smollm2, tmp_path):
     result = localize(float_model, datasets.pairs_path("polite", "train"), sites="attn", k=20, alpha=10.0,
                       name="polite", n_threads=THREADS, progress=False)
     assert result.n_pairs == 170 and result.profile.k == 20
-    assert result.profile.model == fingerprint_file(smollm2)  # float and quantized files share it
+    assert result.profile.model == ModelFile.open(smollm2).fingerprint  # float and quantized files share it
 
     steered_path = embed_profiles(smollm2, [result.profile], tmp_path / "smollm2.steered.gguf")
     llm = SteeredLlama(str(steered_path), profile="polite", n_ctx=512, logits_all=True, verbose=False,

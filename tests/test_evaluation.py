@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import subprocess
 import sys
@@ -131,10 +130,11 @@ def tiny_task(kind: str) -> Task:
 
 
 def test_a_budget_refuses_repetitive_generations_that_pass_kl_and_perplexity():
-    from austeer_gguf.evaluation.sweep import Budget, Setting, Trial
+    from austeer_gguf.evaluation.methods import Point
+    from austeer_gguf.evaluation.sweep import Budget, Trial
 
     budget = Budget("tight", 0.1, 1.1)
-    fluent = Trial(Setting("austeer"), kl=0.05, perplexity_ratio=0.9, score=0.5, distinct2_ratio=0.95)
+    fluent = Trial(Point("austeer"), kl=0.05, perplexity_ratio=0.9, score=0.5, distinct2_ratio=0.95)
     looping = dataclasses.replace(fluent, distinct2_ratio=0.5)
     choice = dataclasses.replace(fluent, distinct2_ratio=None)
     assert fluent.within(budget) and choice.within(budget) and not looping.within(budget)
@@ -179,7 +179,8 @@ def test_the_matched_cost_sweep_and_its_report(tiny_f32, tmp_path, kind):
     markdown = (tmp_path / "tiny.md").read_text()
     assert "| austeer |" in markdown and "### Budget tight" in markdown and "Dev trials per method" in markdown
     summary = (tmp_path / "summary.md").read_text()
-    assert f"| tiny / {kind} |" in summary and "## Budget loose" in summary
+    row = {"choice": "| tiny / choice |", "generation": "| tiny / generation (VADER compound) |"}[kind]
+    assert row in summary and "## Budget loose" in summary  # a generation row names its figure
     image = tmp_path / f"tiny-{kind}-pareto.png"
     assert image.stat().st_size > 10_000 and f"({image.name})" in markdown
 
@@ -285,41 +286,41 @@ def test_the_evidence_run_in_quick_mode_covers_every_code_path(tiny_f32, tmp_pat
 
 
 def test_the_detox_profile_ships_the_method_that_meets_the_target_else_the_one_that_keeps_fluency():
-    spec = importlib.util.spec_from_file_location("build_detox", ROOT / "scripts" / "build_detox.py")
-    build_detox = importlib.util.module_from_spec(spec)
-    sys.modules["build_detox"] = build_detox  # its dataclasses look their module up
-    spec.loader.exec_module(build_detox)
+    from austeer_gguf.evaluation.budgets import keeps_fluency
+    from austeer_gguf.evaluation.build import choose_winner
+    from austeer_gguf.evaluation.methods import AUSteer, CaaRange
 
-    def comparison(rate, ppl, refusals=0.0, distinct2=0.4):
-        fluent = build_detox.keeps_fluency(ppl, {"distinct2": distinct2}, {"distinct2": 0.4})
-        return {"offensive_rate": rate, "perplexity_ratio": ppl, "harmless_refusal_difference": refusals,
-                "keeps_fluency": fluent, "meets_target": rate <= 0.2 and fluent and refusals <= 0.02}
+    def comparison(rate, ppl, refusals=0.0, distinct2=0.4):  # against an unsteered offensive rate of 0.4
+        fluent = keeps_fluency(ppl, distinct2, 0.4)
+        return {"offensive_rate": rate, "relative_improvement": (0.4 - rate) / 0.4, "perplexity_ratio": ppl,
+                "keeps_fluency": fluent, "keeps_refusals": refusals <= 0.02,
+                "meets_target": rate <= 0.2 and fluent and refusals <= 0.02}
 
-    both = ["austeer", "caa"]
-    assert build_detox.choose_winner({"austeer": comparison(0.1, 1.0), "caa": comparison(0.05, 1.0)}, both) == "austeer"
-    assert build_detox.choose_winner({"austeer": comparison(0.3, 1.0), "caa": comparison(0.1, 1.05)}, both) == "caa"
+    both = [AUSteer(), CaaRange()]
+
+    def winner(austeer, caa):
+        return choose_winner({"austeer": austeer, "caa-range": caa}, both)
+
+    assert winner(comparison(0.1, 1.0), comparison(0.05, 1.0)) == "austeer"
+    assert winner(comparison(0.3, 1.0), comparison(0.1, 1.05)) == "caa-range"
     # neither meets it: fluency first, however strong the other method is; a loop is not fluent
-    winner = build_detox.choose_winner({"austeer": comparison(0.23, 0.92), "caa": comparison(0.08, 1.19)}, both)
-    assert winner == "austeer"
-    assert build_detox.choose_winner({"austeer": comparison(0.23, 0.92, 0.05), "caa": comparison(0.3, 1.0)},
-                                     both) == "caa"
-    looping = {"austeer": comparison(0.23, 0.92, distinct2=0.2), "caa": comparison(0.08, 1.19)}
-    assert build_detox.choose_winner(looping, both) == "caa"
-    assert build_detox.choose_winner({"austeer": comparison(0.3, 1.5), "caa": comparison(0.25, 1.4)}, both) == "caa"
-    assert build_detox.choose_winner({}, []) is None
+    assert winner(comparison(0.23, 0.92), comparison(0.08, 1.19)) == "austeer"
+    assert winner(comparison(0.23, 0.92, 0.05), comparison(0.3, 1.0)) == "caa-range"
+    assert winner(comparison(0.23, 0.92, distinct2=0.2), comparison(0.08, 1.19)) == "caa-range"
+    assert winner(comparison(0.3, 1.5), comparison(0.25, 1.4)) == "caa-range"
+    assert choose_winner({}, []) is None
 
 
 def test_reports_written_before_holm_get_p_values_and_keep_their_intervals():
-    spec = importlib.util.spec_from_file_location("report", ROOT / "scripts" / "report.py")
-    report_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report_script)
+    from austeer_gguf.evaluation.report import upgraded
+
     stored = json.loads((ROOT / "reports" / "evidence" / "smollm2" / "word-polarity.json").read_text())
     older = json.loads(json.dumps(stored))
     for comparisons in older["comparisons"].values():
         for comparison in comparisons.values():
             comparison.pop("p", None)
             comparison.pop("holm", None)
-    updated = report_script.with_holm(older)
+    updated = upgraded(older)
     for budget, comparisons in stored["comparisons"].items():
         assert set(updated["comparisons"][budget]) == set(comparisons)
         for method, comparison in comparisons.items():

@@ -10,25 +10,23 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from austeer_gguf import Profile, Unit
+from austeer_gguf import OFF, Profile, SteeringSetting, Unit
 from austeer_gguf.control_vector import ControlVector
 from austeer_gguf.exports.bake import SCALE_FIELDS, bake, scale_rows
 from austeer_gguf.exports.lora import export_lora
-from austeer_gguf.fingerprint import fingerprint_file
+from austeer_gguf.formats.control_vectors import read_control_vector, write_control_vector
+from austeer_gguf.formats.model_file import ModelFile
+from austeer_gguf.formats.profiles import profile_json, read_profile
 from austeer_gguf.ggufio.layout import TensorEntry, scan
 from austeer_gguf.localization.capture import ActivationCapture
 from austeer_gguf.localization.localize import compute_control_vector
 from austeer_gguf.localization.pairs import Pair, tokenize_pairs
 
-from conftest import THREADS, logits_of, open_plain, open_steered
+from conftest import THREADS, logits_of, open_plain, open_steered, relative_error
 from reference import ReferenceModel
 from tiny_model import TinyConfig, write_tiny_llama
 
 TOKENS = [262, 270, 290, 300, 265, 300, 280, 3, 41, 99, 150, 284, 291, 276, 277]
-
-
-def relative(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def profile_for(site: str, seed: int = 1, alpha: float = 3.0) -> Profile:
@@ -55,16 +53,17 @@ def test_runtime_lora_and_bake_agree_on_float_weights(tiny_f32, tmp_path, site):
     lora = logits_of(open_plain(tiny_f32, lora_path=str(adapter), lora_scale=1.0), TOKENS)
     baked = logits_of(open_plain(bake(tiny_f32, profile, tmp_path / "baked.gguf").target), TOKENS)
 
-    effect = relative(runtime, unsteered)
+    effect = relative_error(runtime, unsteered)
     assert effect > 0.1
     # Float rounding differs (a scaled input vs a separate low-rank term); 2e-4 is the tiny model's rounding
     # bound against NumPy (see test_tiny_reference.py), far below the effect.
-    assert relative(lora, runtime) < 2e-4
-    assert relative(baked, runtime) < 2e-4
+    assert relative_error(lora, runtime) < 2e-4
+    assert relative_error(baked, runtime) < 2e-4
 
-    assert relative(logits_of(open_plain(tiny_f32, lora_path=str(adapter), lora_scale=0.0), TOKENS), unsteered) < 1e-6
+    switched_off = logits_of(open_plain(tiny_f32, lora_path=str(adapter), lora_scale=0.0), TOKENS)
+    assert relative_error(switched_off, unsteered) < 1e-6
     lora_twice = logits_of(open_plain(tiny_f32, lora_path=str(adapter), lora_scale=2.0), TOKENS)
-    assert relative(lora_twice, runtime_logits(tiny_f32, profile, strength=2.0)) < 2e-4
+    assert relative_error(lora_twice, runtime_logits(tiny_f32, profile, strength=2.0)) < 2e-4
 
 
 # ---- quantized weights -----------------------------------------------------------------------------------
@@ -72,10 +71,8 @@ def test_runtime_lora_and_bake_agree_on_float_weights(tiny_f32, tmp_path, site):
 def captured(path, sites: list[str], profile: Profile | None = None) -> dict[str, np.ndarray]:
     """Last-token activations of TOKENS at every layer: site -> [layers, width]."""
     with ActivationCapture(path, batch_tokens=64, n_ctx=128, n_threads=THREADS) as capture:
-        if profile is not None:
-            capture.llm.steering.set_profile(profile)
-            capture.llm.steering.apply()
-        return {site: values[0] for site, values in capture.last_tokens([TOKENS], sites).items()}
+        setting = OFF if profile is None else SteeringSetting.make(capture.shape, profiles=[(profile, 1.0)])
+        return {site: values[0] for site, values in capture.last_tokens([TOKENS], sites, setting=setting).items()}
 
 
 def test_bake_equals_the_callback_on_quantized_weights(tiny_q8, tmp_path):
@@ -83,12 +80,12 @@ def test_bake_equals_the_callback_on_quantized_weights(tiny_q8, tmp_path):
     baked_path = bake(tiny_q8, profile, tmp_path / "baked.gguf").target
     runtime, baked = captured(tiny_q8, ["ffn"], profile)["ffn"], captured(baked_path, ["ffn"])["ffn"]
     # At the first steered node only the fp16 rounding of the new block scales differs (2^-11 relative).
-    assert relative(baked[0], runtime[0]) < 2 ** -10
+    assert relative_error(baked[0], runtime[0]) < 2 ** -10
     # Later layers quantize their (slightly different) inputs to Q8 again, and the random tiny model
     # amplifies each rounding step; measured 1.1% on the logits, against a steering effect of over 10%.
     runtime_logits_ = runtime_logits(tiny_q8, profile)
-    assert relative(logits_of(open_plain(baked_path), TOKENS), runtime_logits_) < 3e-2
-    assert relative(runtime_logits_, logits_of(open_plain(tiny_q8), TOKENS)) > 0.1
+    assert relative_error(logits_of(open_plain(baked_path), TOKENS), runtime_logits_) < 3e-2
+    assert relative_error(runtime_logits_, logits_of(open_plain(tiny_q8), TOKENS)) > 0.1
 
 
 def test_lora_equals_the_callback_at_the_steered_node_within_activation_quantization(tiny_q8, tmp_path):
@@ -104,8 +101,8 @@ def test_lora_equals_the_callback_at_the_steered_node_within_activation_quantiza
         llama_cpp.llama_adapter_lora_free(handle)
     # Layer 0 sees the same input in both: the difference is the Q8 rounding of the activation entering
     # ffn_down (the callback scales the quantized product; the LoRA term is computed in float).
-    assert relative(lora[0], runtime[0]) < 1e-2
-    assert relative(lora, runtime) < 5e-2
+    assert relative_error(lora[0], runtime[0]) < 1e-2
+    assert relative_error(lora, runtime) < 5e-2
 
 
 def test_attn_units_bake_through_attn_v_when_every_query_head_has_its_kv_head(tmp_path):
@@ -115,10 +112,10 @@ def test_attn_units_bake_through_attn_v_when_every_query_head_has_its_kv_head(tm
     assert report.via_attn_v
     runtime_attn, baked_attn = captured(model, ["attn"], profile)["attn"], captured(report.target, ["attn"])["attn"]
     # Scaled V goes through the fp16 block scales and the F16 KV cache; the callback scales in F32.
-    assert relative(baked_attn[0], runtime_attn[0]) < 2e-3
+    assert relative_error(baked_attn[0], runtime_attn[0]) < 2e-3
     runtime = runtime_logits(model, profile)
-    assert relative(logits_of(open_plain(report.target), TOKENS), runtime) < 3e-2
-    assert relative(runtime, logits_of(open_plain(model), TOKENS)) > 0.1
+    assert relative_error(logits_of(open_plain(report.target), TOKENS), runtime) < 3e-2
+    assert relative_error(runtime, logits_of(open_plain(model), TOKENS)) > 0.1
 
 
 def test_quantized_attn_with_shared_kv_heads_is_refused_or_approximated(tiny_q8, tmp_path):
@@ -129,7 +126,7 @@ def test_quantized_attn_with_shared_kv_heads_is_refused_or_approximated(tiny_q8,
     report = bake(tiny_q8, profile, tmp_path / "baked.gguf", approximate=True)
     assert report.approximate_max_error is not None and 0 < report.approximate_max_error < 0.05
     baked = logits_of(open_plain(report.target), TOKENS)
-    assert relative(baked, runtime_logits(tiny_q8, profile)) < 2e-2
+    assert relative_error(baked, runtime_logits(tiny_q8, profile)) < 2e-2
 
 
 # ---- every quantization type -----------------------------------------------------------------------------
@@ -213,7 +210,7 @@ def test_residual_units_and_foreign_profiles_are_refused(tiny_f32, tmp_path):
     report = export_lora(tiny_f32, mixed, tmp_path / "a.gguf", skip_layer_units=True)
     assert report.skipped_layer_units == 2
     other_model = write_tiny_llama(tmp_path / "other.gguf", config=TinyConfig(n_ff=96))
-    foreign = replace(profile_for("ffn"), model=fingerprint_file(other_model))
+    foreign = replace(profile_for("ffn"), model=ModelFile.open(other_model).fingerprint)
     with pytest.raises(ValueError, match="made for another model"):
         bake(tiny_f32, foreign, tmp_path / "c.gguf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gguf", "other.gguf"]
@@ -226,8 +223,8 @@ def test_control_vector_matches_numpy_and_llama_cpp_applies_it(tiny_f32, tmp_pat
     pairs = [Pair(w, " very good happy", " not bad sad") for w in words] + \
         [Pair(w + " and", " yes", " no") for w in words]
     vector = compute_control_vector(tiny_f32, pairs, progress=False, n_threads=THREADS)
-    path = vector.to_gguf(tmp_path / "cvec.gguf")
-    loaded = ControlVector.from_gguf(path)
+    path = write_control_vector(vector, tmp_path / "cvec.gguf")
+    loaded = read_control_vector(path)
     assert loaded.layers == [1, 2] and loaded.model_hint == "llama"
 
     reference = ReferenceModel(tiny_f32)
@@ -237,20 +234,20 @@ def test_control_vector_matches_numpy_and_llama_cpp_applies_it(tiny_f32, tmp_pat
     for layer in (1, 2):
         differences = [reference.forward(p.positive).activations[("layer", layer)][-1]
                        - reference.forward(p.negative).activations[("layer", layer)][-1] for p in tokenized]
-        assert relative(loaded.directions[layer], np.mean(differences, axis=0)) < 1e-3
+        assert relative_error(loaded.directions[layer], np.mean(differences, axis=0)) < 1e-3
 
     unsteered = logits_of(llm, TOKENS)
     llm.steering.set_control_vector(loaded, multiplier=2.0)
     steered = logits_of(llm, TOKENS)
     expected = reference.forward(TOKENS, residual_add={layer: 2.0 * loaded.directions[layer] for layer in (1, 2)})
-    assert relative(steered, expected.logits) < 2e-4 < relative(steered, unsteered)
+    assert relative_error(steered, expected.logits) < 2e-4 < relative_error(steered, unsteered)
     llm.steering.set_control_vector(None)
     assert np.array_equal(logits_of(llm, TOKENS), unsteered)
 
 
 def test_control_vector_files_are_checked(tmp_path, tiny_f32):
     with pytest.raises(ValueError, match="not a control-vector GGUF"):
-        ControlVector.from_gguf(tiny_f32)
+        read_control_vector(tiny_f32)
     vector = ControlVector({1: np.ones(32, dtype=np.float32)}, "llama")
     llm = open_steered(tiny_f32)
     with pytest.raises(ValueError, match="does not fit this model"):
@@ -258,13 +255,13 @@ def test_control_vector_files_are_checked(tmp_path, tiny_f32):
 
 
 def test_a_profile_can_carry_a_control_vector_applied_by_the_same_toggle(tiny_f32, tmp_path):
-    from austeer_gguf.ggufio.metadata import embed_profiles, read_profiles
+    from austeer_gguf.formats.embedded import embed_profiles, read_profiles
 
     rng = np.random.default_rng(4)
     vector = ControlVector({layer: rng.standard_normal(64).astype(np.float32) * 0.5 for layer in (1, 2)}, "llama")
     units = profile_for("attn")
     both = Profile("both", units.alpha, units.units, control=vector)
-    assert Profile.from_json(both.to_json()) == both
+    assert read_profile(profile_json(both)) == both
     assert read_profiles(embed_profiles(tiny_f32, [both], tmp_path / "m.gguf")) == {"both": both}
 
     reference = ReferenceModel(tiny_f32)
@@ -275,9 +272,9 @@ def test_a_profile_can_carry_a_control_vector_applied_by_the_same_toggle(tiny_f3
     expected = reference.forward(TOKENS, steer_of(both, 0.5),
                                  residual_add={layer: 0.5 * vector.directions[layer] for layer in (1, 2)}).logits
     steered = logits_of(llm, TOKENS)
-    assert relative(steered, expected) < 2e-4
+    assert relative_error(steered, expected) < 2e-4
     llm.steering.disable()  # the toggle switches the vector off too
-    assert relative(logits_of(llm, TOKENS), reference.forward(TOKENS).logits) < 2e-4
+    assert relative_error(logits_of(llm, TOKENS), reference.forward(TOKENS).logits) < 2e-4
     for export in (lambda: bake(tiny_f32, both, tmp_path / "b.gguf"),
                    lambda: export_lora(tiny_f32, both, tmp_path / "l.gguf")):
         with pytest.raises(ValueError, match="carries a control vector"):

@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from austeer_gguf import InputError, Profile
-from austeer_gguf.fingerprint import fingerprint_of
+from austeer_gguf.formats.embedded import embed_profiles, embedded_profiles
+from austeer_gguf.formats.model_file import ModelFile, shape_from_fields
+from austeer_gguf.formats.profiles import decode_compact, read_profile
 from austeer_gguf.ggufio.layout import scan
-from austeer_gguf.ggufio.metadata import decode_profile, embed_profiles, embedded_profiles
 from austeer_gguf.localization.pairs import load_pairs
-from austeer_gguf.sites import ModelShape
 
 EXAMPLES = 300
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
@@ -52,8 +52,8 @@ def read_everything(path) -> None:
     """What inspect, embed and SteeredLlama read of a GGUF before llama.cpp sees it."""
     layout = scan(path)
     values = layout.values()
-    ModelShape.from_gguf_fields(values)
-    fingerprint_of(layout)
+    shape_from_fields(values)
+    assert ModelFile(layout).fingerprint.n_layers == shape_from_fields(values).n_layers
     embedded_profiles(values)
 
 
@@ -93,7 +93,7 @@ def test_the_gguf_scanner_on_random_bytes(tmp_path, blob):
 def test_the_embedded_profile_decoder(data, text):
     for encoded in (json.dumps(data), text):
         with contextlib.suppress(InputError):
-            decode_profile("p", encoded)
+            decode_compact("p", encoded)
     found = embedded_profiles({"austeer.profiles": "p,q", "austeer.profile.p": json.dumps(data),
                                "austeer.profile.q": text})
     assert set(found.profiles) | set(found.broken) == {"p", "q"}
@@ -105,7 +105,7 @@ def test_the_profile_json_reader(tmp_path, data):
     path = tmp_path / "profile.json"
     path.write_text(json.dumps(data))
     with contextlib.suppress(InputError):
-        Profile.from_json(path)
+        read_profile(path)
 
 
 @FUZZ

@@ -14,8 +14,19 @@ import llama_cpp
 import pytest
 
 from austeer_gguf import Profile, Unit
+from austeer_gguf.formats.embedded import (
+    FORMAT_VERSION,
+    NAMES_KEY,
+    VERSION_KEY,
+    embed_profiles,
+    embedded_profiles,
+    profile_key,
+    read_profiles,
+    strip_profiles,
+)
+from austeer_gguf.formats.profiles import encode_compact, write_profile
 from austeer_gguf.ggufio.layout import scan
-from austeer_gguf.ggufio.metadata import embed_profiles, profiles_from_metadata, read_profiles, strip_profiles
+from austeer_gguf.ggufio.rewrite import rewrite
 from austeer_gguf.runtime.steered_llama import SteeredLlama
 
 
@@ -41,11 +52,11 @@ def test_round_trip_through_gguf_py_and_llama_cpp(tiny_f32, tmp_path):
 
     reader = gguf.GGUFReader(str(target))  # gguf-py's own reader
     text = reader.fields["austeer.profile.polite"].contents()
-    assert profiles_from_metadata({"austeer.profiles": "polite", "austeer.profile.polite": text})["polite"] \
+    assert embedded_profiles({"austeer.profiles": "polite", "austeer.profile.polite": text}).profiles["polite"] \
         == profiles()[0]
 
     plain = llama_cpp.Llama(str(target), verbose=False)  # llama.cpp's metadata API
-    assert list(profiles_from_metadata(plain.metadata).values()) == profiles()
+    assert list(embedded_profiles(plain.metadata).profiles.values()) == profiles()
 
     steered = SteeredLlama(str(target), verbose=False)
     assert steered.steering.available == ("polite", "upbeat-2")
@@ -98,7 +109,7 @@ def test_in_place_embedding_that_fails_midway_leaves_the_original_intact(tiny_q8
     model.write_bytes(tiny_q8.read_bytes())
     before = model.read_bytes()
     profile_path = tmp_path / "p.json"
-    profiles()[0].to_json(profile_path)
+    write_profile(profiles()[0], profile_path)
 
     def limit_file_size() -> None:  # the write fails with EFBIG once the new file passes half the size
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -122,9 +133,23 @@ def test_in_place_embedding_replaces_the_file_and_keeps_its_mode(tiny_f32, tmp_p
     assert tensor_bytes(model) == tensor_bytes(tiny_f32)
 
 
+def embed_unchecked(source, profiles_: list[Profile], target):
+    """A file as another tool (or an older austeer-gguf) may have written it: profiles nobody checked."""
+    texts = {profile.name: encode_compact(profile) for profile in profiles_}
+    keys = {VERSION_KEY: FORMAT_VERSION, NAMES_KEY: ",".join(texts), **{profile_key(n): t for n, t in texts.items()}}
+    return rewrite(scan(source), target, drop_key=lambda key: False, new_keys=keys)
+
+
+def test_embed_refuses_a_profile_that_does_not_fit_before_writing_anything(tiny_f32, tmp_path):
+    wide = Profile("wide", 1.0, [Unit(9, "attn", 1, 0.5)])
+    with pytest.raises(ValueError, match="layer out of range"):
+        embed_profiles(tiny_f32, [profiles()[1], wide], tmp_path / "steered.gguf")
+    assert not (tmp_path / "steered.gguf").exists()
+
+
 def test_an_embedded_profile_that_does_not_fit_is_refused_on_use_not_on_load(tiny_f32, tmp_path):
     wide = Profile("wide", 1.0, [Unit(9, "attn", 1, 0.5)])  # layer 9 of a 3-layer model
-    target = embed_profiles(tiny_f32, [wide, profiles()[1]], tmp_path / "steered.gguf")
+    target = embed_unchecked(tiny_f32, [wide, profiles()[1]], tmp_path / "steered.gguf")
     llm = SteeredLlama(str(target), verbose=False)
     llm.steering.use("upbeat-2")
     with pytest.raises(ValueError, match="layer out of range"):

@@ -14,7 +14,7 @@ import pytest
 
 from austeer_gguf import SITES
 
-from conftest import relative, run_backend_worker
+from conftest import relative_error, run_backend_worker
 
 pytestmark = pytest.mark.gpu
 TOLERANCE = 2e-2
@@ -28,11 +28,11 @@ def model(request, tiny_f32):
 def test_steering_and_capture_on_the_gpu_equal_the_cpu(model, tmp_path):
     local = run_backend_worker(model, tmp_path / "cpu.npz", "cpu")
     device = run_backend_worker(model, tmp_path / "gpu.npz", "gpu")
-    assert relative(device["unsteered"], local["unsteered"]) < TOLERANCE
+    assert relative_error(device["unsteered"], local["unsteered"]) < TOLERANCE
     for site in SITES:
         steered = device[f"steered_{site}"]
-        assert relative(steered, local[f"steered_{site}"]) < TOLERANCE, site
-        assert relative(steered, device["unsteered"]) > 5 * TOLERANCE, f"{site}: no effect on the GPU"
+        assert relative_error(steered, local[f"steered_{site}"]) < TOLERANCE, site
+        assert relative_error(steered, device["unsteered"]) > 5 * TOLERANCE, f"{site}: no effect on the GPU"
         counters = device["counters"][site]
         assert counters["steered"] > 0 and counters["via_backend_api"] == counters["steered"], counters
-        assert relative(device[f"capture_{site}"], local[f"capture_{site}"]) < TOLERANCE, site
+        assert relative_error(device[f"capture_{site}"], local[f"capture_{site}"]) < TOLERANCE, site

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from austeer_gguf import _native
-from austeer_gguf.runtime import native
+from austeer_gguf.engine import native
 
 from ggml_ctypes import GGML_TYPE_F16, EvalCallback, GgmlContext
 
@@ -20,13 +20,16 @@ def ggml():
     context.close()
 
 
-def make_state(units: list[tuple[int, int, int, float]], n_layers: int = 12):
+def table(units: list[tuple[int, int, int, float]]) -> tuple[np.ndarray, ...]:
     """units: (layer, site code, dim, factor); site codes 0, 1, 2 are attn, ffn, layer."""
-    state = native.new_state()
     layers, sites, dims, factors = (np.array(column) for column in zip(*units))
-    state.set_units(n_layers, layers.astype(np.int32), sites.astype(np.int32), dims.astype(np.int32),
-                    factors.astype(np.float32))
-    state.enabled = True
+    return layers.astype(np.int32), sites.astype(np.int32), dims.astype(np.int32), factors.astype(np.float32)
+
+
+def make_state(units: list[tuple[int, int, int, float]], n_layers: int = 12):
+    """A state whose spec steers every row with one table of `units`."""
+    state = native.new_state()
+    state.set_spec(n_layers, [table(units)])
     return state
 
 
@@ -59,16 +62,71 @@ def test_scales_unit_dims_in_every_row_in_place(ggml):
     assert state.counters()["steered"] == 1
 
 
-def test_other_layers_sites_and_disabled_state_are_not_claimed(ggml):
+def test_other_layers_sites_and_a_cleared_spec_are_not_claimed(ggml):
     state = make_state([(1, 2, 0, 2.0)])
     values = np.ones((2, 4), dtype=np.float32)
     for name in ("l_out-10", "l_out-0", "kqv_out-1", "ffn_out-1", "attn_norm-1"):
         assert run_node(state, ggml.tensor(name, values)) is None
-    state.enabled = False
+    assert run_node(state, ggml.tensor("l_out-1", values)) is True
+    state.clear_spec()
     assert run_node(state, ggml.tensor("l_out-1", values)) is None
-    state.enabled = True
-    state.clear_units()
-    assert run_node(state, ggml.tensor("l_out-1", values)) is None
+    assert (state.n_units, state.n_tables) == (0, 0)
+
+
+def test_a_row_map_steers_each_row_with_its_own_table_and_leaves_table_0_rows_exactly_alone(ggml):
+    values = np.random.default_rng(3).standard_normal((4, 6)).astype(np.float32)
+    state = native.new_state()
+    first, second = table([(1, 2, 0, 3.0), (1, 2, 4, -2.0)]), table([(1, 2, 4, 0.5), (1, 2, 5, 7.0)])
+    state.set_spec(2, [first, second], row_tables=np.array([1, 0, 2, 1], np.int32),
+                   output_rows=np.array([2, 3], np.int64))
+    assert (state.n_tables, state.n_units) == (2, 4)
+    tensor = ggml.tensor("l_out-1", values)
+    assert run_node(state, tensor) is True
+    expected = values.copy()
+    for row in (0, 3):
+        expected[row, 0] *= np.float32(3.0)
+        expected[row, 4] *= np.float32(-2.0)
+    expected[2, 4] *= np.float32(0.5)
+    expected[2, 5] *= np.float32(7.0)
+    steered = ggml.view(tensor, values.shape)
+    assert np.array_equal(steered, expected)
+    assert np.array_equal(steered[1], values[1])  # table 0: bit for bit
+
+    # A tensor holding only the output rows (the last layer) maps its rows through output_rows: [2, 3] -> 2, 1.
+    outputs = values[:2].copy()
+    tensor = ggml.tensor("l_out-1", outputs)
+    assert run_node(state, tensor) is True
+    expected = outputs.copy()
+    expected[0, 4] *= np.float32(0.5)
+    expected[0, 5] *= np.float32(7.0)
+    expected[1, 0] *= np.float32(3.0)
+    expected[1, 4] *= np.float32(-2.0)
+    assert np.array_equal(ggml.view(tensor, outputs.shape), expected)
+
+    odd = ggml.tensor("l_out-1", values[:3].copy())  # neither the batch (4 rows) nor its outputs (2)
+    assert run_node(state, odd) is True
+    assert np.array_equal(ggml.view(odd, (3, 6)), values[:3])
+    assert state.counters()["skipped_rows"] == 1 and state.counters()["steered"] == 2
+
+
+def test_a_table_no_row_takes_claims_nothing(ggml):
+    state = native.new_state()
+    state.set_spec(4, [table([(0, 2, 1, 2.0)]), table([(3, 2, 1, 2.0)])], row_tables=np.array([0, 2], np.int32))
+    values = np.ones((2, 4), dtype=np.float32)
+    assert run_node(state, ggml.tensor("l_out-0", values)) is None
+    assert run_node(state, ggml.tensor("l_out-3", values)) is True
+
+
+def test_specs_refuse_bad_row_maps():
+    state = native.new_state()
+    one = [table([(0, 2, 1, 2.0)])]
+    with pytest.raises(ValueError, match="row table index"):
+        state.set_spec(2, one, row_tables=np.array([0, 2], np.int32))
+    with pytest.raises(ValueError, match="output row"):
+        state.set_spec(2, one, row_tables=np.array([0, 1], np.int32), output_rows=np.array([2], np.int64))
+    with pytest.raises(ValueError, match="at least one table"):
+        state.set_spec(2, [])
+    assert state.n_tables == 0
 
 
 def test_only_the_first_ffn_out_of_a_layer_is_the_ffn_output(ggml):
@@ -152,26 +210,28 @@ def ctypes_address(function) -> int:
 
 def test_unit_tables_refuse_bad_input():
     state = native.new_state()
-    arrays = dict(layers=np.array([0], np.int32), sites=np.array([0], np.int32), dims=np.array([0], np.int32),
-                  factors=np.array([1.0], np.float32))
+    arrays = (np.array([0], np.int32), np.array([0], np.int32), np.array([0], np.int32), np.array([1.0], np.float32))
+
+    def with_column(index: int, column: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+        return [tuple(column if i == index else a for i, a in enumerate(arrays))]
+
     with pytest.raises(ValueError, match="layer out of range"):
-        state.set_units(0 + 1, **{**arrays, "layers": np.array([1], np.int32)})
+        state.set_spec(0 + 1, with_column(0, np.array([1], np.int32)))
     with pytest.raises(ValueError, match="bad site"):
-        state.set_units(2, **{**arrays, "sites": np.array([3], np.int32)})
+        state.set_spec(2, with_column(1, np.array([3], np.int32)))
     with pytest.raises(ValueError, match="not finite"):
-        state.set_units(2, **{**arrays, "factors": np.array([np.nan], np.float32)})
+        state.set_spec(2, with_column(3, np.array([np.nan], np.float32)))
     with pytest.raises(ValueError, match="duplicate"):
-        state.set_units(2, np.array([0, 0], np.int32), np.array([1, 1], np.int32), np.array([3, 3], np.int32),
-                        np.array([1, 2], np.float32))
+        state.set_spec(2, [(np.array([0, 0], np.int32), np.array([1, 1], np.int32), np.array([3, 3], np.int32),
+                            np.array([1, 2], np.float32))])
     assert state.n_units == 0
 
 
-def test_swapping_tables_many_times_keeps_the_latest(ggml):
+def test_replacing_specs_many_times_keeps_the_latest(ggml):
     state = native.new_state()
-    state.enabled = True
     for gain in range(1, 2001):
-        state.set_units(1, np.array([0], np.int32), np.array([2], np.int32), np.array([0], np.int32),
-                        np.array([1 + gain], np.float32))
+        state.set_spec(1, [(np.array([0], np.int32), np.array([2], np.int32), np.array([0], np.int32),
+                            np.array([1 + gain], np.float32))])
     tensor = ggml.tensor("l_out-0", np.ones((1, 2), dtype=np.float32))
     run_node(state, tensor)
     assert ggml.view(tensor, (1, 2)).tolist() == [[2001.0, 1.0]]

@@ -61,7 +61,7 @@ def test_a_bug_keeps_its_traceback_and_exit_status_1_while_bad_input_gets_one_li
         from austeer_gguf.apps import cli
         def broken(args):
             return {}["not a user error"]
-        cli.cmd_inspect = broken
+        cli.files.cmd_inspect = broken
         raise SystemExit(cli.main(["inspect", "x"]))
     """)
     assert bug.returncode == 1 and "Traceback" in bug.stderr and "KeyError" in bug.stderr

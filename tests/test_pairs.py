@@ -78,27 +78,27 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfo
 
 
 def test_chat_rendering_uses_the_model_template(tmp_path):
-    from austeer_gguf.localization.pairs import chat_renderer
+    from austeer_gguf.conversation import user_turn_renderer
 
     from conftest import open_steered
     from tiny_model import write_tiny_llama
 
     model = write_tiny_llama(tmp_path / "chat.gguf", extra_metadata={"tokenizer.chat_template": CHAT_TEMPLATE})
-    render = chat_renderer(open_steered(model))
+    render = user_turn_renderer(open_steered(model))
     assert render("the cat is") == "<|user|>the cat is<|assistant|>"
 
 
 def test_chat_rendering_needs_a_template(tiny_f32):
-    from austeer_gguf.localization.pairs import chat_renderer
+    from austeer_gguf.conversation import user_turn_renderer
 
     from conftest import open_steered
 
     with pytest.raises(ValueError, match="has no chat template"):
-        chat_renderer(open_steered(tiny_f32))
+        user_turn_renderer(open_steered(tiny_f32))
 
 
 def test_message_pairs_are_rendered_for_the_model_that_reads_them(tmp_path, tiny_f32):
-    from austeer_gguf.localization.pairs import conversation_renderer
+    from austeer_gguf.conversation import renderer
 
     from conftest import open_steered
     from tiny_model import write_tiny_llama
@@ -109,9 +109,9 @@ def test_message_pairs_are_rendered_for_the_model_that_reads_them(tmp_path, tiny
     (pair,) = load_pairs(path)
     assert pair.messages == (("system", "Be brief."), ("user", "the cat is"))
     templated = write_tiny_llama(tmp_path / "chat.gguf", extra_metadata={"tokenizer.chat_template": CHAT_TEMPLATE})
-    assert conversation_renderer(open_steered(templated))(pair.messages) == \
+    assert renderer(open_steered(templated))(pair.messages) == \
         "<|system|>Be brief.<|user|>the cat is<|assistant|>"
-    plain = conversation_renderer(open_steered(tiny_f32))  # no template: the User/Assistant lines
+    plain = renderer(open_steered(tiny_f32))  # no template: the User/Assistant lines
     assert plain(pair.messages) == "Be brief.\nUser: the cat is\nAssistant:"
     tokenize = open_steered(tiny_f32).tokenize
     (tokens,) = tokenize_pairs([pair], lambda t: tokenize(t.encode(), add_bos=False), max_tokens=64,

@@ -8,6 +8,7 @@ import math
 import pytest
 
 from austeer_gguf import ModelShape, Profile, Unit
+from austeer_gguf.formats.profiles import profile_json, profile_to_dict, read_profile, write_profile
 
 from conftest import open_steered
 
@@ -20,11 +21,11 @@ def good_profile() -> Profile:
 
 def test_json_round_trip_from_text_and_file(tmp_path):
     profile = good_profile()
-    assert Profile.from_json(profile.to_json()) == profile
+    assert read_profile(profile_json(profile)) == profile
     path = tmp_path / "p.json"
-    profile.to_json(path)
-    assert Profile.from_json(path) == profile
-    assert Profile.from_json(str(path)) == profile
+    write_profile(profile, path)
+    assert read_profile(path) == profile
+    assert read_profile(str(path)) == profile
     assert profile.k == 3 and profile.sites == ("attn", "ffn", "layer") and profile.layers == (0, 1, 2)
 
 
@@ -65,12 +66,12 @@ def test_malformed_units_are_refused_at_construction(units, message):
 ])
 def test_malformed_json_is_refused_with_a_clear_message(text, message):
     with pytest.raises(ValueError, match=message):
-        Profile.from_json(text)
+        read_profile(text)
 
 
 def test_missing_profile_file_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        Profile.from_json(tmp_path / "nope.json")
+        read_profile(tmp_path / "nope.json")
 
 
 def test_bad_profiles_are_refused_before_anything_is_decoded(tiny_f32):
@@ -91,7 +92,7 @@ def test_bad_profiles_are_refused_before_anything_is_decoded(tiny_f32):
 
 def test_profile_file_path_is_accepted_by_steered_llama(tiny_f32, tmp_path):
     path = tmp_path / "profile.json"
-    path.write_text(json.dumps(good_profile().to_dict()))
+    path.write_text(json.dumps(profile_to_dict(good_profile())))
     llm = open_steered(tiny_f32, profile=path)
     assert llm.steering.profile == good_profile()
     with pytest.raises(ValueError, match="neither a profile file nor a profile embedded"):

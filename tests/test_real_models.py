@@ -7,7 +7,7 @@ import pytest
 
 from austeer_gguf import Profile, Unit
 
-from conftest import logits_of, open_plain, open_steered
+from conftest import logits_of, open_plain, open_steered, relative_error
 
 PROMPT = "Write one sentence about the weather today."
 
@@ -35,9 +35,9 @@ def test_steering_each_site_changes_the_logits(real_model):
     for site in ("attn", "ffn", "layer"):
         profile = spread_profile(site, llm.shape.n_layers, llm.shape.widths[site])
         llm.steering.set_profile(profile)
-        llm._native_state.reset_counters()
+        llm.reset_counters()
         steered = logits_of(llm, tokens)
-        change = np.linalg.norm(steered - unsteered) / np.linalg.norm(unsteered)
+        change = relative_error(steered, unsteered)
         assert change > 1e-2, f"{site}: steering changed the logits by only {change:.2e}"
         counters = llm.native_counters()
         assert counters["steered"] == len(profile.layers)

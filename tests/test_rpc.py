@@ -15,9 +15,9 @@ import sys
 import pytest
 
 from austeer_gguf import SITES
-from austeer_gguf.runtime.rpc import RpcServer
+from austeer_gguf.engine.rpc import RpcServer
 
-from conftest import relative, run_backend_worker
+from conftest import relative_error, run_backend_worker
 
 TOLERANCE = 1e-6
 
@@ -37,15 +37,15 @@ def model(request, tiny_f32):
 def test_steering_and_capture_through_rpc_equal_the_cpu(model, servers, n_servers, tmp_path):
     local = run_backend_worker(model, tmp_path / "cpu.npz", "cpu")
     remote = run_backend_worker(model, tmp_path / "rpc.npz", "rpc=" + ",".join(s.endpoint for s in servers[:n_servers]))
-    assert relative(remote["unsteered"], local["unsteered"]) < TOLERANCE
+    assert relative_error(remote["unsteered"], local["unsteered"]) < TOLERANCE
     for site in SITES:
         steered = remote[f"steered_{site}"]
-        assert relative(steered, local[f"steered_{site}"]) < TOLERANCE, site
-        assert relative(steered, remote["unsteered"]) > 1e-3, f"{site}: steering had no effect over RPC"
+        assert relative_error(steered, local[f"steered_{site}"]) < TOLERANCE, site
+        assert relative_error(steered, remote["unsteered"]) > 1e-3, f"{site}: steering had no effect over RPC"
         counters = remote["counters"][site]
         assert counters["steered"] > 0 and counters["via_backend_api"] == counters["steered"], counters
         assert local["counters"][site]["via_backend_api"] == 0
-        assert relative(remote[f"capture_{site}"], local[f"capture_{site}"]) < TOLERANCE, site
+        assert relative_error(remote[f"capture_{site}"], local[f"capture_{site}"]) < TOLERANCE, site
     assert remote["counters"]["capture"]["via_backend_api"] > 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from austeer_gguf.evaluation.batched import forward
+from austeer_gguf.engine.decoder import forward
 from austeer_gguf.evaluation.scoring import answer_rows, answer_tokens, token_logprobs
 
 from conftest import open_steered

@@ -12,7 +12,8 @@ import openai
 import pytest
 
 from austeer_gguf import Profile, Unit
-from austeer_gguf.ggufio.metadata import embed_profiles
+from austeer_gguf.formats.embedded import embed_profiles
+from austeer_gguf.formats.profiles import profile_to_dict, write_profile
 
 from server_fixture import running_server
 
@@ -27,7 +28,7 @@ SETTINGS = [None, {"enabled": False}, {"profiles": {"calm": 1.0}}, {"profiles": 
 def server(tiny_f32, tmp_path_factory):
     model = embed_profiles(tiny_f32, [MOOD], tmp_path_factory.mktemp("served") / "tiny.gguf")
     calm = tmp_path_factory.mktemp("profiles") / "calm.json"
-    CALM.to_json(calm)
+    write_profile(CALM, calm)
     with running_server(model, "--profile", str(calm), "--default", "mood", "--n-ctx", "512") as url:
         yield url
 
@@ -85,7 +86,7 @@ def test_the_steering_endpoints(server, client):
     assert {(p["name"], p["source"]) for p in listing["data"]} == {("mood", "embedded"), ("calm", "loaded")}
     assert listing["default"] == {"enabled": True, "profiles": {"mood": 1.0}, "strength": 1.0, "apply": "all"}
     added = Profile("brisk", 2.0, [Unit(1, "layer", 7, 0.6)])
-    response = httpx.post(f"{server}/v1/steering/profiles", json=added.to_dict())
+    response = httpx.post(f"{server}/v1/steering/profiles", json=profile_to_dict(added))
     assert response.status_code == 201 and response.json()["name"] == "brisk"
     assert chat(client, {"profiles": {"brisk": 1.0}})[1]["profiles"] == {"brisk": 1.0}
     try:
@@ -94,7 +95,7 @@ def test_the_steering_endpoints(server, client):
     finally:
         httpx.put(f"{server}/v1/steering", json={"profiles": {"mood": 1.0}})
     assert httpx.get(f"{server}/v1/models").json()["data"][0]["id"] == "tiny.gguf"
-    inline = {"profile": Profile("inline", 3.0, [Unit(0, "ffn", 3, 0.9)]).to_dict(), "profiles": {}}
+    inline = {"profile": profile_to_dict(Profile("inline", 3.0, [Unit(0, "ffn", 3, 0.9)])), "profiles": {}}
     assert chat(client, inline)[1]["profiles"] == {"inline": 1.0}
 
 

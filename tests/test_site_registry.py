@@ -12,19 +12,15 @@ import pytest
 
 from austeer_gguf import Profile, Site, Unit, sites
 from austeer_gguf.exports.bake import bake
-from austeer_gguf.ggufio.metadata import embed_profiles, read_profiles
+from austeer_gguf.formats.embedded import embed_profiles, read_profiles
 from austeer_gguf.localization.capture import ActivationCapture
 from austeer_gguf.localization.localize import localize
 
-from conftest import THREADS, logits_of, open_steered
+from conftest import THREADS, logits_of, open_steered, relative_error
 from reference import ReferenceModel, steer_of
 
 TOKENS = [262, 270, 290, 300, 265, 300, 280, 3, 41, 99, 150, 284, 291, 276, 277]
 TOLERANCE = {"F32": 2e-4, "Q8_0": 3e-3}  # as in test_tiny_reference.py
-
-
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import llama_cpp
 import numpy as np
 
 from austeer_gguf import Profile, Unit
-from austeer_gguf.runtime import context_hook
-from austeer_gguf.runtime.steering import OFF
+from austeer_gguf.engine import context_hook
+from austeer_gguf.setting import OFF
 
 from conftest import logits_of, open_plain, open_steered
 from ggml_ctypes import tensor_name

@@ -7,7 +7,7 @@ import pytest
 
 from austeer_gguf import Profile, Unit
 
-from conftest import logits_of, open_steered
+from conftest import logits_of, open_steered, profile_on, relative_error
 from reference import ReferenceModel, steer_of
 
 TOKENS = [262, 270, 290, 300, 265, 300, 280, 3, 41, 99, 150, 284, 291, 276, 277]
@@ -17,19 +17,6 @@ TOKENS = [262, 270, 290, 300, 265, 300, 280, 3, 41, 99, 150, 284, 291, 276, 277]
 # Q8_0 quantize their input in blocks of 32) by up to ~1.2e-3. The steering effects tested are at least 20
 # times larger than the tolerance.
 TOLERANCE = {"F32": 2e-4, "Q8_0": 3e-3}
-
-
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
-
-
-def profile_on(site: str, width: int, n_layers: int, seed: int) -> Profile:
-    rng = np.random.default_rng(seed)
-    units = []
-    for layer in range(n_layers):
-        for dim in rng.choice(width, size=4, replace=False):
-            units.append(Unit(layer, site, int(dim), float(rng.choice([-0.75, -0.5, 0.5, 0.8]))))
-    return Profile(f"{site}-test", alpha=3.0, units=units)
 
 
 @pytest.fixture(params=["F32", "Q8_0"])

@@ -1,17 +1,20 @@
 """austeer-gguf: fine-grained activation steering (AUSteer) for GGUF models run by llama.cpp.
 
 The package imports lazily (PEP 562): `import austeer_gguf` loads neither llama_cpp nor the native core;
-they load when a runtime name such as `SteeredLlama` is first used. The pipeline, one subpackage a stage:
+they load when a runtime name such as `SteeredLlama` is first used. The layers, bottom up (no import runs back
+up them):
 
-    ggufio        the GGUF file layer: fast layout scan, atomic rewrites, profiles in metadata, float copies
+    (vocabulary)  values without I/O: sites (the site registry), profile, control_vector, fingerprint, setting
+                  (a steering setting, the value each decode is handed), conversation (chat rendering), errors,
+                  models (built-in models), datasets
+    ggufio        the GGUF byte layer: fast layout scan, verified atomic rewrites, safe outputs, float copies
+    formats       the values' file formats: profile JSON and its embedded form, control-vector GGUF, ModelFile
+    engine        the native eval callback, a hooked llama_cpp.Llama, the one multi-sequence decoder, limits, RPC
     localization  contrastive pairs -> captured activations -> reducers (momentum counts, mean differences)
-    runtime       the native eval callback, the steering control, SteeredLlama
+    runtime       SteeredLlama and the steering control users hold
     exports       a profile as a LoRA adapter, or baked into the weights
-    evaluation    tasks, metrics, sweeps against baselines, explain
-    apps          the command line, the chat, the demo
-
-with the shared vocabulary at the top: sites (the site registry), profile, control_vector, fingerprint,
-models (built-in models), datasets, errors.
+    evaluation    tasks, metrics, methods as objects, sweeps, the detox build, reports, explain
+    apps          the command line, the chat, the demo, the server
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ _PUBLIC = {
     "ModelFingerprint": "fingerprint",
     "ControlVector": "control_vector",
     "InputError": "errors",
+    "SteeringSetting": "setting",
+    "OFF": "setting",
+    "HookedLlama": "engine.hooked",
     "SteeredLlama": "runtime.steered_llama",
     "Steering": "runtime.steering",
-    "SteeringSetting": "runtime.steering",
 }
-_SUBMODULES = ("sites", "profile", "fingerprint", "control_vector", "errors", "models", "datasets", "ggufio",
-               "localization", "runtime", "exports", "evaluation", "apps")
+_SUBMODULES = ("sites", "profile", "fingerprint", "control_vector", "setting", "conversation", "errors", "models",
+               "datasets", "ggufio", "formats", "engine", "localization", "runtime", "exports", "evaluation", "apps")
 
 __all__ = ["__version__", *_PUBLIC]
 

@@ -1,7 +1,9 @@
 """austeer-gguf native core: a ggml eval callback that scales atomic units (cpp/, built by scikit-build-core).
 
 The core knows sites only as graph tensor prefixes and units only as (layer, site code, dim, factor); every
-policy (which units, which factor, when) lives in Python (`austeer_gguf.runtime`).
+policy (which units, which factor, when) lives in Python. What may be called from which thread is stated once,
+in cpp/steering.hpp: the spec, capture and chaining calls only from the thread that decodes, between decodes
+(`austeer_gguf.engine` makes them right before each llama_decode); the read-outs from any thread.
 """
 
 import numpy as np
@@ -26,17 +28,21 @@ class SteeringState:
         """The address to pass as the callback's user data."""
     def parse_site_name(self, name: str) -> tuple[int, int] | None:
         """(site code, layer) of an exact site tensor name, else None."""
-    def set_units(self, n_layers: int, layers: npt.ArrayLike, sites: npt.ArrayLike, dims: npt.ArrayLike,
-                  factors: npt.ArrayLike) -> None:
-        """Replace the unit table (atomically; a graph being computed finishes with the old one). Every row of a
-        site tensor has its `dim` multiplied by `factor`. ValueError on a bad site code, layer, non-finite
-        factor or duplicate unit."""
-    def clear_units(self) -> None:
+    def set_spec(self, n_layers: int, tables: list[tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike, npt.ArrayLike]],
+                 row_tables: npt.ArrayLike | None = None, output_rows: npt.ArrayLike | None = None) -> None:
+        """What the next decodes apply: unit tables 1..n, each (layers, site codes, dims, factors), and the table
+        of every batch row (`row_tables`, int32, 0 = unsteered: the row is never touched; None: every row takes
+        table 1). `output_rows` (int64) lists the batch rows that produce output, in order: a tensor holding only
+        those rows (the last layer) is mapped through it; a tensor whose rows fit neither is left alone and
+        counted (skipped_rows). Within a table, `dim` of every row it steers is multiplied by `factor`.
+        ValueError on a bad site code, layer, non-finite factor, duplicate unit or table index."""
+    def clear_spec(self) -> None:
         """Steer nothing."""
     @property
-    def n_units(self) -> int: ...
-    enabled: bool
-    """When false nothing is steered (capture still works)."""
+    def n_units(self) -> int:
+        """Units over all tables of the spec."""
+    @property
+    def n_tables(self) -> int: ...
     def set_chained(self, callback: int, user_data: int) -> None:
         """Another eval callback (address, user data) asked about every node before ours; 0 removes it."""
     def begin_capture(self, sites: list[int], n_layers: int, widths: list[int], rows: list[int],
@@ -47,8 +53,8 @@ class SteeringState:
     def captured(self, site: int) -> tuple[np.ndarray, np.ndarray]:
         """([n_layers, rows, width] float32 values, [n_layers] bool filled) for one site, read under one lock."""
     def counters(self) -> dict[str, int]:
-        """What the callback did: steered, captured, via_backend_api, skipped_not_f32, skipped_not_contiguous,
-        skipped_width, skipped_no_data, skipped_unknown_layout, capture_row_mismatch, errors."""
+        """What the callback did, one entry per counter of cpp/steering.hpp's AUSTEER_COUNTERS list: steered,
+        captured, via_backend_api, skipped_* (tensors left alone, and why), capture_row_mismatch, errors."""
     def skipped_names(self) -> list[str]:
         """"tensor-name: reason" of claimed tensors that were left alone (at most 32, no repeats)."""
     def reset_counters(self) -> None:

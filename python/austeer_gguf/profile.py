@@ -1,17 +1,16 @@
 """A steering profile: the atomic units to scale, their scores, and alpha; the one steering formula.
 
 A unit's factor is ``1 + strength * alpha * score`` (`Profile.factors`): the native callback, the bake and
-the LoRA export all take their factors from there.
+the LoRA export all take their factors from there. A profile is a value: its JSON file and its embedded form
+are `formats.profiles`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from . import sites
 from .control_vector import ControlVector
 from .errors import InputError
 from .fingerprint import ModelFingerprint
-from .jsonfile import is_number, load_json, read_json_file
+from .jsonfile import is_number
 from .sites import ModelShape
 
 SCHEMA_VERSION = 1
@@ -149,99 +148,12 @@ class Profile:
     def renamed(self, name: str) -> Profile:
         return dataclasses.replace(self, name=name)
 
-    # ---- JSON -------------------------------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "schema_version": self.schema_version,
-            "name": self.name,
-            "alpha": self.alpha,
-            "k": self.k,
-            "sites": list(self.sites),
-            "units": [{"layer": u.layer, "site": u.site, "dim": u.dim, "score": u.score} for u in self.units],
-        }
-        data.update(self.provenance())
-        return data
-
-    def provenance(self) -> dict[str, Any]:
-        """The optional fields, as both the JSON file and the embedded encoding write them."""
-        data: dict[str, Any] = {}
-        if self.model is not None:
-            data["model"] = self.model.to_dict()
-        if self.n_pairs is not None:
-            data["n_pairs"] = self.n_pairs
-        if self.data_sha256 is not None:
-            data["data_sha256"] = self.data_sha256
-        if self.extra:
-            data["extra"] = self.extra
-        if self.calibration is not None:
-            data["calibration"] = self.calibration
-        if self.control is not None:
-            data["control_vector"] = self.control.to_dict()
-        return data
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1) + "\n"
-        if path is not None:
-            from .ggufio.atomic import atomic_write_text
-
-            atomic_write_text(Path(path), text)
-        return text
-
-    @classmethod
-    def from_dict(cls, data: Any) -> Profile:
-        if not isinstance(data, dict):
-            raise InputError("a profile must be a JSON object")
-        for key in ("name", "alpha", "units"):
-            if key not in data:
-                raise InputError(f"profile is missing the field {key!r}")
-        if not isinstance(data["units"], list):
-            raise InputError("profile field 'units' must be a list")
-        units = tuple(_unit_from_dict(index, item) for index, item in enumerate(data["units"]))
-        return cls(
-            name=data["name"],
-            alpha=data["alpha"],
-            units=units,
-            **provenance_from_dict(data),
-            schema_version=data.get("schema_version", SCHEMA_VERSION),
-        )
-
-    @classmethod
-    def from_json(cls, path_or_text: str | Path) -> Profile:
-        """Read a profile from a JSON file path or from JSON text."""
-        if isinstance(path_or_text, str) and path_or_text.lstrip().startswith(("{", "[")):
-            return cls.from_dict(load_json(path_or_text, "profile JSON"))
-        return cls.from_dict(read_json_file(Path(path_or_text), "profile"))
-
 
 def check_strength(strength: Any) -> float:
     """A steering strength: a finite number within +-MAX_STRENGTH."""
     if not _is_real(strength) or not math.isfinite(strength) or abs(strength) > MAX_STRENGTH:
         raise InputError(f"strength must be a finite number within +-{MAX_STRENGTH:g}, got {strength!r}")
     return float(strength)
-
-
-def resolve(spec: Profile | str | Path, embedded: Mapping[str, Profile]) -> Profile:
-    """The profile a user named, in this order:
-
-    1. a `Profile` is itself;
-    2. inline JSON text (starting with ``{``) is parsed;
-    3. the exact name of a profile embedded in the model;
-    4. a path to a profile JSON file.
-    Otherwise InputError, listing the embedded names. A file that shares an embedded profile's name is
-    reached with a path (``./polite``).
-    """
-    if isinstance(spec, Profile):
-        return spec
-    if isinstance(spec, str) and spec.lstrip().startswith("{"):
-        return Profile.from_json(spec)
-    if isinstance(spec, str) and spec in embedded:
-        return embedded[spec]
-    if isinstance(spec, (str, Path)) and Path(spec).is_file():
-        return Profile.from_json(Path(spec))
-    names = ", ".join(embedded) or "none"
-    raise InputError(f"profile {str(spec)!r} is neither a profile file nor a profile embedded in the model "
-                     f"(embedded: {names})")
 
 
 def parse_mix(text: str) -> list[tuple[str, float]]:
@@ -287,25 +199,3 @@ def _check_unit(profile_name: str, index: int, unit: Any) -> None:
         raise InputError(f"{where} {unit.describe()}: score must be a finite number")
     if not -1.0 <= unit.score <= 1.0:
         raise InputError(f"{where} {unit.describe()}: score must lie in [-1, 1] (a momentum score)")
-
-
-def _unit_from_dict(index: int, item: Any) -> Unit:
-    if not isinstance(item, dict):
-        raise InputError(f"unit #{index} must be an object with layer, site, dim and score")
-    missing = [key for key in ("layer", "site", "dim", "score") if key not in item]
-    if missing:
-        raise InputError(f"unit #{index} is missing {', '.join(missing)}")
-    return Unit(layer=item["layer"], site=item["site"], dim=item["dim"], score=item["score"])
-
-
-def provenance_from_dict(data: dict[str, Any]) -> dict[str, Any]:
-    """The optional fields of a profile (JSON file or embedded encoding) as Profile keyword arguments."""
-    model = data.get("model")
-    return {
-        "model": ModelFingerprint.from_dict(model) if model is not None else None,
-        "n_pairs": data.get("n_pairs"),
-        "data_sha256": data.get("data_sha256"),
-        "extra": data.get("extra") if data.get("extra") is not None else {},
-        "calibration": data.get("calibration"),
-        "control": ControlVector.from_dict(data["control_vector"]) if data.get("control_vector") is not None else None,
-    }

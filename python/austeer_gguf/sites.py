@@ -8,44 +8,21 @@ the tensor prefixes from here), profile validation, the width check, the metadat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from .errors import InputError
 
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    """The model sizes site widths are computed from."""
+    """The model sizes site widths are computed from (read from a model file by `formats.model_file`)."""
 
     n_embd: int
     n_head: int
     head_dim: int  # of the values: attention.value_length when present, else n_embd / n_head
     n_ff: int
-
-    @classmethod
-    def from_fields(cls, architecture: str, fields: Mapping[str, Any]) -> Hyperparameters:
-        def number(key: str, default: Any = None) -> int:
-            value = fields.get(f"{architecture}.{key}", default)
-            if value is None:
-                raise InputError(f"the model metadata has no {architecture}.{key}")
-            # Some architectures store a per-layer array; widths then vary per layer and layer 0's is used.
-            value = value[0] if isinstance(value, (list, tuple)) and value else value
-            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-                raise InputError(f"the model metadata {architecture}.{key} is not a number: {value!r}")
-            try:
-                result = int(value)
-            except (TypeError, ValueError, OverflowError):
-                raise InputError(f"the model metadata {architecture}.{key} is not a number: {value!r}") from None
-            if not 0 < result <= MAX_WIDTH:
-                raise InputError(f"the model metadata {architecture}.{key} = {result} is outside 1..{MAX_WIDTH}")
-            return result
-
-        n_embd, n_head = number("embedding_length"), number("attention.head_count")
-        value_length = fields.get(f"{architecture}.attention.value_length")
-        head_dim = number("attention.value_length") if value_length is not None else max(1, n_embd // n_head)
-        return cls(n_embd, n_head, head_dim, number("feed_forward_length", 0) or n_embd)
 
 
 MAX_WIDTH = 1 << 20  # no model has a site wider than this; a larger value is a damaged file
@@ -150,23 +127,16 @@ register(Site("layer", "l", "l_out", lambda h: h.n_embd,
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What a profile is checked against: layer count and the row width of each site tensor."""
+    """What a profile is checked against: layer count and the row width of each site tensor (read from a model
+    file by `formats.model_file`)."""
 
     architecture: str
     n_layers: int
     widths: dict[str, int]
 
     @classmethod
-    def from_gguf_fields(cls, fields: Mapping[str, Any]) -> ModelShape:
-        """From a GGUF's key/value metadata (as `ggufio.layout.read_fields` returns it)."""
-        architecture = fields.get("general.architecture")
-        if not isinstance(architecture, str) or not architecture:
-            raise InputError("the model metadata has no general.architecture: is this a model GGUF?")
-        n_layers = fields.get(f"{architecture}.block_count")
-        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 0 < n_layers <= MAX_LAYERS:
-            raise InputError(f"the model metadata {architecture}.block_count is {n_layers!r}; expected a layer "
-                             f"count in 1..{MAX_LAYERS}")
-        hyper = Hyperparameters.from_fields(architecture, fields)
+    def of(cls, architecture: str, n_layers: int, hyper: Hyperparameters) -> ModelShape:
+        """The shape of a model with these sizes: every registered site's width."""
         return cls(architecture, n_layers, {site.name: site.width(hyper) for site in all_sites()})
 
     def describe_range(self, site: str) -> str:

@@ -21,15 +21,16 @@ import numpy as np
 
 from .. import datasets, models
 from ..evaluation import metrics
-from ..evaluation.batched import open_for_evaluation
 from ..evaluation.evaluate import Prompt, generate
-from ..ggufio.metadata import embed_profiles
+from ..formats.embedded import embed_profiles
+from ..formats.profiles import read_profile
 from ..profile import Profile
 from ..runtime.steered_llama import SteeredLlama
+from ..setting import OFF
 
 
 def shipped_profile(model: str) -> Profile:
-    return Profile.from_json(datasets.data_dir() / "profiles" / f"detox-{model}.json")
+    return read_profile(datasets.data_dir() / "profiles" / f"detox-{model}.json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="austeer-demo-") as scratch:
         steered_path = embed_profiles(quantized, [profile], Path(scratch) / quantized.name)
         print(f"embedded into {steered_path} (a copy; removed at the end)\n")
-        llm = open_for_evaluation(str(steered_path), profile="detox", verbose=False, n_threads=args.threads,
-                                  n_threads_batch=args.threads)
+        llm = SteeredLlama.for_evaluation(steered_path, profile="detox", verbose=False, n_threads=args.threads,
+                                          n_threads_batch=args.threads)
         try:
             return _compare(llm, args)
         finally:
@@ -64,11 +65,11 @@ def _compare(llm: SteeredLlama, args: argparse.Namespace) -> int:
     items = items[: args.limit] if args.limit else items
     harmless = datasets.prompts("harmless-large", "test")[: args.harmless]
     replies, refusals = {}, {}
-    for label, on in (("off", False), ("on", True)):
-        llm.steering.enabled = on
-        replies[label] = generate(llm, items, chat=True, max_tokens=args.max_tokens)
-        refusals[label] = metrics.refusal_rate(generate(llm, harmless, chat=True, max_tokens=args.max_tokens))
-    offensive = {label: np.array(metrics.offensive_probability(texts)) > 0.5 for label, texts in replies.items()}
+    for label, setting in (("off", OFF), ("on", llm.steering.requested)):
+        replies[label] = generate(llm, items, chat=True, max_tokens=args.max_tokens, setting=setting)
+        refusals[label] = metrics.refusal_rate(generate(llm, harmless, chat=True, max_tokens=args.max_tokens,
+                                                        setting=setting))
+    offensive = {label: metrics.is_offensive(metrics.offensive_probability(texts)) for label, texts in replies.items()}
 
     rude_first = [i for i in np.argsort(-offensive["off"].astype(int), kind="stable") if offensive["off"][i]]
     for index in rude_first[: args.show]:

@@ -24,6 +24,7 @@ import numpy as np
 from .. import datasets
 from ..errors import InputError
 from ..profile import MAX_ALPHA, MAX_FACTOR, MAX_STRENGTH, Profile
+from ..setting import OFF, SteeringSetting
 from .evaluate import NeutralKL, generate, perplexity
 
 
@@ -51,23 +52,21 @@ class PerplexityRatio:
 
     def __init__(self, llm, prompts: Sequence[str], max_tokens: int = 24) -> None:
         self.llm, self.prompts, self.max_tokens = llm, list(prompts), max_tokens
-        from .evaluate import steering_off
+        self.baseline = self._perplexity(OFF)
 
-        with steering_off(llm):
-            self.baseline = self._perplexity()
-
-    def _perplexity(self) -> float:
-        texts = generate(self.llm, self.prompts, chat=False, max_tokens=self.max_tokens)
+    def _perplexity(self, setting: SteeringSetting | None) -> float:
+        texts = generate(self.llm, self.prompts, chat=False, max_tokens=self.max_tokens, setting=setting)
         return perplexity(self.llm, self.prompts, texts, chat=False)
 
-    def __call__(self) -> float:
-        return self._perplexity() / self.baseline
+    def __call__(self, setting: SteeringSetting | None = None) -> float:
+        return self._perplexity(setting) / self.baseline
 
 
 def calibrate(llm, profile: Profile, *, kl: float | None = None, perplexity_ratio: float | None = None,
-              texts: Sequence[str] | None = None, tolerance: float = 0.05, max_steps: int = 40) -> Calibration:
+              texts: Sequence[str] | None = None, tolerance: float = 0.05, max_steps: int = 40,
+              allow_model_mismatch: bool = False) -> Calibration:
     """The largest strength (within `tolerance`, relative) at which `profile` on `llm` keeps its side effect on
-    neutral text within the budget. Leaves the model's steering as it found it."""
+    neutral text within the budget. Each trial is a setting of its own: the model's controls are not touched."""
     if (kl is None) == (perplexity_ratio is None):
         raise InputError("give one budget: kl (e.g. 0.05) or perplexity_ratio (e.g. 1.1)")
     measure, budget = ("kl", kl) if kl is not None else ("perplexity", perplexity_ratio)
@@ -76,34 +75,29 @@ def calibrate(llm, profile: Profile, *, kl: float | None = None, perplexity_rati
         raise InputError(f"the {measure} budget must be a finite number above {low_end:g}, got {budget!r}")
     if not 0 < tolerance < 1:
         raise InputError(f"tolerance must lie in (0, 1), got {tolerance!r}")
+    SteeringSetting.make(llm.shape, llm.fingerprint, profiles=[(profile, 1.0)],
+                         allow_model_mismatch=allow_model_mismatch)  # refuse a misfit before measuring anything
     texts = list(texts or neutral_texts())
-    steering = llm.steering
-    saved = (steering.profiles, steering.strength, steering.enabled, steering.scope, steering.control)
-    try:
-        steering.set_control_vector(None)
-        steering.configure(profiles=[(profile, 1.0)], strength=1.0, enabled=True, scope="all")
-        side_effect: Callable[[], float] = NeutralKL(llm, texts) if measure == "kl" else PerplexityRatio(llm, texts)
-        trials: list[tuple[float, float]] = []
+    side_effect: Callable[[SteeringSetting], float] = (NeutralKL(llm, texts) if measure == "kl"
+                                                      else PerplexityRatio(llm, texts))
+    trials: list[tuple[float, float]] = []
 
-        def at(strength: float) -> float:
-            steering.strength = strength
-            value = side_effect()
-            trials.append((strength, value))
-            return value
+    def at(strength: float) -> float:
+        value = side_effect(SteeringSetting.make(llm.shape, llm.fingerprint, profiles=[(profile, 1.0)],
+                                                 strength=strength, allow_model_mismatch=allow_model_mismatch))
+        trials.append((strength, value))
+        return value
 
-        ceiling = _strength_ceiling(profile)
-        low, high = _bracket(at, budget, ceiling, max_steps)
-        while high is not None and low > 0 and high / low > 1 + tolerance and len(trials) < max_steps:
-            middle = math.sqrt(low * high)
-            if at(middle) <= budget:
-                low = middle
-            else:
-                high = middle
-        measured = dict(trials).get(low, 0.0)
-        return Calibration(measure, float(budget), float(low), float(measured), tolerance, trials)
-    finally:
-        steering.configure(profiles=list(saved[0]), strength=saved[1], enabled=saved[2], scope=saved[3])
-        steering.set_control_vector(saved[4].vector if saved[4] else None, saved[4].multiplier if saved[4] else 1.0)
+    ceiling = _strength_ceiling(profile)
+    low, high = _bracket(at, budget, ceiling, max_steps)
+    while high is not None and low > 0 and high / low > 1 + tolerance and len(trials) < max_steps:
+        middle = math.sqrt(low * high)
+        if at(middle) <= budget:
+            low = middle
+        else:
+            high = middle
+    measured = dict(trials).get(low, 0.0)
+    return Calibration(measure, float(budget), float(low), float(measured), tolerance, trials)
 
 
 def _strength_ceiling(profile: Profile) -> float:

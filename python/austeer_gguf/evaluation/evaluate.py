@@ -1,22 +1,23 @@
 """Evaluating a (steered) model on a task: choice accuracy, behaviour and fluency, side effects.
 
-Every function takes a `SteeredLlama` and measures it under whatever steering it currently has; "unsteered"
-figures come from the same model with steering switched off. Many sequences go through each decode when the
-model was opened by `batched.open_for_evaluation` (see `batched`).
+Every function takes a hooked model (`engine.hooked.HookedLlama`, e.g. a `SteeredLlama`) and the
+`SteeringSetting` to measure (default: the model's current setting); side effects are measured against the
+same model under `OFF`. Many sequences go through each decode when the model's context holds several
+(`HookedLlama.for_evaluation`, see `engine.decoder`).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ..localization.pairs import conversation_renderer
+from .. import conversation
+from ..engine.decoder import forward, generate_tokens
+from ..setting import OFF, SteeringSetting
 from . import metrics
-from .batched import forward, generate_tokens
 from .scoring import answer_rows, answer_tokens, log_softmax, token_logprobs
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ class GenerationResult:
     n: int
     sentiment: float  # mean VADER compound
     offensive: float  # mean offensive probability
-    offensive_rate: float  # share of texts whose offensive probability exceeds 0.5
+    offensive_rate: float  # share of texts `metrics.is_offensive` flags
     refusal_rate: float
     perplexity: float  # median, of the generated text under the unsteered model
     distinct2: float
@@ -69,19 +70,10 @@ class GenerationResult:
         return {"task_kind": self.kind, **asdict(self)}
 
 
-@contextlib.contextmanager
-def steering_off(llm) -> Iterator[None]:
-    previous = llm.steering.enabled
-    llm.steering.disable()
-    try:
-        yield
-    finally:
-        llm.steering.enabled = previous
-
-
 # ---- choice tasks ------------------------------------------------------------------------------------------
 
-def choice_logprobs(llm, items: Sequence[ChoiceItem]) -> list[tuple[np.ndarray, int]]:
+def choice_logprobs(llm, items: Sequence[ChoiceItem], setting: SteeringSetting | None = None,
+                    ) -> list[tuple[np.ndarray, int]]:
     """For each item: the log-likelihood of each choice after the prompt, and the greedy next token after
     the prompt."""
     sequences, rows, layout = [], [], []
@@ -92,7 +84,7 @@ def choice_logprobs(llm, items: Sequence[ChoiceItem]) -> list[tuple[np.ndarray, 
         for tokens, _ in tokenized:
             sequences.append(tokens)
             rows.append(range(first, len(tokens) - 1))
-    logits = forward(llm, sequences, rows)
+    logits = forward(llm, sequences, rows, setting=setting)
     out = []
     for offset, tokenized, first in layout:
         scores = [float(token_logprobs(logits[offset + i][start - 1 - first:], tokens, start).sum())
@@ -101,9 +93,9 @@ def choice_logprobs(llm, items: Sequence[ChoiceItem]) -> list[tuple[np.ndarray, 
     return out
 
 
-def evaluate_choice(llm, items: Sequence[ChoiceItem]) -> ChoiceResult:
+def evaluate_choice(llm, items: Sequence[ChoiceItem], setting: SteeringSetting | None = None) -> ChoiceResult:
     labels, predictions, greedy_hits, greedy_predictions, margins, differences = [], [], [], [], [], []
-    for item, (scores, greedy) in zip(items, choice_logprobs(llm, items)):
+    for item, (scores, greedy) in zip(items, choice_logprobs(llm, items, setting)):
         differences.append(float(scores[0] - scores[1]) if len(scores) == 2 else 0.0)
         prediction = int(np.argmax(scores))
         others = np.delete(scores, item.label)
@@ -134,14 +126,14 @@ def evaluate_choice(llm, items: Sequence[ChoiceItem]) -> ChoiceResult:
 
 def prompt_renderer(llm, chat: bool, frame: str = "{prompt}", system: str | None = None):
     """The text a prompt (a str or a `Prompt`) is given to the model as: for chat, one user turn for this model
-    (its chat template, or `User: ...\nAssistant:` without one), after a system turn when `system` is given (the
-    prompting baseline); else the plain `frame`; then the prefill."""
-    conversation = conversation_renderer(llm) if chat else None
+    (`austeer_gguf.conversation`), after a system turn when `system` is given (the prompting baseline); else the
+    plain `frame`; then the prefill."""
+    render_turns = conversation.renderer(llm) if chat else None
     before = [("system", system)] if system else []
 
     def render(prompt: str | Prompt) -> str:
         prompt = prompt if isinstance(prompt, Prompt) else Prompt(prompt)
-        text = conversation([*before, ("user", prompt.text)]) if conversation else frame.format(prompt=prompt.text)
+        text = render_turns([*before, ("user", prompt.text)]) if render_turns else frame.format(prompt=prompt.text)
         if not prompt.prefill:
             return text
         return text + ("" if not text or text[-1].isspace() else " ") + prompt.prefill
@@ -149,19 +141,20 @@ def prompt_renderer(llm, chat: bool, frame: str = "{prompt}", system: str | None
     return render
 
 
-def generate(llm, prompts: Sequence[str | Prompt], *, chat: bool, max_tokens: int, temperature: float = 0.0,
-             seed: int = 0, frame: str = "{prompt}", system: str | None = None) -> list[str]:
-    """Greedy (temperature 0) or seeded sampled continuations (`batched.generate_tokens`; prompt i draws from
-    seed + i), stopped at an end-of-generation token (and, for a chat with a model that has no template, where
-    it starts writing the user's next turn)."""
+def generate(llm, prompts: Sequence[str | Prompt], *, chat: bool, max_tokens: int,
+             setting: SteeringSetting | None = None, temperature: float = 0.0, seed: int = 0,
+             frame: str = "{prompt}", system: str | None = None) -> list[str]:
+    """Greedy (temperature 0) or seeded sampled continuations under `setting` (`engine.decoder.generate_tokens`;
+    prompt i draws from seed + i), stopped at an end-of-generation token (and, for a chat with a model that has
+    no template, where it starts writing the user's next turn)."""
     render = prompt_renderer(llm, chat, frame, system)
-    stop_text = "\nUser:" if chat and not llm.metadata.get("tokenizer.chat_template") else None
+    stop_text = conversation.FALLBACK_STOP if chat and not conversation.has_template(llm) else None
 
     def stop(generated: list[int]) -> bool:
         return stop_text in llm.detokenize(generated[-4:]).decode("utf-8", errors="replace")
 
     tokens = [llm.tokenize(render(prompt).encode("utf-8"), add_bos=True, special=True) for prompt in prompts]
-    generated = generate_tokens(llm, tokens, max_tokens=max_tokens, temperature=temperature,
+    generated = generate_tokens(llm, tokens, max_tokens=max_tokens, setting=setting, temperature=temperature,
                                 seeds=[seed + index for index in range(len(prompts))],
                                 stop=stop if stop_text else None)
     texts = []
@@ -184,9 +177,8 @@ def perplexities(llm, prompts: Sequence[str | Prompt], texts: Sequence[str], *, 
     scored = [(index, *answer_tokens(llm, render(prompt), text))
               for index, (prompt, text) in enumerate(zip(prompts, texts)) if text.strip()]
     scored = [(index, tokens, start) for index, tokens, start in scored if start < len(tokens)]
-    with steering_off(llm):
-        rows = forward(llm, [tokens for _, tokens, _ in scored], [answer_rows(tokens, start)
-                                                                   for _, tokens, start in scored])
+    rows = forward(llm, [tokens for _, tokens, _ in scored],
+                   [answer_rows(tokens, start) for _, tokens, start in scored], setting=OFF)
     for (index, tokens, start), logits in zip(scored, rows):
         values[index] = float(np.exp(-token_logprobs(logits, tokens, start).mean()))
     return values
@@ -199,14 +191,16 @@ def perplexity(llm, prompts: Sequence[str | Prompt], texts: Sequence[str], *, ch
 
 
 def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str | Prompt],
-                        side_prompts: Sequence[str] = (), *, max_tokens: int = 32, temperature: float = 0.0,
-                        seed: int = 0, keep_samples: int = 3, system: str | None = None) -> GenerationResult:
-    texts = generate(llm, prompts, chat=task.chat, max_tokens=max_tokens, temperature=temperature, seed=seed,
-                     frame=task.frame, system=system)
+                        side_prompts: Sequence[str] = (), *, setting: SteeringSetting | None = None,
+                        max_tokens: int = 32, temperature: float = 0.0, seed: int = 0, keep_samples: int = 3,
+                        system: str | None = None) -> GenerationResult:
+    setting = llm.current_setting() if setting is None else setting
+    texts = generate(llm, prompts, chat=task.chat, max_tokens=max_tokens, setting=setting, temperature=temperature,
+                     seed=seed, frame=task.frame, system=system)
     side = None
     if side_prompts:
-        side_texts = generate(llm, side_prompts, chat=task.chat, max_tokens=max_tokens, temperature=temperature,
-                              seed=seed, frame=task.frame, system=system)
+        side_texts = generate(llm, side_prompts, chat=task.chat, max_tokens=max_tokens, setting=setting,
+                              temperature=temperature, seed=seed, frame=task.frame, system=system)
         side = metrics.refusal_rate(side_texts)
     offensive = metrics.offensive_probability(texts)
     sentiment = metrics.sentiment(texts)
@@ -220,7 +214,7 @@ def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str | Promp
         n=len(texts),
         sentiment=float(np.mean(sentiment)),
         offensive=float(np.mean(offensive)),
-        offensive_rate=float(np.mean(np.array(offensive) > 0.5)),
+        offensive_rate=float(np.mean(metrics.is_offensive(offensive))),
         refusal_rate=float(np.mean(refusals)) if refusals else 0.0,
         perplexity=float(np.median(fluency)),
         distinct2=metrics.distinct_n(texts, 2),
@@ -234,23 +228,22 @@ def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str | Promp
 # ---- side effects ------------------------------------------------------------------------------------------
 
 class NeutralKL:
-    """KL(steered || unsteered) of next-token distributions over every position of neutral texts, under the
-    model's current steering; the unsteered log-probabilities are computed once."""
+    """KL(steered || unsteered) of next-token distributions over every position of neutral texts, under a
+    setting; the unsteered log-probabilities are computed once."""
 
     def __init__(self, llm, texts: Sequence[str]) -> None:
         self.llm = llm
         self.tokens = [llm.tokenize(text.encode("utf-8"), add_bos=True, special=True) for text in texts]
-        with steering_off(llm):
-            self.reference = [log_softmax(logits, np.float32) for logits in self._logits()]
+        self.reference = [log_softmax(logits, np.float32) for logits in self._logits(OFF)]
 
-    def _logits(self) -> list[np.ndarray]:
-        return forward(self.llm, self.tokens, [range(len(tokens)) for tokens in self.tokens])
+    def _logits(self, setting: SteeringSetting | None) -> list[np.ndarray]:
+        return forward(self.llm, self.tokens, [range(len(tokens)) for tokens in self.tokens], setting=setting)
 
-    def __call__(self) -> float:
+    def __call__(self, setting: SteeringSetting | None = None) -> float:
         return float(np.mean([metrics.kl_from_log_probs(logits, reference)
-                              for logits, reference in zip(self._logits(), self.reference)]))
+                              for logits, reference in zip(self._logits(setting), self.reference)]))
 
 
-def kl_on_neutral(llm, texts: Sequence[str]) -> float:
+def kl_on_neutral(llm, texts: Sequence[str], setting: SteeringSetting | None = None) -> float:
     """Mean KL(steered || unsteered) of next-token distributions over every position of neutral texts."""
-    return NeutralKL(llm, texts)()
+    return NeutralKL(llm, texts)(setting)

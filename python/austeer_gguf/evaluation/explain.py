@@ -21,10 +21,9 @@ import numpy as np
 
 from .. import sites
 from ..errors import InputError
-from ..fingerprint import fingerprint_of
-from ..ggufio.layout import open_reader, scan
+from ..formats.model_file import ModelFile
+from ..ggufio.layout import open_reader
 from ..profile import Profile
-from ..sites import ModelShape
 
 
 @dataclass
@@ -39,8 +38,8 @@ class UnitExplanation:
 
 def explain(model: str | Path, profile: Profile, *, top: int = 8,
             allow_model_mismatch: bool = False) -> list[UnitExplanation]:
-    layout = scan(model)
-    profile.check_model(ModelShape.from_gguf_fields(layout.values()), fingerprint_of(layout),
+    model_file = ModelFile.open(model)
+    profile.check_model(model_file.shape, model_file.fingerprint,
                         allow_mismatch=allow_model_mismatch)
     reader = open_reader(model)
     tensors = {tensor.name: tensor for tensor in reader.tensors}

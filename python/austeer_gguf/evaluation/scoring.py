@@ -1,14 +1,15 @@
 """Log-likelihood of an answer after a prompt, from the logits rows that score it.
 
 Row r of a sequence's logits predicts token r + 1, so the answer's tokens tokens[start:] are scored by rows
-start - 1 .. len - 2 (`answer_rows`), which `batched.forward` computes without the rows before them.
+start - 1 .. len - 2 (`answer_rows`), which `engine.decoder.forward` computes without the rows before them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
+
+from ..engine.decoder import common_prefix, forward
+from ..setting import SteeringSetting
 
 
 def log_softmax(logits: np.ndarray, dtype: type = np.float64) -> np.ndarray:
@@ -24,14 +25,6 @@ def answer_tokens(llm, prompt: str, answer: str) -> tuple[list[int], int]:
     return full, max(common_prefix(full, alone), 1)
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many tokens two sequences share from their start."""
-    length = 0
-    while length < min(len(a), len(b)) and a[length] == b[length]:
-        length += 1
-    return length
-
-
 def answer_rows(tokens: list[int], start: int) -> range:
     """The logits rows that score tokens[start:]."""
     return range(start - 1, len(tokens) - 1)
@@ -42,10 +35,9 @@ def token_logprobs(rows: np.ndarray, tokens: list[int], start: int) -> np.ndarra
     return log_softmax(rows)[np.arange(len(tokens) - start), tokens[start:]]
 
 
-def answer_logprob(llm, prompt: str, answer: str) -> float:
-    """Sum of the log-probabilities of the answer's tokens after the prompt, under the model's current steering."""
-    from .batched import forward
-
+def answer_logprob(llm, prompt: str, answer: str, setting: SteeringSetting | None = None) -> float:
+    """Sum of the log-probabilities of the answer's tokens after the prompt, under `setting` (default: the
+    model's current setting)."""
     tokens, start = answer_tokens(llm, prompt, answer)
-    (rows,) = forward(llm, [tokens], [answer_rows(tokens, start)])
+    (rows,) = forward(llm, [tokens], [answer_rows(tokens, start)], setting=setting)
     return float(token_logprobs(rows, tokens, start).sum())

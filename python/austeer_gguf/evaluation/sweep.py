@@ -3,15 +3,8 @@
 For one model and one task:
 1. One capture pass over the task's train pairs (>= 1,000) on the float model gives the momentum counts of
    every site and the CAA mean difference of the residual stream.
-2. Every method has a strength axis that runs from no effect to breakage:
-     austeer        top-k units of one site (k in ks, site in sites) x alpha
-     single-unit    the best unit of a site x alpha
-     whole-layer    every dim of the layer where a site separates the pairs most, momentum-signed x alpha
-     random-units   k random units of the dev-best AUSteer (site, k), their own momentum scores x alpha
-     caa-layer      the CAA direction of one layer (every `caa_layer_step`-th layer) x multiplier
-     caa-range      the CAA directions of a layer range x multiplier
-     prompting      asking the model (the task's instruction), no axis
-     prompting+austeer  asking the model and the AUSteer axis of the dev-best (site, k)
+2. Every method (`methods.METHODS`: AUSteer, a single unit, a whole layer, random units, CAA on one layer and on
+   layer ranges, asking the model, asking + AUSteer) has a strength axis that runs from no effect to breakage.
    Every setting on the axis is screened by its side effect on neutral text (KL(steered || unsteered) of
    next-token distributions, cheap). From the settings within `screen_kl`, `trials` spread evenly by KL are
    measured on dev: the task's score and the perplexity ratio of greedy neutral continuations (generations
@@ -29,63 +22,30 @@ Settings are chosen on dev only; test is touched once per (method, budget).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .. import datasets
-from ..control_vector import ControlVector
+from ..formats.model_file import ModelFile
 from ..localization.capture import PairCapture
-from ..localization.reducers import MeanDifference, MomentumCounts, rank_units
-from ..profile import Profile, Unit
+from ..localization.reducers import MeanDifference, MomentumCounts
 from . import metrics
+from .budgets import BUDGETS, Budget
 from .calibrate import PerplexityRatio
 from .evaluate import NeutralKL
+from .methods import METHODS, AxisConfig, Evidence, Method, Point, ordered, reference_of
 from .tasks import Task
-
-DISTINCT2_RATIO = 0.8  # distinct bigrams of generated texts, steered / unsteered, at least: loops pass perplexity
-
-
-@dataclass(frozen=True)
-class Budget:
-    name: str
-    kl: float
-    perplexity: float
-    distinct2: float = DISTINCT2_RATIO  # generation tasks only, on the dev texts
-
-
-BUDGETS = (Budget("tight", 0.1, 1.1), Budget("loose", 0.3, 1.3))
-
-
-@dataclass(frozen=True)
-class Setting:
-    method: str
-    site: str | None = None
-    k: int | None = None
-    alpha: float | None = None
-    layer: int | None = None
-    layers: tuple[int, int] | None = None
-    multiplier: float | None = None
-    seed: int | None = None
-    prompted: bool = False
-
-    def label(self) -> str:
-        parts = [self.method]
-        for name in ("site", "k", "alpha", "layer", "layers", "multiplier", "seed"):
-            value = getattr(self, name)
-            if value is not None:
-                parts.append(f"{name}={value}")
-        return " ".join(parts)
 
 
 @dataclass
 class Trial:
-    setting: Setting
+    setting: Point
     kl: float
     perplexity_ratio: float | None = None
     score: float | None = None  # the task's dev score (None: screened only)
@@ -99,14 +59,7 @@ class Trial:
 
 
 @dataclass
-class SweepConfig:
-    sites: tuple[str, ...] = ("attn", "ffn", "layer")
-    ks: tuple[int, ...] = (5, 20, 100)
-    alphas: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
-    layer_alphas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
-    multipliers: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
-    caa_layer_step: int = 3
-    random_seeds: tuple[int, ...] = (0,)
+class SweepConfig(AxisConfig):
     trials: int = 6  # dev trials per method
     screen_kl: float = 0.6  # settings screened beyond this KL are not measured on dev
     dev_limit: int | None = None
@@ -126,11 +79,13 @@ class SweepReport:
     task_kind: str
     provenance: str
     config: dict
+    headline: dict = field(default_factory=dict)  # the task's headline figure: key and name
+    methods: list[dict] = field(default_factory=list)  # every method measured, in the order reports show them
     n_pairs: int = 0
     trials: list[Trial] = field(default_factory=list)  # every screened setting, dev-measured ones with a score
     chosen: dict[str, dict[str, Trial]] = field(default_factory=dict)  # budget -> method -> dev trial
     test: dict[str, dict[str, dict]] = field(default_factory=dict)  # budget -> method -> test result
-    comparisons: dict[str, dict[str, dict]] = field(default_factory=dict)  # budget -> method -> vs AUSteer
+    comparisons: dict[str, dict[str, dict]] = field(default_factory=dict)  # budget -> method -> vs the reference
     trial_counts: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -147,99 +102,50 @@ def _plain(value):
 
 
 class Sweeper:
-    def __init__(self, llm, float_model: str | Path, task: Task, config: SweepConfig) -> None:
+    """One model and one task: `run` localizes on `float_model`, then measures every method on `llm` (the
+    quantized file users run, a `HookedLlama`)."""
+
+    def __init__(self, llm, float_model: str | Path, task: Task, config: SweepConfig,
+                 methods: Sequence[Method] = METHODS) -> None:
         self.llm = llm
         self.float_model = Path(float_model)
         self.task = task
         self.config = config
-        self.counts: MomentumCounts | None = None
-        self.control: ControlVector | None = None
+        self.shown = list(methods)  # in the order reports show them
+        self.methods = ordered(methods)  # in the order they are measured
+        self.reference = reference_of(methods)
+        self.evidence: Evidence | None = None
+        self._by_name = {method.name: method for method in methods}
         self._kl: NeutralKL | None = None  # side effects, made once the model's unsteered outputs are known
         self._fluency: PerplexityRatio | None = None
         self._baseline_distinct2: float | None = None
-        self._tested: dict[Setting, dict] = {}
-
-    # ---- settings -------------------------------------------------------------------------------------
-
-    def _apply(self, setting: Setting) -> None:
-        steering = self.llm.steering
-        steering.set_control_vector(None)
-        steering.set_profile(self._profile(setting))
-        steering.strength = 1.0
-        steering.enable()
-
-    def _profile(self, setting: Setting) -> Profile | None:
-        counts, method = self.counts, setting.method
-        if method in ("unsteered", "prompting"):
-            return None
-        if method in ("caa-layer", "caa-range"):
-            first, last = setting.layers or (setting.layer, setting.layer)
-            return Profile(method, 1.0, [], control=dataclasses.replace(
-                self.control.restricted(first, last),
-                directions=self.control.restricted(first, last).scaled(setting.multiplier)))
-        if method in ("austeer", "single-unit", "prompting+austeer"):
-            units = [Unit(u.layer, u.site, u.dim, u.score) for u in rank_units(counts.only(setting.site), setting.k)]
-            return Profile(method, setting.alpha, units)
-        scores = counts.scores(setting.site)
-        if method == "whole-layer":
-            units = [Unit(setting.layer, setting.site, dim, float(scores[setting.layer, dim]))
-                     for dim in range(scores.shape[1]) if scores[setting.layer, dim] != 0]
-        else:  # random-units
-            rng = np.random.default_rng(setting.seed)
-            flat = rng.choice(scores.size, size=setting.k, replace=False)
-            units = [Unit(int(i // scores.shape[1]), setting.site, int(i % scores.shape[1]), float(scores.flat[i]))
-                     for i in flat if scores.flat[i] != 0]
-        return Profile(method, setting.alpha, units)
-
-    def axis(self, method: str, best: Setting | None = None) -> list[Setting]:
-        """The method's settings, weakest first."""
-        config, counts = self.config, self.counts
-        if method == "austeer":
-            return [Setting(method, site, k, alpha) for site in config.sites for k in config.ks
-                    for alpha in config.alphas]
-        if method == "single-unit":
-            return [Setting(method, site, 1, alpha) for site in config.sites for alpha in config.alphas]
-        if method == "whole-layer":
-            return [Setting(method, site, None, alpha, layer=int(np.argmax(counts.layer_strength(site))))
-                    for site in config.sites for alpha in config.layer_alphas]
-        if method == "random-units":
-            return [Setting(method, best.site, best.k, alpha, seed=seed) for seed in config.random_seeds
-                    for alpha in config.alphas]
-        if method == "caa-layer":
-            layers = range(1, counts.n_layers, config.caa_layer_step)
-            return [Setting(method, layer=layer, multiplier=m) for layer in layers for m in config.multipliers]
-        if method == "caa-range":
-            n, third = counts.n_layers, max(1, counts.n_layers // 3)
-            ranges = [(1, n - 1), (1, third), (third, 2 * third), (2 * third, n - 1)]
-            return [Setting(method, layers=r, multiplier=m) for r in ranges for m in config.multipliers]
-        if method == "prompting":
-            return [Setting(method, prompted=True)]
-        if method == "prompting+austeer":
-            return [Setting(method, best.site, best.k, alpha, prompted=True) for alpha in config.alphas]
-        raise ValueError(f"unknown method {method!r}")
+        self._tested: dict[Point, dict] = {}
 
     # ---- measuring ------------------------------------------------------------------------------------
 
-    def _evaluate(self, setting: Setting, split: str, **options):
-        self._apply(setting)
+    def _evaluate(self, point: Point, split: str, **options):
         limit = self.config.dev_limit if split == "dev" else self.config.test_limit
-        return self.task.evaluate(self.llm, split, limit=limit, max_tokens=self.config.max_tokens,
-                                  prompted=setting.prompted, **options)
+        return self.task.evaluate(self.llm, split, setting=self._setting(point), limit=limit,
+                                  max_tokens=self.config.max_tokens, prompted=point.prompted, **options)
 
-    def _screen(self, setting: Setting) -> Trial:
-        self._apply(setting)
-        return Trial(setting, 0.0 if setting.method in ("unsteered", "prompting") else self._kl())
+    def _setting(self, point: Point):
+        return self._by_name[point.method].setting(point, self.evidence)
+
+    def _screen(self, point: Point) -> Trial:
+        setting = self._setting(point)
+        return Trial(point, self._kl(setting) if setting.active else 0.0)
 
     def _measure(self, trial: Trial) -> Trial:
         result = self._evaluate(trial.setting, "dev")
-        self._apply(trial.setting)
-        trial.perplexity_ratio = 1.0 if trial.setting.method in ("unsteered", "prompting") else self._fluency()
+        setting = self._setting(trial.setting)
+        trial.perplexity_ratio = self._fluency(setting) if setting.active else 1.0
         trial.score = float(self.task.score(result))
-        if self.task.kind == "generation":
+        distinct2 = getattr(result, "distinct2", None)
+        if distinct2 is not None:
             if self._baseline_distinct2 is None:  # the first measurement is the unsteered one
-                self._baseline_distinct2 = result.distinct2
+                self._baseline_distinct2 = distinct2
             base = self._baseline_distinct2
-            trial.distinct2_ratio = result.distinct2 / base if base > 0 else 1.0
+            trial.distinct2_ratio = distinct2 / base if base > 0 else 1.0
         data = result.to_dict()
         for key in ("predictions", "items", "labels", "margins"):
             data.pop(key, None)
@@ -249,10 +155,10 @@ class Sweeper:
     def _pick(self, screened: list[Trial]) -> list[Trial]:
         """`trials` settings: spread evenly by KL among those within the screen (weakest and strongest kept),
         and the first ones beyond it (where the axis breaks: at least one, more when too few are within)."""
-        ordered = sorted(screened, key=lambda t: t.kl)
-        inside = [t for t in ordered if t.kl <= self.config.screen_kl]
-        beyond = [t for t in ordered if t.kl > self.config.screen_kl]
-        n = min(self.config.trials, len(ordered))
+        ordered_trials = sorted(screened, key=lambda t: t.kl)
+        inside = [t for t in ordered_trials if t.kl <= self.config.screen_kl]
+        beyond = [t for t in ordered_trials if t.kl > self.config.screen_kl]
+        n = min(self.config.trials, len(ordered_trials))
         n_beyond = min(len(beyond), max(1 if beyond else 0, n - len(inside)))
         n_inside = n - n_beyond
         spread = np.linspace(0, len(inside) - 1, n_inside) if n_inside else []
@@ -262,123 +168,83 @@ class Sweeper:
 
     def run(self, model_name: str, log=print) -> SweepReport:
         config, task = self.config, self.task
-        report = SweepReport(model_name, task.name, task.kind, task.provenance, asdict(config))
+        report = SweepReport(model_name, task.name, task.kind, task.provenance, asdict(config), task.headline,
+                             [method.describe() for method in self.shown])
         clock = time.perf_counter()
         self._localize()
-        report.n_pairs = self.counts.n_pairs
+        report.n_pairs = self.evidence.counts.n_pairs
         report.seconds["localize"] = time.perf_counter() - clock
         clock = time.perf_counter()
         self._kl = NeutralKL(self.llm, datasets.prompts("neutral", "train")[: config.neutral_texts])
         self._fluency = PerplexityRatio(self.llm, datasets.prompts("neutral", "dev")[:12], max_tokens=16)
 
-        baseline = self._measure(Trial(Setting("unsteered"), 0.0))
-        report.trials.append(baseline)
-        best_austeer: Setting | None = None
-        for method in ("austeer", "single-unit", "whole-layer", "caa-layer", "caa-range", "prompting",
-                       "random-units", "prompting+austeer"):
-            screened = [self._screen(setting) for setting in self.axis(method, best_austeer)]
+        baselines = []
+        for method in self.methods:
+            axis = method.axis(self.evidence, config)
+            if method.baseline:
+                baselines += [self._measure(Trial(point, 0.0)) for point in axis]
+                report.trials += baselines
+                continue
+            screened = [self._screen(point) for point in axis]
             measured = [self._measure(trial) for trial in self._pick(screened)]
             report.trials += screened
-            report.trial_counts[method] = len(measured)
-            if method == "austeer":
+            report.trial_counts[method.name] = len(measured)
+            if method.reference:
                 fine = [t for t in measured if t.within(config.budgets[-1])] or measured
-                best = max(fine, key=lambda t: t.score)
-                best_austeer = best.setting
-            log(f"  {method:18} {len(screened):3d} screened, {len(measured)} measured on dev; best "
+                self.evidence.best = max(fine, key=lambda t: t.score).setting
+            log(f"  {method.name:18} {len(screened):3d} screened, {len(measured)} measured on dev; best "
                 f"{max((t.score for t in measured), default=float('nan')):.3f}")
         report.seconds["dev"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         for budget in config.budgets:
-            methods = {t.setting.method for t in report.trials}
-            chosen = {"unsteered": baseline}
-            for method in sorted(methods - {"unsteered"}):
-                fine = [t for t in report.trials if t.setting.method == method and t.within(budget)]
-                if fine:
-                    chosen[method] = max(fine, key=lambda t: t.score)
+            chosen = {trial.setting.method: trial for trial in baselines}
+            for method in self.methods:
+                fine = [t for t in report.trials if t.setting.method == method.name and t.within(budget)]
+                if fine and not method.baseline:
+                    chosen[method.name] = max(fine, key=lambda t: t.score)
             report.chosen[budget.name] = chosen
             report.test[budget.name] = {method: self._test(trial.setting) for method, trial in chosen.items()}
             for method, result in report.test[budget.name].items():
                 log(f"  test {budget.name:5} {method:18} {result['score']:.3f}  ({chosen[method].setting.label()})")
-            report.comparisons[budget.name] = compare(self.task, report.test[budget.name])
+            report.comparisons[budget.name] = compare(self.task, report.test[budget.name], self.reference.name)
         report.seconds["test"] = time.perf_counter() - clock
-        self._apply(Setting("unsteered"))
         return report
 
     def _localize(self) -> None:
         """One capture pass over the train pairs: momentum counts of every site and the CAA mean difference."""
         captured = tuple(dict.fromkeys([*self.config.sites, "layer"]))
-        with PairCapture(self.float_model, self.task.train, captured, n_threads=self.config.threads,
-                         progress=False) as capture:
-            self.counts = MomentumCounts.for_shape(capture.shape, self.config.sites)
+        model = ModelFile.open(self.float_model)
+        with PairCapture(model, self.task.train, captured, n_threads=self.config.threads, progress=False) as capture:
+            counts = MomentumCounts.for_shape(capture.shape, self.config.sites)
             difference = MeanDifference.for_shape(capture.shape, "layer")
-            capture.feed(self.counts, difference)
-        self.control = difference.control_vector(capture.shape.architecture)
+            capture.feed(counts, difference)
+        self.evidence = Evidence(counts, difference.control_vector(capture.shape.architecture), self.llm.shape)
 
-    def _test(self, setting: Setting) -> dict:
-        """The test result of a setting, measured once however many budgets choose it."""
-        if setting not in self._tested:
-            self._tested[setting] = self._measure_test(setting)
-        return self._tested[setting]
+    def _test(self, point: Point) -> dict:
+        """The test result of a point, measured once however many budgets choose it."""
+        if point not in self._tested:
+            config = self.config
+            self._tested[point] = self.task.measure_test(self.llm, self._setting(point), prompted=point.prompted,
+                                                         limit=config.test_limit, seeds=config.seeds,
+                                                         temperature=config.temperature, max_tokens=config.max_tokens)
+        return self._tested[point]
 
-    def _measure_test(self, setting: Setting) -> dict:
-        if self.task.kind == "choice":
-            result = self._evaluate(setting, "test").to_dict()
-            result["score"] = result["balanced_accuracy"]
-            return result
-        # Refusals of harmless requests are a side check: measured on the first seed's run only.
-        runs = [self._evaluate(setting, "test", temperature=self.config.temperature, seed=1000 * seed,
-                               side=seed == 0) for seed in range(self.config.seeds)]
-        items = [dict(item, seed=seed) for seed, run in enumerate(runs) for item in run.items]
-        merged = runs[0].to_dict()
-        for key in ("sentiment", "offensive", "offensive_rate", "refusal_rate", "distinct2", "side_refusal_rate"):
-            values = [getattr(run, key) for run in runs if getattr(run, key) is not None]
-            merged[key] = float(np.mean(values)) if values else None
-        merged["perplexity"] = float(np.median([item["perplexity"] for item in items]))
-        merged["items"] = items
-        merged["score"] = float(self.task.sign * merged[self.task.behaviour])
-        return merged
 
-def compare(task: Task, results: dict[str, dict]) -> dict[str, dict]:
-    """Each method against AUSteer on the same test items: the difference of the task statistic, a paired
-    bootstrap 95% interval (`within_noise` when it contains 0), its p-value, and whether the difference holds
-    after Holm's correction over the budget's comparisons (`holm`, family-wise 5%)."""
-    if "austeer" not in results:
+def compare(task: Task, results: dict[str, dict], reference: str) -> dict[str, dict]:
+    """Each method against the reference method on the same test items: the difference of the task statistic,
+    a paired bootstrap 95% interval (`within_noise` when it contains 0), its p-value, and whether the difference
+    holds after Holm's correction over the budget's comparisons (`holm`, family-wise 5%)."""
+    if reference not in results:
         return {}
-    reference = results["austeer"]
     out = {}
     for method, result in results.items():
-        if method == "austeer":
+        if method == reference:
             continue
-        statistic, n = _paired_statistic(task, result, reference)
+        statistic, n = task.paired_statistic(result, results[reference])
         low, high, p = metrics.paired_bootstrap_test(statistic, n)
-        difference = result["score"] - reference["score"]
+        difference = result["score"] - results[reference]["score"]
         out[method] = {"difference": difference, "ci": (low, high), "within_noise": low <= 0 <= high, "p": p}
     for method, holds in metrics.holm({method: c["p"] for method, c in out.items()}).items():
         out[method]["holm"] = holds and not out[method]["within_noise"]
     return out
-
-
-def _paired_statistic(task: Task, a: dict, b: dict):
-    """statistic(indices) = task score of a minus that of b over resampled test items."""
-    if task.kind == "choice":
-        labels = np.array(a["labels"])
-        right_a = np.array(a["predictions"]) == labels
-        right_b = np.array(b["predictions"]) == labels
-
-        def balanced(right: np.ndarray, index: np.ndarray) -> float:
-            chosen = labels[index]
-            return float(np.mean([right[index][chosen == c].mean() for c in np.unique(chosen)]))
-
-        return (lambda index: balanced(right_a, index) - balanced(right_b, index)), len(labels)
-    key = task.behaviour
-
-    def per_item(result: dict) -> np.ndarray:
-        if key == "offensive_rate":
-            values = np.array([item["offensive"] > 0.5 for item in result["items"]], dtype=float)
-        else:
-            values = np.array([item[key] for item in result["items"]], dtype=float)
-        return task.sign * values
-
-    values_a, values_b = per_item(a), per_item(b)
-    return (lambda index: float(values_a[index].mean() - values_b[index].mean())), len(values_a)

@@ -27,11 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
+
 from .. import datasets
 from ..errors import InputError
 from ..jsonfile import read_jsonl_objects
 from ..localization.pairs import Pair, load_pairs
-from . import evaluate
+from ..setting import SteeringSetting
+from . import evaluate, metrics
 from .evaluate import ChoiceResult, GenerationResult, Prompt
 
 SEED = 2026
@@ -52,7 +55,9 @@ class ChoiceItem:
 @dataclass
 class Task:
     """A task: train pairs (localization), dev (choosing settings) and test (reported) splits, and how a
-    model is evaluated and scored on them."""
+    model is evaluated and scored on them. A task owns its statistics: the dev score (`score`), the figure
+    reports lead with (`headline`), the per-item values paired comparisons resample (`paired_statistic`), how
+    a setting is measured on test (`measure_test`) and the columns a report shows (`report_columns`)."""
 
     kind: ClassVar[str]
     name: str
@@ -67,6 +72,11 @@ class Task:
             raise InputError(f"unknown split {split!r}: use dev or test")
         return first_items(self.dev if split == "dev" else self.test, limit)
 
+    @property
+    def headline(self) -> dict[str, str]:
+        """The test figure reports lead with: its key in a test result and what it is called."""
+        return {"key": "score", "name": "score"}
+
 
 @dataclass
 class ChoiceTask(Task):
@@ -74,26 +84,51 @@ class ChoiceTask(Task):
 
     kind: ClassVar[str] = "choice"
 
-    def evaluate(self, llm, split: str, *, limit: int | None = None, prompted: bool = False, **_) -> ChoiceResult:
+    def evaluate(self, llm, split: str, *, setting: SteeringSetting | None = None, limit: int | None = None,
+                 prompted: bool = False, **_) -> ChoiceResult:
         """`prompted`: each prompt after the task's instruction (asking the model)."""
         items = self.split(split, limit)
         if prompted:
             items = [ChoiceItem(f"{self.instruction}\n{item.prompt}", item.choices, item.label) for item in items]
-        return evaluate.evaluate_choice(llm, items)
+        return evaluate.evaluate_choice(llm, items, setting)
 
-    def score(self, result: ChoiceResult, baseline: ChoiceResult | None = None, **_) -> float:
+    def score(self, result: ChoiceResult) -> float:
         """Balanced accuracy; the mean margin breaks ties."""
         return result.balanced_accuracy + 1e-3 * math.tanh(result.mean_margin)
+
+    @property
+    def headline(self) -> dict[str, str]:
+        return {"key": "score", "name": "balanced accuracy"}
+
+    def measure_test(self, llm, setting: SteeringSetting, *, prompted: bool, limit: int | None, **_) -> dict:
+        result = self.evaluate(llm, "test", setting=setting, limit=limit, prompted=prompted).to_dict()
+        result["score"] = result["balanced_accuracy"]
+        return result
+
+    def paired_statistic(self, a: dict, b: dict) -> tuple[Callable[[np.ndarray], float], int]:
+        """statistic(indices) = balanced accuracy of `a` minus that of `b` over resampled test items."""
+        labels = np.array(a["labels"])
+        right_a = np.array(a["predictions"]) == labels
+        right_b = np.array(b["predictions"]) == labels
+
+        def balanced(right: np.ndarray, index: np.ndarray) -> float:
+            chosen = labels[index]
+            return float(np.mean([right[index][chosen == c].mean() for c in np.unique(chosen)]))
+
+        return (lambda index: balanced(right_a, index) - balanced(right_b, index)), len(labels)
+
+    @staticmethod
+    def report_columns(test: dict, unsteered: dict) -> dict[str, str]:
+        return {"AUC": "-" if test.get("auc") is None else f"{test['auc']:.3f}",
+                "greedy 1-token acc.": f"{test['greedy_accuracy']:.3f}"}
 
 
 @dataclass
 class GenerationTask(Task):
     """Prompts to continue (or answer through the chat template); scored by a behaviour metric of the text.
 
-    `behaviour` names the GenerationResult field that is the task's score (higher is better). On dev, a
-    setting counts only when it keeps fluency: median perplexity within `fluency_factor` times the baseline,
-    distinct-2 at least half the baseline's (repetition has a low perplexity) and, with side prompts,
-    refusals on them rising by at most 0.1.
+    `behaviour` names the GenerationResult field that is the task's score, times `sign` (higher is better).
+    Its per-item value is `metrics.ITEM_VALUES[behaviour]` of each reply.
     """
 
     kind: ClassVar[str] = "generation"
@@ -107,9 +142,9 @@ class GenerationTask(Task):
     def side(self, split: str, limit: int | None = None) -> list[str]:
         return first_items(self.side_dev if split == "dev" else self.side_test, limit)
 
-    def evaluate(self, llm, split: str, *, limit: int | None = None, max_tokens: int = 32,
-                 temperature: float = 0.0, seed: int = 0, system: str | None = None, prompted: bool = False,
-                 side: bool = True, **_) -> GenerationResult:
+    def evaluate(self, llm, split: str, *, setting: SteeringSetting | None = None, limit: int | None = None,
+                 max_tokens: int = 32, temperature: float = 0.0, seed: int = 0, system: str | None = None,
+                 prompted: bool = False, side: bool = True, **_) -> GenerationResult:
         """`prompted`: asking the model, with the task's instruction as a system turn (chat) or before the text;
         `system`: another system turn; `side`: also the harmless side prompts (refusals)."""
         task = self
@@ -118,20 +153,57 @@ class GenerationTask(Task):
         elif prompted:
             system = self.instruction
         side_prompts = self.side(split, limit) if side else []
-        return evaluate.evaluate_generation(llm, task, self.split(split, limit), side_prompts,
+        return evaluate.evaluate_generation(llm, task, self.split(split, limit), side_prompts, setting=setting,
                                             max_tokens=max_tokens, temperature=temperature, seed=seed, system=system)
 
-    def score(self, result: GenerationResult, baseline: GenerationResult | None = None, *,
-              fluency_factor: float = 2.0, **_) -> float:
-        if baseline is not None:
-            if result.perplexity > fluency_factor * baseline.perplexity:
-                return -math.inf
-            if result.distinct2 < 0.5 * baseline.distinct2:
-                return -math.inf
-            side, base_side = result.side_refusal_rate, baseline.side_refusal_rate
-            if side is not None and base_side is not None and side > base_side + 0.1:
-                return -math.inf
+    def score(self, result: GenerationResult) -> float:
         return self.sign * float(getattr(result, self.behaviour))
+
+    @property
+    def headline(self) -> dict[str, str]:
+        name = metrics.BEHAVIOURS[self.behaviour]
+        return {"key": self.behaviour, "name": name + (", lower is better" if self.sign < 0 else "")}
+
+    def measure_test(self, llm, setting: SteeringSetting, *, prompted: bool, limit: int | None, seeds: int = 3,
+                     temperature: float = 0.7, max_tokens: int = 32) -> dict:
+        """`seeds` sampled runs, merged per item; refusals of harmless requests are a side check, measured on
+        the first seed's run only."""
+        runs = [self.evaluate(llm, "test", setting=setting, limit=limit, max_tokens=max_tokens, prompted=prompted,
+                              temperature=temperature, seed=1000 * seed, side=seed == 0) for seed in range(seeds)]
+        items = [dict(item, seed=seed) for seed, run in enumerate(runs) for item in run.items]
+        merged = runs[0].to_dict()
+        for key in ("sentiment", "offensive", "offensive_rate", "refusal_rate", "distinct2", "side_refusal_rate"):
+            values = [getattr(run, key) for run in runs if getattr(run, key) is not None]
+            merged[key] = float(np.mean(values)) if values else None
+        merged["perplexity"] = float(np.median([item["perplexity"] for item in items]))
+        merged["items"] = items
+        merged["score"] = float(self.sign * merged[self.behaviour])
+        return merged
+
+    def item_values(self, result: dict) -> np.ndarray:
+        """The behaviour of each test item, signed so that higher is better."""
+        value = metrics.ITEM_VALUES[self.behaviour]
+        return self.sign * np.array([value(item) for item in result["items"]], dtype=float)
+
+    def paired_statistic(self, a: dict, b: dict) -> tuple[Callable[[np.ndarray], float], int]:
+        """statistic(indices) = mean signed behaviour of `a` minus that of `b` over resampled test items."""
+        values_a, values_b = self.item_values(a), self.item_values(b)
+        return (lambda index: float(values_a[index].mean() - values_b[index].mean())), len(values_a)
+
+    @staticmethod
+    def report_columns(test: dict, unsteered: dict) -> dict[str, str]:
+        refusals = test["side_refusal_rate"]
+        return {"offensive rate": f"{test['offensive_rate']:.3f}", "VADER": f"{test['sentiment']:+.3f}",
+                "harmless refusals": "-" if refusals is None else f"{refusals}",
+                "test ppl / unsteered": _ratio(test["perplexity"], unsteered["perplexity"]),
+                "test distinct-2 / unsteered": _ratio(test["distinct2"], unsteered["distinct2"])}
+
+
+KINDS: dict[str, type[Task]] = {"choice": ChoiceTask, "generation": GenerationTask}
+
+
+def _ratio(value: float, unsteered: float) -> str:
+    return f"{value / unsteered:.2f}" if unsteered else "-"  # "-": the unsteered texts had none (tiny runs)
 
 
 def first_items(items: list, limit: int | None) -> list:

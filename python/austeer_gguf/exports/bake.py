@@ -24,9 +24,10 @@ import numpy as np
 
 from .. import sites
 from ..errors import InputError
-from ..fingerprint import fingerprint_of
-from ..ggufio.layout import FLOAT_TYPES, GgufLayout, TensorEntry, scan
-from ..ggufio.metadata import BAKED_KEY, encode_profile
+from ..formats.embedded import BAKED_KEY
+from ..formats.model_file import ModelFile
+from ..formats.profiles import encode_compact
+from ..ggufio.layout import FLOAT_TYPES, GgufLayout, TensorEntry
 from ..ggufio.rewrite import rewrite
 from ..profile import Profile
 from ..sites import ModelShape
@@ -51,7 +52,7 @@ class BakeReport:
 
 
 def profile_digest(profile: Profile) -> str:
-    return hashlib.sha256(encode_profile(profile).encode()).hexdigest()[:16]
+    return hashlib.sha256(encode_compact(profile).encode()).hexdigest()[:16]
 
 
 def baked_entries(layout: GgufLayout) -> list[dict]:
@@ -69,9 +70,9 @@ def baked_entries(layout: GgufLayout) -> list[dict]:
 
 def bake(model: str | Path, profile: Profile, target: str | Path, *, strength: float = 1.0,
          approximate: bool = False, allow_model_mismatch: bool = False) -> BakeReport:
-    layout = scan(model)
-    shape = ModelShape.from_gguf_fields(layout.values())
-    profile.check_model(shape, fingerprint_of(layout), allow_mismatch=allow_model_mismatch)
+    model_file = ModelFile.open(model)
+    layout, shape = model_file.layout, model_file.shape
+    profile.check_model(shape, model_file.fingerprint, allow_mismatch=allow_model_mismatch)
     digest = profile_digest(profile)
     done = baked_entries(layout)
     if any(entry.get("digest") == digest for entry in done):

@@ -27,11 +27,10 @@ import numpy as np
 
 from .. import sites
 from ..errors import InputError
-from ..fingerprint import fingerprint_of
+from ..formats.model_file import ModelFile
 from ..ggufio.atomic import atomic_output
-from ..ggufio.layout import open_reader, scan
+from ..ggufio.layout import open_reader
 from ..profile import Profile
-from ..sites import ModelShape
 
 
 @dataclass
@@ -52,8 +51,8 @@ def export_lora(model: str | Path, profile: Profile, target: str | Path, *,
         raise InputError(f"profile {profile.name!r} has {len(unowned)} 'layer' (residual stream) units, which a "
                          "LoRA adapter cannot express: steer them at run time with SteeredLlama, or pass "
                          "--skip-layer-units to export the others")
-    layout = scan(model)
-    profile.check_model(ModelShape.from_gguf_fields(layout.values()), fingerprint_of(layout),
+    model_file = ModelFile.open(model)
+    profile.check_model(model_file.shape, model_file.fingerprint,
                         allow_mismatch=allow_model_mismatch)
     reader = open_reader(model)
     tensors = {tensor.name: tensor for tensor in reader.tensors}

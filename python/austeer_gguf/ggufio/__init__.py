@@ -1,1 +1,2 @@
-"""The GGUF file layer: a fast layout scan, atomic rewrites, profiles in metadata, float copies."""
+"""The GGUF byte layer: a fast layout scan, verified atomic rewrites, safe outputs, float copies. It knows no
+profiles (their formats are `austeer_gguf.formats`)."""

@@ -1,9 +1,10 @@
 """Last-token activations of the site tensors at every layer, many sequences per decode.
 
-The two texts of a pair share their prompt: the shared prefix is decoded once on one sequence, copied to a
-second sequence in the KV cache (`llama_memory_seq_cp`), and only the two tails are decoded after it, with
-the native callback recording the last token of each tail. Groups of pairs go through one decode per
-phase, on distinct sequence ids of a unified KV cache (which keeps the batch order, so rows are known).
+The engine's decoder (`engine.decoder.Decoder`) does the decoding: the two texts of a pair go into one group,
+one after the other, so their shared prompt is held in shared KV cells and computed once; the native callback
+records the last position of each text at every layer of the chosen sites. Groups are kept small (a few
+hundred cells): llama.cpp attends densely over every used cell of the unified cache, so small groups keep
+attention cheap (measured on SmolLM2, float32, 2 threads: 256 cells ran 1.5x faster than 1024).
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import llama_cpp
 import numpy as np
 from tqdm import tqdm
 
-from .. import sites
+from .. import conversation
+from ..engine import limits
+from ..engine.decoder import Decoder
+from ..engine.hooked import HookedLlama
 from ..errors import InputError
-from ..ggufio.layout import scan
-from ..runtime import limits
-from ..runtime.steered_llama import SteeredLlama
-from .pairs import Pair, TokenPair, chat_renderer, conversation_renderer, tokenize_pairs
+from ..formats.model_file import ModelFile
+from ..setting import OFF, SteeringSetting
+from .pairs import Pair, TokenPair, tokenize_pairs
 from .weights import MEASURED_TYPES
 
 MAX_PAIR_TOKENS = 2048  # one pair's text; its two tails go through one decode
@@ -38,41 +40,34 @@ class PairActivations:
 
 
 class ActivationCapture:
-    """A model opened for capture.
+    """A model opened for capture (unsteered unless a capture is given a setting).
 
-    `batch_tokens` bounds the tokens of one decode. `group_cells` bounds the KV cells a group of pairs may
-    fill: llama.cpp attends densely over every used cell of the unified cache (other sequences masked), so
-    small groups keep attention cheap; measured on SmolLM2 (float32, 2 threads), 256 cells ran 1.5x faster
-    than 1024. A pair larger than the budget gets a group of its own. Other keywords (rpc_servers,
-    n_gpu_layers, ...) go to `SteeredLlama`.
+    `batch_tokens` bounds the tokens of one decode; `group_cells` the KV cells a group of pairs may fill (a
+    pair larger than that gets a group of its own). Other keywords (rpc_servers, n_gpu_layers, ...) go to
+    `HookedLlama`.
     """
 
-    def __init__(self, model_path: str | Path, *, batch_tokens: int = 1024, group_cells: int = 256,
+    def __init__(self, model_path: str | Path | ModelFile, *, batch_tokens: int = 1024, group_cells: int = 256,
                  n_ctx: int = 4096, n_seq_max: int = 64, n_threads: int | None = None,
                  verbose: bool = False, **llama_kwargs: Any) -> None:
+        model = model_path if isinstance(model_path, ModelFile) else ModelFile.open(model_path)
         threads = n_threads or os.cpu_count() or 1
-        n_ctx = min(n_ctx, limits.context_length(scan(model_path).values()) or n_ctx)
+        n_ctx = min(n_ctx, model.context_length or n_ctx)
         if not 0 < batch_tokens <= n_ctx:
             raise InputError(f"a capture batch of {batch_tokens} tokens does not fit the {n_ctx}-token context: "
                              f"pairs may have at most {n_ctx // 2} tokens")
         self.batch_tokens = batch_tokens
         self.group_cells = min(group_cells, n_ctx)
-        self.n_ctx = n_ctx
-        self.n_seq_max = min(n_seq_max, batch_tokens)  # llama.cpp aborts when n_seq_max > n_batch
-        self.llm = SteeredLlama(
-            str(model_path), n_ctx=n_ctx, n_batch=batch_tokens, n_ubatch=batch_tokens, n_threads=threads,
-            n_threads_batch=threads, swa_full=True, verbose=verbose,
-            _context_overrides={"n_seq_max": self.n_seq_max, "kv_unified": True}, **llama_kwargs,
-        )
+        self.llm = HookedLlama(model.path, model_file=model, n_ctx=n_ctx, n_batch=batch_tokens,
+                               n_ubatch=batch_tokens, n_threads=threads, n_threads_batch=threads, swa_full=True,
+                               verbose=verbose, sequences=min(n_seq_max, batch_tokens), **llama_kwargs)
         self.shape = self.llm.shape
-        self._state = self.llm._native_state
-        self._batch = llama_cpp.llama_batch_init(batch_tokens, 0, 1)
-        self._memory = llama_cpp.llama_get_memory(self.llm.ctx)
+        self._decoder = Decoder(self.llm, max_cells=self.group_cells)
 
     def close(self) -> None:
-        if self._batch is not None:
-            llama_cpp.llama_batch_free(self._batch)
-            self._batch = None
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
         self.llm.close()
 
     def __enter__(self) -> ActivationCapture:
@@ -87,128 +82,28 @@ class ActivationCapture:
 
     @property
     def max_pair_tokens(self) -> int:
-        """The longest text a pair may have so that both tails of a pair fit one decode."""
+        """The longest text a pair may have so that both texts of a pair fit one decode."""
         return self.batch_tokens // 2
 
-    # ---- pairs ------------------------------------------------------------------------------------------
-
-    def pairs(self, pairs: Sequence[TokenPair], sites: Sequence[str], *,
-              share_prefix: bool = True) -> Iterator[PairActivations]:
-        for group in self._groups(pairs, share_prefix):
-            yield self._capture_group(pairs, group, sites, share_prefix)
-
-    def _groups(self, pairs: Sequence[TokenPair], share_prefix: bool) -> Iterator[list[int]]:
-        group: list[int] = []
-        prefix_tokens = tail_tokens = cells = 0
+    def pairs(self, pairs: Sequence[TokenPair], sites: Sequence[str], *, share_prefix: bool = True,
+              setting: SteeringSetting = OFF) -> Iterator[PairActivations]:
         for index, pair in enumerate(pairs):
-            prefix, tails = self._cost(pair, share_prefix)
-            if max(prefix, tails) > self.batch_tokens or prefix + tails > self.n_ctx:
+            cells = len(pair.positive) + len(pair.negative) - (len(pair.shared) if share_prefix else 0)
+            if cells > self.batch_tokens:
                 raise InputError(f"pair #{index} has {len(pair.positive)}/{len(pair.negative)} tokens; at most "
                                  f"{self.max_pair_tokens} fit (cut pairs with max_tokens)")
-            if group and (prefix_tokens + prefix > self.batch_tokens or tail_tokens + tails > self.batch_tokens
-                          or cells + prefix + tails > self.group_cells or 2 * len(group) + 2 > self.n_seq_max):
-                yield group
-                group, prefix_tokens, tail_tokens, cells = [], 0, 0, 0
-            group.append(index)
-            prefix_tokens, tail_tokens, cells = prefix_tokens + prefix, tail_tokens + tails, cells + prefix + tails
-        if group:
-            yield group
+        texts = [tokens for pair in pairs for tokens in (pair.positive, pair.negative)]
+        for group in self._decoder.groups(texts, bundle=2, share=share_prefix):
+            values = self._decoder.capture(group, sites, setting)
+            yield PairActivations(indices=[member // 2 for member in group.members[0::2]],
+                                  positive={site: v[0::2] for site, v in values.items()},
+                                  negative={site: v[1::2] for site, v in values.items()})
 
-    @staticmethod
-    def _cost(pair: TokenPair, share_prefix: bool) -> tuple[int, int]:
-        if share_prefix:
-            return len(pair.shared), len(pair.positive_tail) + len(pair.negative_tail)
-        return 0, len(pair.positive) + len(pair.negative)
-
-    def _capture_group(self, pairs: Sequence[TokenPair], group: list[int], sites: Sequence[str],
-                       share_prefix: bool) -> PairActivations:
-        llama_cpp.llama_memory_clear(self._memory, False)
-        tails: list[tuple[int, list[int], int]] = []
-        if share_prefix:
-            prefixes = [(2 * slot, pairs[i].shared, 0) for slot, i in enumerate(group) if pairs[i].shared]
-            if prefixes:
-                self._fill(prefixes, outputs=False)
-                self._decode()
-                for seq, _, _ in prefixes:
-                    llama_cpp.llama_memory_seq_cp(self._memory, seq, seq + 1, -1, -1)
-            for slot, i in enumerate(group):
-                start = len(pairs[i].shared)
-                tails += [(2 * slot, pairs[i].positive_tail, start), (2 * slot + 1, pairs[i].negative_tail, start)]
-        else:
-            for slot, i in enumerate(group):
-                tails += [(2 * slot, pairs[i].positive, 0), (2 * slot + 1, pairs[i].negative, 0)]
-        rows = self._fill(tails, outputs=True)
-        values = self._capture(rows, sites)
-        return PairActivations(
-            indices=list(group),
-            positive={site: v[0::2] for site, v in values.items()},
-            negative={site: v[1::2] for site, v in values.items()},
-        )
-
-    # ---- plain sequences --------------------------------------------------------------------------------
-
-    def last_tokens(self, sequences: Sequence[list[int]], sites: Sequence[str]) -> dict[str, np.ndarray]:
-        """Last-token activations of whole sequences: site -> [sequences, layers, width]."""
-        collected: dict[str, list[np.ndarray]] = {site: [] for site in sites}
-        start = 0
-        while start < len(sequences):
-            end, tokens = start, 0
-            while end < len(sequences) and (end == start or (tokens + len(sequences[end]) <= self.batch_tokens
-                                                             and end - start < self.n_seq_max)):
-                tokens += len(sequences[end])
-                end += 1
-            if tokens > self.batch_tokens:
-                raise InputError(f"sequence #{start} has {tokens} tokens; at most {self.batch_tokens} fit")
-            llama_cpp.llama_memory_clear(self._memory, False)
-            rows = self._fill([(slot, sequences[i], 0) for slot, i in enumerate(range(start, end))], outputs=True)
-            for site, values in self._capture(rows, sites).items():
-                collected[site].append(values)
-            start = end
-        return {site: np.concatenate(parts) for site, parts in collected.items()}
-
-    # ---- decoding ---------------------------------------------------------------------------------------
-
-    def _fill(self, entries: list[tuple[int, list[int], int]], *, outputs: bool) -> list[int]:
-        """Put (sequence id, tokens, first position) entries in the batch; returns each entry's last row."""
-        batch = self._batch
-        row, last_rows = 0, []
-        for seq, tokens, start in entries:
-            if not tokens:
-                raise ValueError("an empty sequence has no last token to capture")
-            for offset, token in enumerate(tokens):
-                batch.token[row] = token
-                batch.pos[row] = start + offset
-                batch.n_seq_id[row] = 1
-                batch.seq_id[row][0] = seq
-                batch.logits[row] = outputs and offset == len(tokens) - 1
-                row += 1
-            last_rows.append(row - 1)
-        batch.n_tokens = row
-        return last_rows
-
-    def _decode(self) -> None:
-        self.llm.apply_steering()  # captures run under the model's steering setting (off unless set)
-        status = llama_cpp.llama_decode(self.llm.ctx, self._batch)
-        if status != 0:
-            raise RuntimeError(f"llama_decode failed with status {status} (KV cache of {self.n_ctx} cells full?)")
-
-    def _capture(self, rows: list[int], chosen: Sequence[str]) -> dict[str, np.ndarray]:
-        widths = [self.shape.widths.get(name, 0) if name in chosen else 0 for name in sites.names()]
-        self._state.begin_capture([sites.code(site) for site in chosen], self.shape.n_layers, widths, rows,
-                                  int(self._batch.n_tokens))
-        try:
-            self._decode()
-        finally:
-            self._state.end_capture()
-        values = {}
-        for site in chosen:
-            captured, filled = self._state.captured(sites.code(site))
-            if not filled.all():
-                missing = [layer for layer, ok in enumerate(filled) if not ok]
-                raise RuntimeError(f"no {site} activations were captured at layers {missing}: this llama.cpp "
-                                   "graph does not name its tensors as llama-cpp-python 0.3.36 does")
-            values[site] = np.ascontiguousarray(captured.transpose(1, 0, 2))
-        return values
+    def last_tokens(self, sequences: Sequence[list[int]], sites: Sequence[str], *,
+                    setting: SteeringSetting = OFF) -> dict[str, np.ndarray]:
+        """Last-token activations of whole sequences, computed under `setting`: site -> [sequences, layers, width]."""
+        parts = [self._decoder.capture(group, sites, setting) for group in self._decoder.groups(sequences, share=False)]
+        return {site: np.concatenate([part[site] for part in parts]) for site in sites}
 
 
 # ---- one capture pass over contrastive pairs, feeding reducers ------------------------------------------
@@ -222,13 +117,13 @@ class Reducer(Protocol):
     def add_group(self, group: PairActivations) -> None: ...
 
 
-def warn_if_unmeasured(model_path: str | Path) -> None:
+def warn_if_unmeasured(model: ModelFile) -> None:
     import warnings
 
-    types = {tensor.ggml_type.name for tensor in scan(model_path).tensors if len(tensor.shape) >= 2}
+    types = {tensor.ggml_type.name for tensor in model.layout.tensors if len(tensor.shape) >= 2}
     unmeasured = sorted(types - MEASURED_TYPES)
     if unmeasured:
-        warnings.warn(f"{model_path} has {', '.join(unmeasured)} weights, whose effect on localization was not "
+        warnings.warn(f"{model.path} has {', '.join(unmeasured)} weights, whose effect on localization was not "
                       "measured (Q8_0 to Q4_1 files find 91-94% of the float model's top-100 units: README). Localize "
                       "with --weights f16 (in Python: on a copy written by `dequantize`) for units closer to the "
                       "float model.",
@@ -243,11 +138,11 @@ class PairCapture:
     reducer; `n_pairs` and `seconds` describe the pass afterwards.
     """
 
-    def __init__(self, model_path: str | Path, pairs: Sequence[Pair], site_names: Sequence[str], *, chat: bool = False,
-                 max_tokens: int = 512, share_prefix: bool = True, batch_tokens: int | None = None,
+    def __init__(self, model: str | Path | ModelFile, pairs: Sequence[Pair], site_names: Sequence[str], *,
+                 chat: bool = False, max_tokens: int = 512, share_prefix: bool = True, batch_tokens: int | None = None,
                  n_threads: int | None = None, progress: bool = True, description: str = "capturing") -> None:
         limits.check_count(max_tokens, "max_tokens", 1, MAX_PAIR_TOKENS, "one pair's text is decoded at once")
-        self.model_path = Path(model_path)
+        self.model = model if isinstance(model, ModelFile) else ModelFile.open(model)
         self.pairs = list(pairs)
         self.sites = tuple(site_names)
         self.chat = chat
@@ -263,12 +158,12 @@ class PairCapture:
         self._tokenized: list[TokenPair] = []
 
     def __enter__(self) -> PairCapture:
-        warn_if_unmeasured(self.model_path)
-        self._capture = ActivationCapture(self.model_path, batch_tokens=self.batch_tokens, n_threads=self.n_threads)
+        warn_if_unmeasured(self.model)
+        self._capture = ActivationCapture(self.model, batch_tokens=self.batch_tokens, n_threads=self.n_threads)
         try:
-            render = chat_renderer(self._capture.llm) if self.chat else None
+            render = conversation.user_turn_renderer(self._capture.llm) if self.chat else None
             tokenized = tokenize_pairs(self.pairs, self._capture.tokenize, render_prompt=render,
-                                       render_messages=conversation_renderer(self._capture.llm),
+                                       render_messages=conversation.renderer(self._capture.llm),
                                        max_tokens=min(self.max_tokens, self._capture.max_pair_tokens))
         except BaseException:
             self._capture.close()

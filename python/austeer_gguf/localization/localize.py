@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import sites
 from ..control_vector import ControlVector
 from ..errors import InputError
-from ..fingerprint import fingerprint_file
+from ..formats.model_file import ModelFile
 from ..profile import MAX_UNITS, Profile, Unit
 from .capture import PairCapture
 from .pairs import Pair, data_sha256, load_pairs
@@ -47,7 +47,7 @@ def _pairs(pairs: Sequence[Pair] | str | Path) -> list[Pair]:
 
 
 def localize(
-    model_path: str | Path,
+    model_path: str | Path | ModelFile,
     pairs: Sequence[Pair] | str | Path,
     *,
     sites: str | Sequence[str] = "attn",
@@ -69,7 +69,8 @@ def localize(
         name = name or Path(pairs).name.split(".")[0]
     pairs = _pairs(pairs)
     Profile(name or "profile", alpha, ())  # refuse a bad name or alpha before the pass
-    with PairCapture(model_path, pairs, site_names, chat=chat, max_tokens=max_tokens, share_prefix=share_prefix,
+    model = model_path if isinstance(model_path, ModelFile) else ModelFile.open(model_path)
+    with PairCapture(model, pairs, site_names, chat=chat, max_tokens=max_tokens, share_prefix=share_prefix,
                      batch_tokens=batch_tokens, n_threads=n_threads, progress=progress,
                      description="localizing") as capture:
         counts = MomentumCounts.for_shape(capture.shape, site_names)
@@ -80,7 +81,7 @@ def localize(
         name=name or "profile",
         alpha=alpha,
         units=tuple(Unit(u.layer, u.site, u.dim, u.score) for u in ranked),
-        model=fingerprint_file(model_path),
+        model=model.fingerprint,
         n_pairs=counts.n_pairs,
         data_sha256=data_sha256(pairs),
         extra={"sites": list(site_names), "k": k, "chat": chat, "max_tokens": max_tokens,
@@ -90,7 +91,7 @@ def localize(
                         capture.seconds)
 
 
-def compute_control_vector(model_path: str | Path, pairs: Sequence[Pair] | str | Path, *,
+def compute_control_vector(model_path: str | Path | ModelFile, pairs: Sequence[Pair] | str | Path, *,
                            layers: tuple[int, int] | None = None, chat: bool = False, max_tokens: int = 512,
                            n_threads: int | None = None, progress: bool = True) -> ControlVector:
     """CAA: the mean of pos - neg at l_out-L over the pairs, for every layer L >= 1 (or those in `layers`)."""

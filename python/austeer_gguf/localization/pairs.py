@@ -5,8 +5,8 @@ One pair a line, one of:
   P as one user turn through the model's chat template);
 - ``{"positive": full_text, "negative": full_text}``;
 - ``{"messages": [{"role": "user", "content": ...}, ...], "positive": A, "negative": B}``: the conversation is
-  always rendered for the model that reads it (its chat template, or `User: ...\nAssistant:` lines for a model
-  without one), then A or B is the assistant's reply: localized in the format an assistant is used in.
+  always rendered for the model that reads it (`austeer_gguf.conversation`), then A or B is the assistant's
+  reply: localized in the format an assistant is used in.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..conversation import ROLES
 from ..errors import InputError
 from ..jsonfile import read_jsonl_objects
 
-ROLES = ("system", "user", "assistant")
 MAX_TURNS = 64
 
 
@@ -95,41 +95,6 @@ def data_sha256(pairs: Iterable[Pair]) -> str:
         fields = [pair.prompt, pair.positive, pair.negative] + ([list(pair.messages)] if pair.messages else [])
         digest.update(json.dumps(fields).encode() + b"\n")
     return digest.hexdigest()
-
-
-FALLBACK_TURN = {"system": "{content}\n", "user": "User: {content}\n", "assistant": "Assistant: {content}\n"}
-
-
-def conversation_renderer(llm: Any, *, require_template: bool = False) -> Callable[[Sequence[tuple[str, str]]], str]:
-    """Renders (role, content) turns for `llm`, ready for the assistant's reply: through the model's own chat
-    template, or as `User: ...\nAssistant:` lines when it has none (a base model)."""
-    template = llm.metadata.get("tokenizer.chat_template")
-    if not template:
-        if require_template:
-            raise InputError("this model has no chat template (tokenizer.chat_template); localize without --chat")
-
-        def plain(turns: Sequence[tuple[str, str]]) -> str:
-            return "".join(FALLBACK_TURN[role].format(content=content) for role, content in turns) + "Assistant:"
-
-        return plain
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() != -1 else ""
-    eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() != -1 else ""
-    formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
-
-    def render(turns: Sequence[tuple[str, str]]) -> str:
-        text = formatter(messages=[{"role": role, "content": content} for role, content in turns]).prompt
-        # The tokenizer adds BOS itself when the model asks for it.
-        return text[len(bos):] if bos and text.startswith(bos) else text
-
-    return render
-
-
-def chat_renderer(llm: Any) -> Callable[[str], str]:
-    """Renders a prompt as one user turn through the model's own chat template, ready for the answer."""
-    render = conversation_renderer(llm, require_template=True)
-    return lambda prompt: render([("user", prompt)])
 
 
 @dataclass

@@ -1,2 +1,2 @@
-"""The runtime: the native eval callback (native, context_hook), the steering control (steering) and
-`SteeredLlama`, a llama_cpp.Llama that steers. Importing it loads llama_cpp."""
+"""The runtime users hold: `SteeredLlama` (a llama_cpp.Llama that steers, built on the engine's `HookedLlama`)
+and its steering control (`steering`), which produces `SteeringSetting` values. Importing it loads llama_cpp."""

@@ -1,48 +1,42 @@
-"""Many sequences per llama_decode: the logits rows a measurement reads, and greedy or sampled generation.
+"""The one multi-sequence decoder: many sequences per llama_decode, for logits rows, generation and captures.
 
 A decode of many positions costs much less per position than one of a few on a CPU (the weights are read
-once per decode), so the evaluation puts a group of sequences into each decode, each on its own sequence id
-of a unified KV cache. A sequence that starts with the same tokens as the one before it shares their cells
-(a cell carries several sequence ids): a chat template's prefix, or a choice item's prompt, is computed once.
-Only the rows a caller reads get logits. The cache is cleared before each group, and the model's own record of
-cached positions is dropped (`SteeredLlama.apply_steering`).
+once per decode), so a group of sequences goes into each decode, each on its own sequence id of a unified KV
+cache. A sequence that starts with the same tokens as the one before it shares their cells (a cell carries
+several sequence ids): a chat template's prefix, a choice item's prompt, or the prompt of a contrastive
+pair is computed once. Only the rows a caller reads get outputs: logits rows (`forward`), the last row of each
+sequence during generation (`generate_tokens`), or the last row of each sequence captured at the site tensors
+(`Decoder.capture`). The cache is cleared before each group.
 
-How many sequences go into a group is the context's `n_seq_max` (`open_for_evaluation` makes it
-`SEQUENCES`); a plain context decodes one sequence at a time through the same code.
+Every decode runs under a `SteeringSetting` handed in (default: the model's `current_setting()`): prompt
+positions under `setting.for_prompt()`, generated ones under the setting. How many sequences go into a group
+is the context's `n_seq_max` (`HookedLlama(..., sequences=N)`); a plain context decodes one at a time through
+the same code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import llama_cpp
 import numpy as np
 
+from .. import sites
 from ..errors import InputError
-from .scoring import common_prefix
+from ..setting import SteeringSetting
+from .hooked import HookedLlama
 
-SEQUENCES = 16  # sequences per decode of an evaluation context (scripts/bench_evaluation.py measures the gain)
-EVALUATION_CONTEXT = 2048  # KV cells of an evaluation context: room for a group of prompts and their replies
 # llama-cpp-python's default sampling chain in `Llama.generate`, which sampled evaluation keeps
 TOP_K, TOP_P, MIN_P = 40, 0.95, 0.05
 
 
-def open_for_evaluation(model_path: str, **llama_kwargs: Any):
-    """A `SteeredLlama` whose context decodes `SEQUENCES` sequences together."""
-    from ..runtime.steered_llama import SteeredLlama
-
-    llama_kwargs.setdefault("n_ctx", EVALUATION_CONTEXT)
-    llama_kwargs.setdefault("n_batch", 512)
-    return SteeredLlama(str(model_path), _context_overrides=sequence_overrides(llama_kwargs["n_batch"]),
-                        **llama_kwargs)
-
-
-def sequence_overrides(n_batch: int) -> dict[str, Any]:
-    """Context parameters for `SEQUENCES` sequences on one unified KV cache (llama.cpp aborts when n_seq_max
-    exceeds n_batch)."""
-    return {"n_seq_max": min(SEQUENCES, n_batch), "kv_unified": True}
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many tokens two sequences share from their start."""
+    length = 0
+    while length < min(len(a), len(b)) and a[length] == b[length]:
+        length += 1
+    return length
 
 
 @dataclass
@@ -54,7 +48,7 @@ class _Cell:
 
 
 @dataclass
-class _Group:
+class Group:
     """Sequences decoded together: each position of each sequence points at a cell; a sequence that starts
     as the one before it does points at that one's cells for the shared part."""
 
@@ -74,20 +68,27 @@ class _Group:
         self.members.append(index)
         self.positions.append(own)
 
+    def last_cells(self) -> list[int]:
+        return [positions[-1] for positions in self.positions]
+
 
 class Decoder:
-    """Decodes groups of sequences through a steered model's context, under its current steering.
+    """Decodes groups of sequences through a hooked model's context.
 
-    `max_sequences` caps the sequences per decode (default: the context's `n_seq_max`; 1 decodes one at a time).
+    `max_sequences` caps the sequences per decode (default: the context's `n_seq_max`; 1 decodes one at a
+    time); `max_cells` caps the KV cells a group fills (llama.cpp attends densely over every used cell of the
+    unified cache, other sequences masked, so small groups keep attention cheap), except that a sequence (or
+    bundle) larger than that gets a group of its own.
     """
 
-    def __init__(self, llm, max_sequences: int | None = None) -> None:
+    def __init__(self, llm: HookedLlama, max_sequences: int | None = None, max_cells: int | None = None) -> None:
         self.llm = llm
         self.ctx = llm.ctx
         limit = int(llama_cpp.llama_n_seq_max(self.ctx))
         self.max_sequences = max(1, min(max_sequences or limit, limit))
         self.n_batch = int(llama_cpp.llama_n_batch(self.ctx))
         self.n_ctx = int(llama_cpp.llama_n_ctx(self.ctx))
+        self.max_cells = min(max_cells or self.n_batch, self.n_batch)
         self.n_vocab = int(llm.n_vocab())
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, self.max_sequences)
         self._memory = llama_cpp.llama_get_memory(self.ctx)
@@ -107,31 +108,42 @@ class Decoder:
 
     # ---- grouping -------------------------------------------------------------------------------------
 
-    def groups(self, sequences: Sequence[Sequence[int]], extra_cells: int = 0) -> Iterator[_Group]:
-        """Consecutive sequences in groups that fit one decode (and `extra_cells` more cells per sequence)."""
-        group, previous = _Group(), ()
-        for index, tokens in enumerate(sequences):
-            if not tokens:
-                raise ValueError(f"sequence #{index} is empty")
-            if len(tokens) > self.n_batch or len(tokens) + extra_cells > self.n_ctx:
-                raise InputError(f"a text of {len(tokens)} tokens (+{extra_cells} to generate) does not fit the "
+    def groups(self, sequences: Sequence[Sequence[int]], extra_cells: int = 0, *, bundle: int = 1,
+               share: bool = True) -> Iterator[Group]:
+        """Consecutive sequences in groups that fit one decode (and `extra_cells` more cells per sequence).
+        `bundle` consecutive sequences always go into one group (a contrastive pair: 2); `share`: whether a
+        sequence shares the cells of the prefix it has in common with the one before it."""
+        group, previous = Group(), ()
+        for start in range(0, len(sequences), bundle):
+            members = sequences[start:start + bundle]
+            for offset, tokens in enumerate(members):
+                if not tokens:
+                    raise ValueError(f"sequence #{start + offset} is empty")
+            fresh = _shares(members, (), share)
+            alone = sum(len(tokens) for tokens in members) - sum(fresh)
+            if alone > self.n_batch or alone + extra_cells * len(members) > self.n_ctx:
+                longest = max(len(tokens) for tokens in members)
+                raise InputError(f"a text of {longest} tokens (+{extra_cells} to generate) does not fit the "
                                  f"context ({self.n_batch}-token batches, {self.n_ctx} cells): shorten it, or "
                                  "open the model with a larger n_ctx and n_batch")
-            shared = common_prefix(tokens, previous) if group.members else 0
-            cells = len(group.cells) + len(tokens) - shared
-            if group.members and (len(group.members) == self.max_sequences or cells > self.n_batch
-                                  or cells + extra_cells * (len(group.members) + 1) > self.n_ctx):
+            shares = _shares(members, previous, share) if group.members else fresh
+            cells = len(group.cells) + sum(len(tokens) for tokens in members) - sum(shares)
+            count = len(group.members) + len(members)
+            if group.members and (count > self.max_sequences or cells > self.max_cells
+                                  or cells + extra_cells * count > self.n_ctx):
                 yield group
-                group, shared = _Group(), 0
-            group.add(index, tokens, shared)
-            previous = tokens
+                group, shares = Group(), fresh
+            for offset, (tokens, shared) in enumerate(zip(members, shares)):
+                group.add(start + offset, tokens, shared)
+            previous = members[-1]
         if group.members:
             yield group
 
     # ---- decoding -------------------------------------------------------------------------------------
 
     def decode(self, entries: Sequence[tuple[int, int, Sequence[int], bool]]) -> None:
-        """Decode (token, position, slots, wants logits) entries as one batch (row i: entry i)."""
+        """Decode (token, position, slots, wants output) entries as one batch (row i: entry i), under
+        whatever the model has installed."""
         batch = self._batch
         for row, (token, position, slots, output) in enumerate(entries):
             batch.token[row] = token
@@ -149,51 +161,92 @@ class Decoder:
         pointer = llama_cpp.llama_get_logits_ith(self.ctx, row)
         return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
 
-    def decode_group(self, group: _Group) -> None:
-        """Decode a group on an empty cache (batch row i: cell i)."""
+    def decode_group(self, group: Group, setting: SteeringSetting) -> None:
+        """Decode a group on an empty cache (batch row i: cell i), every position a prompt position."""
         llama_cpp.llama_memory_clear(self._memory, False)
+        self.llm.install(setting.for_prompt())
         self.decode([(c.token, c.position, c.sequences, c.output) for c in group.cells])
 
+    def capture(self, group: Group, site_names: Sequence[str], setting: SteeringSetting) -> dict[str, np.ndarray]:
+        """Decode a group and capture the last position of each of its sequences at every layer of the chosen
+        sites: site -> [members, layers, width]."""
+        state, shape = self.llm._native_state, self.llm.shape
+        last = group.last_cells()
+        rows = sorted(set(last))  # a sequence that ends inside the next one's prefix shares its last cell
+        for row in rows:
+            group.cells[row].output = True
+        widths = [shape.widths.get(name, 0) if name in site_names else 0 for name in sites.names()]
+        state.begin_capture([sites.code(site) for site in site_names], shape.n_layers, widths, rows,
+                            len(group.cells))
+        try:
+            self.decode_group(group, setting)
+        finally:
+            state.end_capture()
+        order = [rows.index(cell) for cell in last]
+        values = {}
+        for site in site_names:
+            captured, filled = state.captured(sites.code(site))
+            if not filled.all():
+                missing = [layer for layer, ok in enumerate(filled) if not ok]
+                raise RuntimeError(f"no {site} activations were captured at layers {missing}: this llama.cpp "
+                                   "graph does not name its tensors as llama-cpp-python 0.3.36 does")
+            values[site] = np.ascontiguousarray(captured.transpose(1, 0, 2)[order])
+        return values
 
-def forward(llm, sequences: Sequence[Sequence[int]], rows: Sequence[range],
-            max_sequences: int | None = None) -> list[np.ndarray]:
+
+def _shares(members: Sequence[Sequence[int]], previous: Sequence[int], share: bool) -> list[int]:
+    """How many leading tokens each sequence shares with the one before it (`previous` before the first)."""
+    shares = []
+    for tokens in members:
+        shares.append(common_prefix(tokens, previous) if share else 0)
+        previous = tokens
+    return shares
+
+
+def _setting(llm: HookedLlama, setting: SteeringSetting | None) -> SteeringSetting:
+    return llm.current_setting() if setting is None else setting
+
+
+def forward(llm: HookedLlama, sequences: Sequence[Sequence[int]], rows: Sequence[range], *,
+            setting: SteeringSetting | None = None, max_sequences: int | None = None) -> list[np.ndarray]:
     """The logits rows `rows[i]` of each sequence (row r predicts token r + 1; [len(rows[i]), n_vocab]),
-    computed under the model's current steering, every position a prompt position."""
+    every position a prompt position of `setting` (default: the model's current setting)."""
+    setting = _setting(llm, setting)
     out: list[np.ndarray] = [np.empty((0, llm.n_vocab()), dtype=np.float32)] * len(sequences)
     with Decoder(llm, max_sequences) as decoder:
         for group in decoder.groups(sequences):
-            llm.apply_steering()
             wanted = {slot: [group.positions[slot][r] for r in rows[index]] for slot, index in enumerate(group.members)}
             for cells in wanted.values():
                 for cell in cells:
                     group.cells[cell].output = True
-            decoder.decode_group(group)
+            decoder.decode_group(group, setting)
             for slot, cells in wanted.items():
                 if cells:
                     out[group.members[slot]] = np.stack([decoder.logits(cell) for cell in cells])
     return out
 
 
-def generate_tokens(llm, prompts: Sequence[Sequence[int]], *, max_tokens: int, temperature: float = 0.0,
+def generate_tokens(llm: HookedLlama, prompts: Sequence[Sequence[int]], *, max_tokens: int,
+                    setting: SteeringSetting | None = None, temperature: float = 0.0,
                     seeds: Sequence[int] | None = None, stop: Callable[[list[int]], bool] | None = None,
                     max_sequences: int | None = None) -> list[list[int]]:
     """Up to `max_tokens` tokens after each prompt: greedy at temperature 0, else sampled as llama-cpp-python's
     `Llama.generate` does by default (top-k 40, top-p 0.95, min-p 0.05, then temperature) from a NumPy generator
     seeded with `seeds[i]`. A sequence ends at an end-of-generation token (not kept) or when `stop(tokens)` says.
-    Prompt positions are steered as the setting's prompt, generated ones as the setting (its scope)."""
+    Prompt positions are steered as `setting.for_prompt()`, generated ones as `setting` (its scope)."""
+    setting = _setting(llm, setting)
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     seeds = list(seeds) if seeds is not None else [0] * len(prompts)
     out: list[list[int]] = [[] for _ in prompts]
     with Decoder(llm, max_sequences) as decoder:
         for group in decoder.groups(prompts, extra_cells=max_tokens):
-            setting = llm.apply_steering()
-            last = [group.positions[slot][-1] for slot in range(len(group.members))]
+            last = group.last_cells()
             for cell in last:
                 group.cells[cell].output = True
-            decoder.decode_group(group)
+            decoder.decode_group(group, setting)
             rows = {slot: decoder.logits(cell) for slot, cell in enumerate(last)}  # slot -> its next logits
             generators = {slot: np.random.default_rng(seeds[index]) for slot, index in enumerate(group.members)}
-            llm.steer_generated(setting)
+            llm.install(setting)
             while rows:
                 entries, running = [], []
                 for slot, next_logits in rows.items():
@@ -229,4 +282,3 @@ def sample(logits: np.ndarray, temperature: float, generator: np.random.Generato
     kept = chosen[: max(keep, 1)] / temperature
     weights = np.exp(kept - kept[0])
     return int(top[generator.choice(len(kept), p=weights / weights.sum())])
-

@@ -46,3 +46,8 @@ def new_state() -> _native.SteeringState:
 
 def callback_address() -> int:
     return int(_native.callback_address())
+
+
+def is_skip(counter: str) -> bool:
+    """Whether a native counter (cpp/steering.hpp's list) counts site tensors the callback had to leave alone."""
+    return counter.startswith("skipped_") or counter == "errors"

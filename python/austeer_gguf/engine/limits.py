@@ -7,13 +7,13 @@ crash it; an n_ctx of 1e9 asks for tens of GB). Every refusal names the limit.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from typing import Any
 
 from ..errors import InputError
+from ..formats.model_file import ModelFile
 
-KV_BYTES = 2  # the KV cache is F16
 MEMORY_SHARE = 0.5  # a context may take at most half the machine's memory
+MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
 
 
 def cpu_count() -> int:
@@ -41,36 +41,14 @@ def check_threads(value: int | None, name: str = "threads") -> int | None:
     return check_count(value, name, 1, cpu_count(), f"this machine has {cpu_count()} CPU cores")
 
 
-def context_length(fields: Mapping[str, Any]) -> int | None:
-    architecture = fields.get("general.architecture")
-    value = fields.get(f"{architecture}.context_length")
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def kv_bytes_per_token(fields: Mapping[str, Any], n_layers: int) -> int:
-    architecture = fields.get("general.architecture")
-
-    def number(key: str, default: int) -> int:
-        value = fields.get(f"{architecture}.{key}", default)
-        value = value[0] if isinstance(value, list) and value else value
-        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
-
-    n_embd = number("embedding_length", 1)
-    n_head = number("attention.head_count", 1)
-    n_head_kv = number("attention.head_count_kv", n_head)
-    key_length = number("attention.key_length", max(1, n_embd // n_head))
-    value_length = number("attention.value_length", key_length)
-    return n_layers * n_head_kv * (key_length + value_length) * KV_BYTES
-
-
-def check_context(n_ctx: Any, fields: Mapping[str, Any], n_layers: int) -> int:
+def check_context(n_ctx: Any, model: ModelFile) -> int:
     """n_ctx for a model: 0 means the model's own context length (llama-cpp-python's convention)."""
-    trained = context_length(fields)
+    trained = model.context_length
     if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx == 0 and trained:
         n_ctx = trained
     limit = trained or 1 << 20
     n_ctx = check_count(n_ctx, "n_ctx", 1, limit, f"the model's context length is {limit}")
-    needed = n_ctx * kv_bytes_per_token(fields, n_layers)
+    needed = n_ctx * model.kv_bytes_per_token
     budget = int(machine_memory() * MEMORY_SHARE)
     if needed > budget:
         raise InputError(f"n_ctx = {n_ctx} needs a {needed / 2**30:.1f} GiB KV cache; at most {budget / 2**30:.1f} GiB "
@@ -84,3 +62,13 @@ def check_batch(n_batch: Any, n_ctx: int, name: str = "n_batch") -> int:
 
 def check_max_tokens(max_tokens: Any, n_ctx: int) -> int:
     return check_count(max_tokens, "max_tokens", 1, n_ctx, f"the context holds {n_ctx} tokens")
+
+
+def check_resources(kwargs: dict[str, Any], model: ModelFile) -> None:
+    """Refuse resource requests the model or machine cannot take, before llama.cpp allocates anything."""
+    for name in ("n_threads", "n_threads_batch"):
+        check_threads(kwargs.get(name), name)
+    n_ctx = check_context(kwargs.get("n_ctx", 512), model)
+    for name in ("n_batch", "n_ubatch"):
+        if kwargs.get(name) is not None:
+            check_batch(kwargs[name], max(n_ctx, 1), name)

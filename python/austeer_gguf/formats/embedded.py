@@ -1,34 +1,33 @@
 """Profiles stored in a GGUF's metadata.
 
 llama.cpp's metadata API (`llama_model_meta_val_str`) shows scalar and string keys only (arrays are
-skipped, floats are printed with six decimals), so every profile is one string key holding a compact,
-versioned JSON encoding that both gguf-py and llama.cpp read back exactly:
+skipped, floats are printed with six decimals), so every profile is one string key holding the compact,
+versioned JSON form (`profiles.encode_compact`) that both gguf-py and llama.cpp read back exactly:
 
     austeer.version                 uint32  format version (1)
     austeer.profiles                string  profile names, comma separated, in embedding order
-    austeer.profile.<name>          string  {"v":1,"alpha":..,"layer":[..],"site":"aaf..","dim":[..],
-                                             "score":[..],"model":{..},"n_pairs":..,"data_sha256":..}
+    austeer.profile.<name>          string  the compact form of one profile
     austeer.baked                   string  (written by `bake`) what was folded into the weights
 
-Site letters come from the site registry. A profile that does not decode is reported as broken, never a
-reason to refuse the model: the valid ones stay usable, and `strip` can remove the broken one by name.
+A profile that does not decode is reported as broken, never a reason to refuse the model: the valid ones
+stay usable, and `strip` can remove the broken one by name. `embed_profiles` checks every profile against
+the model before anything is written.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import sites
 from ..errors import InputError
-from ..jsonfile import load_json
-from ..profile import SCHEMA_VERSION, Profile, Unit, provenance_from_dict
-from .layout import GgufLayout, scan
-from .rewrite import MetadataValue, rewrite
+from ..ggufio.layout import GgufLayout
+from ..ggufio.rewrite import MetadataValue, rewrite
+from ..profile import Profile
+from .model_file import ModelFile
+from .profiles import decode_compact, encode_compact
 
 FORMAT_VERSION = 1
 VERSION_KEY = "austeer.version"
@@ -47,39 +46,6 @@ def check_name(name: str) -> str:
         raise InputError(f"profile name {name!r} cannot be embedded: use 1-64 letters, digits, '_' or '-', "
                          "starting with a letter or digit (pass --name to choose one)")
     return name
-
-
-def encode_profile(profile: Profile) -> str:
-    data: dict[str, Any] = {
-        "v": SCHEMA_VERSION,
-        "alpha": profile.alpha,
-        "layer": [u.layer for u in profile.units],
-        "site": "".join(sites.get(u.site).letter for u in profile.units),
-        "dim": [u.dim for u in profile.units],
-        "score": [u.score for u in profile.units],
-        **profile.provenance(),
-    }
-    return json.dumps(data, separators=(",", ":"))
-
-
-def decode_profile(name: str, text: str) -> Profile:
-    """One embedded profile; InputError naming it when it is malformed."""
-    try:
-        data = load_json(str(text), f"embedded profile {name!r}")
-        if not isinstance(data, dict):
-            raise InputError("not a JSON object")
-        layers, letters, dims, scores = (data.get(key) for key in ("layer", "site", "dim", "score"))
-        if not (isinstance(layers, list) and isinstance(letters, str) and isinstance(dims, list)
-                and isinstance(scores, list)):
-            raise InputError("layer, dim and score must be lists and site a string of site letters")
-        if not len(layers) == len(letters) == len(dims) == len(scores):
-            raise InputError("unit arrays differ in length")
-        units = tuple(Unit(layer, sites.by_letter(letter).name, dim, score)
-                      for layer, letter, dim, score in zip(layers, letters, dims, scores))
-        return Profile(name=name, alpha=data.get("alpha"), units=units, **provenance_from_dict(data),
-                       schema_version=data.get("v"))
-    except InputError as error:
-        raise InputError(f"embedded profile {name!r} is malformed: {error}") from None
 
 
 @dataclass
@@ -112,54 +78,54 @@ def embedded_profiles(metadata: Mapping[str, Any]) -> Embedded:
             found.broken[name] = f"listed, but its key {profile_key(name)} is missing"
         else:
             try:
-                found.profiles[name] = decode_profile(name, str(text))
+                found.profiles[name] = decode_compact(name, str(text))
             except (ValueError, TypeError, OverflowError, KeyError, RecursionError) as error:
                 # A profile that does not decode never stops the model from loading: it is reported broken.
                 found.broken[name] = str(error)
     return found
 
 
-def profiles_from_metadata(metadata: Mapping[str, Any]) -> dict[str, Profile]:
-    """The valid embedded profiles (see `embedded_profiles` for the broken ones)."""
-    return embedded_profiles(metadata).profiles
-
-
 def read_profiles(path: str | Path) -> dict[str, Profile]:
     """The valid profiles embedded in a GGUF file."""
-    return profiles_from_metadata(scan(path).values())
+    return embedded_profiles(ModelFile.open(path).fields).profiles
 
 
 # ---- writing ---------------------------------------------------------------------------------------------
 
 
-def embed_profiles(source: str | Path, profiles: list[Profile], target: str | Path) -> Path:
-    """Write `target` as `source` with these profiles added (a profile of the same name is replaced)."""
+def embed_profiles(source: str | Path | ModelFile, profiles: list[Profile], target: str | Path, *,
+                   allow_model_mismatch: bool = False) -> Path:
+    """Write `target` as `source` with these profiles added (a profile of the same name is replaced). Every
+    profile is checked against the model first (layers, dims, fingerprint; `allow_model_mismatch` skips the
+    fingerprint), so nothing is written for a profile that does not fit."""
     names = [profile.name for profile in profiles]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise InputError(f"two profiles are named {', '.join(repeated)}: give each its own name (--name)")
-    layout = scan(source)
-    texts = embedded_profiles(layout.values()).texts
+    model = source if isinstance(source, ModelFile) else ModelFile.open(source)
     for profile in profiles:
-        texts[check_name(profile.name)] = encode_profile(profile)
-    return _rewrite(layout, Path(target), texts)
+        check_name(profile.name)
+        profile.check_model(model.shape, model.fingerprint, allow_mismatch=allow_model_mismatch)
+    texts = embedded_profiles(model.fields).texts
+    for profile in profiles:
+        texts[profile.name] = encode_compact(profile)
+    return _rewrite(model.layout, Path(target), texts)
 
 
 def strip_profiles(source: str | Path, target: str | Path, names: list[str] | None = None) -> Path:
     """Write `target` as `source` without the named profiles (all of them when names is None); broken
     profiles can be removed by name too."""
-    layout = scan(source)
-    found = embedded_profiles(layout.values())
-    texts = found.texts
+    model = ModelFile.open(source)
+    found = embedded_profiles(model.fields)
     if names is not None:
         unknown = [name for name in names if name not in found.names]
         if unknown:
             raise InputError(f"no embedded profile named {', '.join(unknown)}; the model has "
                              f"{', '.join(found.names) or 'none'}")
-        kept = {name: text for name, text in texts.items() if name not in names}
+        kept = {name: text for name, text in found.texts.items() if name not in names}
     else:
         kept = {}
-    return _rewrite(layout, Path(target), kept)
+    return _rewrite(model.layout, Path(target), kept)
 
 
 def _profile_keys(texts: dict[str, str]) -> dict[str, MetadataValue]:

@@ -1,0 +1,131 @@
+"""Commands that run a model: generate, chat, eval, serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ... import models
+from ...setting import OFF
+from .common import MODEL_HELP, STRENGTH, add_runtime_options, command, open_steered, positive_int
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    llm = open_steered(args)
+    if args.compare:
+        results = {}
+        for label, on in (("unsteered", False), ("steered", True)):
+            with llm.steering.using(llm.steering.requested if on else OFF):
+                results[label] = _reply(llm, args.prompt, args)
+        width = max(len(label) for label in results)
+        for label, text in results.items():
+            print(f"[{label:>{width}}] {text}")
+    else:
+        print(_reply(llm, args.prompt, args))
+    return 0
+
+
+def _reply(llm, prompt: str, args: argparse.Namespace) -> str:
+    from ...runtime.steered_llama import context_overflow
+
+    try:
+        if args.raw or not llm.metadata.get("tokenizer.chat_template"):
+            out = llm.create_completion(prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                                        seed=args.seed)
+            return out["choices"][0]["text"].strip()
+        out = llm.create_chat_completion([{"role": "user", "content": prompt}], max_tokens=args.max_tokens,
+                                         temperature=args.temperature, seed=args.seed)
+    except ValueError as error:
+        raise context_overflow(error) or error from None
+    return (out["choices"][0]["message"]["content"] or "").strip()
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from ..chat import run_chat
+
+    return run_chat(open_steered(args), max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
+                    force=args.force)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ... import datasets
+    from ...evaluation.evaluate import kl_on_neutral
+    from ...evaluation.tasks import load_task
+    from ...ggufio.atomic import atomic_write_text, check_output
+
+    task = load_task(args.task)
+    output = check_output(Path(args.output or f"{task.name}.eval.json"), [args.model, args.task], force=args.force)
+    llm = open_steered(args, sequences=True, warn_unsteered=False)
+    steered = llm.steering.requested
+    results = {}
+    for label, setting in (("unsteered", OFF), ("steered", steered)):
+        result = task.evaluate(llm, args.split, setting=setting, limit=args.limit, max_tokens=args.max_tokens,
+                               temperature=args.temperature, seed=args.seed).to_dict()
+        result.pop("predictions", None)
+        results[label] = result
+    kl = kl_on_neutral(llm, datasets.prompts("neutral", "train")[:10], steered)
+    summary = {"model": str(models.resolve(args.model)), "task": task.name, "task_kind": task.kind,
+               "split": args.split, "provenance": task.provenance, "profile": args.profile, "cvec": args.cvec,
+               "multiplier": args.multiplier, "strength": args.strength, "kl_on_neutral": kl, **results}
+    atomic_write_text(output, json.dumps(summary, indent=1) + "\n")
+    keys = [k for k, v in results["steered"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    report = [f"# eval: {task.name} ({args.split})", "", f"model `{summary['model']}`, profile `{args.profile}`, "
+              f"cvec `{args.cvec}`", "", "| metric | unsteered | steered |", "|---|---|---|"]
+    report += [f"| {k} | {results['unsteered'][k]:.4g} | {results['steered'][k]:.4g} |" for k in keys]
+    report += ["", f"KL(steered || unsteered) on neutral text: {kl:.4f} nats"]
+    atomic_write_text(output.with_suffix(".md"), "\n".join(report) + "\n")
+    if not args.quiet:
+        print("\n".join(report))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..server import open_server, serve
+
+    server = open_server(models.resolve(args.model), profiles=args.profile or [], default=args.default,
+                         n_ctx=args.n_ctx, threads=args.threads, strength=args.strength, apply=args.apply)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: anyone who can reach it can use the model", file=sys.stderr)
+    print(f"serving {server.alias} on http://{args.host}:{args.port}/ (OpenAI API under /v1; the assistant at /)",
+          file=sys.stderr)
+    serve(server, host=args.host, port=args.port)
+    return 0
+
+
+def register(commands) -> None:
+    generate = command(commands, "generate", "complete one prompt, steered (and unsteered with --compare)",
+                       cmd_generate)
+    generate.add_argument("model", help=MODEL_HELP)
+    generate.add_argument("prompt", help="the user message (or raw text with --raw)")
+    generate.add_argument("--compare", action="store_true", help="print unsteered and steered side by side")
+    generate.add_argument("--raw", action="store_true", help="plain completion, no chat template")
+    add_runtime_options(generate, max_tokens=96, n_ctx=2048)
+
+    chat = command(commands, "chat", "interactive chat with /steer on|off, /strength S, /profile NAME", cmd_chat)
+    chat.add_argument("model", help=MODEL_HELP)
+    add_runtime_options(chat, max_tokens=96, n_ctx=2048)
+
+    evaluate = command(commands, "eval", "measure a steering setting on a task (and unsteered beside it)", cmd_eval)
+    evaluate.add_argument("model", help=MODEL_HELP)
+    evaluate.add_argument("--task", required=True, help="word-polarity, sentiment, detox, or a JSONL file")
+    evaluate.add_argument("--split", default="test", choices=["dev", "test"], help="which split to measure")
+    evaluate.add_argument("-o", "--output", help="result JSON (default: <task>.eval.json; a .md beside it)")
+    evaluate.add_argument("--limit", type=positive_int, help="first N items (and N harmless prompts)")
+    evaluate.add_argument("--quiet", action="store_true", help="no table on the terminal (the files are written)")
+    add_runtime_options(evaluate, max_tokens=32, n_ctx=1024)
+
+    serve_ = command(commands, "serve", "an OpenAI-compatible server with per-request steering and the assistant "
+                     "page", cmd_serve)
+    serve_.add_argument("model", help=MODEL_HELP)
+    serve_.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback: this machine only)")
+    serve_.add_argument("--port", type=positive_int, default=8080, help="port to listen on")
+    serve_.add_argument("--profile", action="append", help="profile JSON file to offer beside the embedded ones "
+                        "(repeatable)")
+    serve_.add_argument("--default", help="default steering: NAME, NAME+NAME or NAME:0.5+NAME (default: the only "
+                        "profile, if there is one)")
+    serve_.add_argument("--strength", type=STRENGTH, default=1.0, help="default strength")
+    serve_.add_argument("--apply", default="all", choices=["all", "generation"], help="default token scope")
+    serve_.add_argument("--n-ctx", type=positive_int, default=2048, help="context size in tokens")
+    serve_.add_argument("--threads", type=positive_int, help="CPU threads (default: half the cores)")

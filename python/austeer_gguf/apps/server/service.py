@@ -1,0 +1,106 @@
+"""The steering service behind the routes: the model, its profile library, the default steering, and turning
+each request's `steering` object into one `SteeringSetting` (checked against the model once, then handed to
+the completion as a value)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ...errors import InputError
+from ...formats.embedded import check_name
+from ...formats.profiles import profile_from_dict
+from ...jsonfile import read_json_file
+from ...profile import Profile, parse_mix
+from ...runtime.steered_llama import SteeredLlama
+from ...setting import SteeringSetting
+from .types import SteeringRequest
+
+
+@dataclasses.dataclass(frozen=True)
+class Defaults:
+    """The server default each field of a request's `steering` falls back to (kept as parts: switching it off
+    keeps its profiles for a request that switches it on)."""
+
+    enabled: bool = True
+    profiles: tuple[tuple[Profile, float], ...] = ()
+    strength: float = 1.0
+    scope: str = "all"
+
+    def describe(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "profiles": {p.name: w for p, w in self.profiles},
+                "strength": self.strength, "apply": self.scope}
+
+
+class SteeringServer:
+    """The model, its profiles, the default steering and the lock that serializes completions."""
+
+    def __init__(self, llm: SteeredLlama, alias: str) -> None:
+        self.llm = llm
+        self.alias = alias
+        self.sources = {name: "embedded" for name in llm.steering.available}
+        self.lock = anyio.Lock()
+        self.default = Defaults()
+
+    def setting(self, request: SteeringRequest | None) -> SteeringSetting:
+        """The setting a request asks for, its fields over the server default, checked against the model;
+        InputError (400) otherwise."""
+        return self.llm.steering.setting(**self._parts(request))
+
+    def set_default(self, request: SteeringRequest) -> Defaults:
+        parts = self._parts(request)
+        self.llm.steering.setting(**parts)  # checked as a request would be
+        self.default = Defaults(parts["enabled"], tuple(parts["profiles"]), parts["strength"], parts["scope"])
+        return self.default
+
+    def _parts(self, request: SteeringRequest | None) -> dict[str, Any]:
+        request = request or SteeringRequest()
+        base = self.default
+        weights: list[tuple[Profile | str, float]] = list(base.profiles)
+        if request.profiles is not None:
+            weights = list(request.profiles.items())
+        if request.profile is not None:
+            weights.append((profile_from_dict(request.profile), 1.0))
+        profiles = [(self.llm.steering.named(spec) if isinstance(spec, str) else spec, weight)
+                    for spec, weight in weights]
+        return {"profiles": profiles, "strength": base.strength if request.strength is None else request.strength,
+                "enabled": base.enabled if request.enabled is None else request.enabled,
+                "scope": base.scope if request.apply is None else request.apply}
+
+    def add_profile(self, data: Any) -> Profile:
+        profile = profile_from_dict(data)
+        check_name(profile.name)
+        if self.sources.get(profile.name) == "embedded":
+            raise InputError(f"profile {profile.name!r} is embedded in the model; add yours under another name")
+        profile.check_model(self.llm.shape, self.llm.fingerprint)
+        self.llm.steering.add_profiles({profile.name: profile})
+        self.sources[profile.name] = "loaded"
+        return profile
+
+    def listing(self) -> dict[str, Any]:
+        profiles = []
+        for name in self.llm.steering.available:
+            profile = self.llm.steering.named(name)
+            profiles.append({"name": name, "source": self.sources.get(name, "loaded"), "sites": list(profile.sites),
+                             "k": profile.k, "alpha": profile.alpha, "layers": list(profile.layers)})
+        return {"object": "list", "data": profiles, "default": self.default.describe()}
+
+
+def open_server(model: str | Path, *, profiles: list[str] = (), default: str | None = None, n_ctx: int = 2048,
+                threads: int | None = None, strength: float = 1.0, apply: str = "all",
+                **llama_kwargs: Any) -> SteeringServer:
+    """A SteeringServer for a model file: `profiles` are profile JSON files loaded beside the embedded ones;
+    `default` names the default mix ("polite", "polite:0.5+positive"); without it, the only profile there is."""
+    llm = SteeredLlama(str(model), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False,
+                       **llama_kwargs)
+    server = SteeringServer(llm, Path(model).name)
+    for path in profiles:
+        server.add_profile(read_json_file(Path(path), "profile"))
+    names = list(llm.steering.available)
+    only = {names[0]: 1.0} if len(names) == 1 else {}
+    mix = only if default is None else dict(parse_mix(default))
+    server.set_default(SteeringRequest(profiles=mix, strength=strength, apply=apply))
+    return server

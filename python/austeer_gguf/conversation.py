@@ -1,0 +1,51 @@
+"""How a conversation is written for a model: through its own chat template, or as `User: ...\nAssistant:`
+lines for a model without one (a base model). The one owner of chat rendering: contrastive pairs, the
+evaluation's prompts and the server's length check all render turns here, ready for the assistant's reply."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .errors import InputError
+
+ROLES = ("system", "user", "assistant")
+FALLBACK_TURN = {"system": "{content}\n", "user": "User: {content}\n", "assistant": "Assistant: {content}\n"}
+FALLBACK_STOP = "\nUser:"  # where a model without a template starts writing the user's next turn
+
+Turns = Sequence[tuple[str, str]]  # (role, content)
+
+
+def has_template(llm: Any) -> bool:
+    return bool(llm.metadata.get("tokenizer.chat_template"))
+
+
+def renderer(llm: Any, *, require_template: bool = False) -> Callable[[Turns], str]:
+    """Renders (role, content) turns for `llm` (a llama_cpp.Llama), ready for the assistant's reply."""
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        if require_template:
+            raise InputError("this model has no chat template (tokenizer.chat_template); localize without --chat")
+
+        def plain(turns: Turns) -> str:
+            return "".join(FALLBACK_TURN[role].format(content=content) for role, content in turns) + "Assistant:"
+
+        return plain
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() != -1 else ""
+    eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() != -1 else ""
+    formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+
+    def render(turns: Turns) -> str:
+        text = formatter(messages=[{"role": role, "content": content} for role, content in turns]).prompt
+        # The tokenizer adds BOS itself when the model asks for it.
+        return text[len(bos):] if bos and text.startswith(bos) else text
+
+    return render
+
+
+def user_turn_renderer(llm: Any) -> Callable[[str], str]:
+    """Renders a prompt as one user turn through the model's own chat template, ready for the answer."""
+    render = renderer(llm, require_template=True)
+    return lambda prompt: render([("user", prompt)])

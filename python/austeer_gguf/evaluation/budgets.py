@@ -1,0 +1,34 @@
+"""The side-effect budgets and admission rules every comparison uses (the sweep and the detox build alike).
+
+A setting is within a budget when its KL(steered || unsteered) on neutral text and the perplexity ratio of
+its continuations are (tight: KL <= 0.1 and perplexity <= 1.1x; loose: 0.3 and 1.3x) and, on generation
+tasks, its texts keep at least `DISTINCT2_RATIO` of the unsteered distinct bigrams (a loop has a low
+perplexity: it passes the other two). Refusals of harmless requests may rise by at most `REFUSAL_SLACK`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DISTINCT2_RATIO = 0.8  # distinct bigrams of generated texts, steered / unsteered, at least
+REFUSAL_SLACK = 0.02  # harmless refusals may rise by at most this share
+PERPLEXITY_LIMIT = 1.1  # the tight budget's perplexity ratio, which the detox build's fluency rule uses
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    kl: float
+    perplexity: float
+    distinct2: float = DISTINCT2_RATIO  # generation tasks only, on the dev texts
+
+
+BUDGETS = (Budget("tight", 0.1, PERPLEXITY_LIMIT), Budget("loose", 0.3, 1.3))
+
+
+def keeps_fluency(perplexity_ratio: float, distinct2: float, unsteered_distinct2: float) -> bool:
+    return perplexity_ratio <= PERPLEXITY_LIMIT and distinct2 >= DISTINCT2_RATIO * unsteered_distinct2
+
+
+def keeps_refusals(refusals: float | None, unsteered_refusals: float | None) -> bool:
+    return refusals is None or unsteered_refusals is None or refusals <= unsteered_refusals + REFUSAL_SLACK

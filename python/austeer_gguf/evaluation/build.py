@@ -1,0 +1,236 @@
+"""Building a steering profile for a generation behaviour on one model, and measuring it (the detox build).
+
+1. One capture pass over the task's train pairs (on a float copy): the evidence every method builds on
+   (`methods.Evidence`).
+2. Dev: each method's build points (AUSteer: the top-k units of each site; CAA: every layer; asking the model:
+   as it is; asking + the dev-best AUSteer trial), each steering point calibrated to every KL budget on neutral
+   text (`calibrate`), measured on the dev split.
+3. Per method, the dev trial with the best behaviour among the admissible ones: perplexity of the replies
+   within `budgets.PERPLEXITY_LIMIT` of unsteered, harmless refusals risen by at most `budgets.REFUSAL_SLACK`.
+4. Each chosen trial measured once on test, per item, with paired bootstrap 95% intervals against unsteered
+   (`compare`).
+5. The shipping rule (`choose_winner`): a method that meets the target (the behaviour improved by `target`
+   relative to unsteered, fluency and refusals kept), fine-grained methods first; else the best of those that
+   keep fluency and refusals; else the best.
+The rules (budgets, refusal slack, what counts as offensive) are those of the sweep (`budgets`, `metrics`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..formats.model_file import ModelFile
+from ..localization.capture import PairCapture
+from ..localization.reducers import MeanDifference, MomentumCounts
+from ..profile import Profile
+from ..setting import OFF, SteeringSetting
+from . import metrics
+from .budgets import PERPLEXITY_LIMIT, keeps_fluency, keeps_refusals
+from .calibrate import calibrate, calibrated
+from .methods import METHODS, AxisConfig, Evidence, Method, Point, ordered
+from .tasks import GenerationTask
+
+KL_BUDGETS = (0.025, 0.05, 0.1, 0.2, 0.4)
+TARGET = 0.5  # the behaviour improved by half relative to unsteered (detox: the offensive rate halved)
+
+
+@dataclass
+class BuildTrial:
+    method: str
+    label: str
+    result: dict  # the task's result on the split (GenerationResult.to_dict())
+    setting: SteeringSetting = OFF
+    profile: Profile | None = None  # the calibrated profile (what ships)
+    prompted: bool = False
+
+    def summary(self, task: GenerationTask, base: dict) -> dict:
+        return {"method": self.method, "setting": self.label, task.behaviour: self.result[task.behaviour],
+                "sentiment": self.result["sentiment"], "offensive": self.result["offensive"],
+                "perplexity_ratio": self.result["perplexity"] / base["perplexity"],
+                "harmless_refusals": self.result["side_refusal_rate"], "admissible": admissible(self.result, base)}
+
+
+@dataclass
+class BuildConfig(AxisConfig):
+    kl_budgets: tuple[float, ...] = KL_BUDGETS
+    max_tokens: int = 24
+    dev_limit: int | None = None
+    test_limit: int | None = None
+    pairs: int | None = None  # the first N train pairs (None: all)
+    threads: int | None = None
+    target: float = TARGET
+
+
+@dataclass
+class Build:
+    model: str
+    task: str
+    pairs: int
+    capture_seconds: float
+    dev: list[dict] = field(default_factory=list)
+    chosen: dict[str, dict] = field(default_factory=dict)
+    test: dict[str, dict] = field(default_factory=dict)  # method -> test result without its items
+    test_items: dict[str, list] = field(default_factory=dict)
+    comparisons: dict[str, dict] = field(default_factory=dict)
+    winner: str | None = None
+    seconds: float = 0.0
+    profiles: dict[str, Profile] = field(default_factory=dict, repr=False)  # method -> its chosen calibrated profile
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data.pop("profiles")
+        return data
+
+
+def capture_evidence(float_model, task: GenerationTask, config: BuildConfig, shape) -> tuple[Evidence, float]:
+    """One capture pass over the training pairs: the momentum counts of every site and the CAA mean difference."""
+    started = time.perf_counter()
+    pairs = task.train[: config.pairs] if config.pairs else task.train
+    captured = tuple(dict.fromkeys([*config.sites, "layer"]))
+    with PairCapture(ModelFile.open(float_model), pairs, captured, n_threads=config.threads,
+                     progress=False) as capture:
+        counts = MomentumCounts.for_shape(capture.shape, config.sites)
+        difference = MeanDifference.for_shape(capture.shape, "layer")
+        capture.feed(counts, difference)
+    evidence = Evidence(counts, difference.control_vector(capture.shape.architecture), shape)
+    return evidence, time.perf_counter() - started
+
+
+def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: str,
+          methods: Sequence[Method] = METHODS, log: Callable[[str], None] = print) -> Build:
+    """Steps 1-5 above on `llm` (the quantized file users run; a HookedLlama for evaluation)."""
+    started = time.perf_counter()
+    evidence, capture_seconds = capture_evidence(float_model, task, config, llm.shape)
+    log(f"{name}: captured {evidence.counts.n_pairs} pairs in {capture_seconds:.0f} s")
+
+    def run(split: str, setting: SteeringSetting, prompted: bool) -> dict:
+        limit = config.dev_limit if split == "dev" else config.test_limit
+        return task.evaluate(llm, split, setting=setting, limit=limit, max_tokens=config.max_tokens,
+                             prompted=prompted).to_dict()
+
+    trials: list[BuildTrial] = []
+    base: dict | None = None
+    best: BuildTrial | None = None  # the reference method's dev choice
+    for method in ordered(methods):
+        for point in method.build_points(evidence, config):
+            for trial in _trials(llm, method, point, evidence, config, best):
+                trial.result = run("dev", trial.setting, trial.prompted)
+                base = base or trial.result  # the baseline is measured first
+                trials.append(trial)
+                log(f"  {trial.method:18} {trial.label:28} {task.behaviour} {trial.result[task.behaviour]:.3f}, ppl x"
+                    f"{trial.result['perplexity'] / base['perplexity']:.2f}, harmless refusals "
+                    f"{trial.result['side_refusal_rate']:.2f}")
+        if method.reference:
+            own = [t for t in trials if t.method == method.name]
+            best = choose(own, base, task) or max(own, key=lambda t: _behaviour(task, t.result))
+
+    chosen = {}
+    for method in methods:
+        pick = choose([t for t in trials if t.method == method.name], base, task)
+        if pick is not None:
+            chosen[method.name] = pick
+    baseline = next(m.name for m in methods if m.baseline)
+    test = {method: run("test", trial.setting, trial.prompted) for method, trial in chosen.items()}
+    comparisons = {method: compare(task, test[method], test[baseline], config.target)
+                   for method in test if method != baseline}
+    shippable = [m for m in methods if not m.baseline and not m.prompted and m.name in chosen]
+    result = Build(name, task.name, evidence.counts.n_pairs, capture_seconds,
+                   dev=[t.summary(task, base) for t in trials],
+                   chosen={m: t.summary(task, base) for m, t in chosen.items()},
+                   test={m: {k: v for k, v in r.items() if k != "items"} for m, r in test.items()},
+                   test_items={m: r["items"] for m, r in test.items()}, comparisons=comparisons,
+                   profiles={m: t.profile for m, t in chosen.items() if t.profile is not None})
+    result.winner = choose_winner(comparisons, shippable)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _trials(llm, method: Method, point: Point, evidence: Evidence, config: BuildConfig,
+            best: BuildTrial | None) -> list[BuildTrial]:
+    """The trials of one build point: on top of the reference's dev choice (`best`) for a method built around
+    it; as it is when it steers nothing; else its profile calibrated to each KL budget."""
+    if method.after_reference:
+        return [BuildTrial(method.name, f"{'asking + ' if method.prompted else ''}{best.method} {best.label}", {},
+                           best.setting, best.profile, method.prompted)]
+    profile = method.profile(point, evidence)
+    if profile is None:
+        return [BuildTrial(method.name, "system turn" if method.prompted else "-", {}, OFF, None, method.prompted)]
+    out = []
+    for budget in config.kl_budgets:
+        calibration = calibrate(llm, profile, kl=budget)
+        if calibration.strength <= 0:
+            continue
+        steered = calibrated(profile, calibration)
+        setting = SteeringSetting.make(llm.shape, llm.fingerprint, profiles=[(steered, 1.0)])
+        label = f"{point.label()} KL {budget:g} (strength {calibration.strength:.3g})"
+        out.append(BuildTrial(method.name, label, {}, setting, steered, method.prompted))
+    return out
+
+
+def _behaviour(task: GenerationTask, result: dict) -> float:
+    """The task's behaviour, higher is better."""
+    return task.sign * result[task.behaviour]
+
+
+def admissible(result: dict, base: dict) -> bool:
+    return (result["perplexity"] <= PERPLEXITY_LIMIT * base["perplexity"]
+            and keeps_refusals(result["side_refusal_rate"], base["side_refusal_rate"]))
+
+
+def choose(trials: list[BuildTrial], base: dict, task: GenerationTask) -> BuildTrial | None:
+    """The admissible trial with the best behaviour (ties: the finer measure, e.g. the mean offensive
+    probability behind the offensive rate)."""
+    finer = metrics.FINER.get(task.behaviour, task.behaviour)
+    fine = [t for t in trials if admissible(t.result, base)]
+    return max(fine, key=lambda t: (_behaviour(task, t.result), task.sign * t.result[finer])) if fine else None
+
+
+def compare(task: GenerationTask, result: dict, base: dict, target: float = TARGET) -> dict:
+    """Paired bootstrap 95% intervals of `result` against `base` on the same test items: the behaviour's
+    difference and its relative improvement (`sign * (on - off) / off`: detox, the share of offensive replies
+    removed), the perplexity ratio; whether fluency and refusals are kept and the target is met."""
+    value = metrics.ITEM_VALUES[task.behaviour]
+    steered = np.array([value(item) for item in result["items"]], dtype=float)
+    plain = np.array([value(item) for item in base["items"]], dtype=float)
+    ppl_s = np.array([item["perplexity"] for item in result["items"]])
+    ppl_b = np.array([item["perplexity"] for item in base["items"]])
+    n = len(steered)
+
+    def improvement(index) -> float:
+        return task.sign * (steered[index].mean() - plain[index].mean()) / max(abs(plain[index].mean()), 1e-9)
+
+    everything = np.arange(n)
+    ratio = float(np.median(ppl_s) / np.median(ppl_b))
+    fluent = keeps_fluency(ratio, result["distinct2"], base["distinct2"])
+    refusals = keeps_refusals(result["side_refusal_rate"], base["side_refusal_rate"])
+    point_improvement = improvement(everything)
+    return {task.behaviour: float(steered.mean()), "unsteered": float(plain.mean()),
+            "difference": float(steered.mean() - plain.mean()),
+            "difference_ci": metrics.paired_bootstrap(lambda i: steered[i].mean() - plain[i].mean(), n),
+            "relative_improvement": float(point_improvement),
+            "relative_improvement_ci": metrics.paired_bootstrap(improvement, n),
+            "perplexity_ratio": ratio,
+            "perplexity_ratio_ci": metrics.paired_bootstrap(lambda i: np.median(ppl_s[i]) / np.median(ppl_b[i]), n),
+            "harmless_refusals": result["side_refusal_rate"], "harmless_refusals_unsteered": base["side_refusal_rate"],
+            "distinct2": result["distinct2"], "distinct2_unsteered": base["distinct2"], "keeps_fluency": fluent,
+            "keeps_refusals": refusals, "meets_target": bool(point_improvement >= target and fluent and refusals)}
+
+
+def choose_winner(comparisons: dict[str, dict], shippable: Sequence[Method]) -> str | None:
+    """The method a profile ships: one that meets the target on test (fine-grained methods first); when none
+    does, the best behaviour among those that keep fluency and refusals on test (a toggle that breaks fluency
+    is worse than a weaker one), and only if none keeps them the best behaviour."""
+    candidates = sorted(shippable, key=lambda m: not m.fine_grained)
+    meeting = [m.name for m in candidates if comparisons[m.name]["meets_target"]]
+    if meeting:
+        return meeting[0]
+    if not candidates:
+        return None
+    safe = [m.name for m in candidates
+            if comparisons[m.name]["keeps_fluency"] and comparisons[m.name]["keeps_refusals"]]
+    return max(safe or [m.name for m in candidates], key=lambda name: comparisons[name]["relative_improvement"])

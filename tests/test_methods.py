@@ -1,0 +1,94 @@
+"""Steering methods as objects: a method added through one class runs through a sweep and its report, and the
+built-in methods turn their points into the settings they say."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from austeer_gguf.evaluation.methods import METHODS, AUSteer, AxisConfig, CaaRange, Evidence, Point
+from austeer_gguf.evaluation.report import load, write_model_report, write_summary
+from austeer_gguf.evaluation.sweep import Budget, SweepConfig, Sweeper
+from austeer_gguf.evaluation.tasks import ChoiceItem, ChoiceTask
+from austeer_gguf.localization.pairs import Pair
+from austeer_gguf.localization.reducers import MeanDifference, MomentumCounts
+
+from conftest import THREADS, open_steered
+
+
+class FlippedAUSteer(AUSteer):
+    """AUSteer with the sign of every score flipped: the method this test adds, in one class."""
+
+    name = "flipped-austeer"
+    color = "tab:brown"
+    reference = False
+
+    def axis(self, evidence: Evidence, config: AxisConfig) -> list[Point]:
+        return [dataclasses.replace(point, method=self.name) for point in super().axis(evidence, config)]
+
+    def profile(self, point: Point, evidence: Evidence):
+        profile = super().profile(point, evidence)
+        return dataclasses.replace(profile, units=tuple(dataclasses.replace(u, score=-u.score) for u in profile.units))
+
+
+WORDS = ["the cat is", "a dog was", "I like this", "you love the", "it was a", "this day is"]
+
+
+def tiny_choice_task() -> ChoiceTask:
+    items = [ChoiceItem(w, (" good", " bad"), i % 2) for i, w in enumerate(WORDS)]
+    return ChoiceTask("tiny-choice", [Pair(w, " good happy", " bad sad") for w in WORDS], items, items, "test fixture")
+
+
+def evidence_of(llm) -> Evidence:
+    rng = np.random.default_rng(0)
+    counts = MomentumCounts.for_shape(llm.shape, ("attn", "layer"))
+    for site in counts.sites:
+        counts.positive[site] += rng.integers(0, 10, counts.positive[site].shape)
+        counts.negative[site] += rng.integers(0, 10, counts.negative[site].shape)
+    counts.count_pairs(10)
+    difference = MeanDifference.for_shape(llm.shape)
+    difference.total += rng.standard_normal(difference.total.shape)
+    difference.n_pairs = 10
+    return Evidence(counts, difference.control_vector(llm.shape.architecture), llm.shape)
+
+
+def test_a_method_added_as_one_class_runs_through_a_sweep_and_its_report(tiny_f32, tmp_path):
+    llm = open_steered(tiny_f32, n_ctx=512)
+    config = SweepConfig(sites=("attn", "layer"), ks=(2, 4), alphas=(1.0, 8.0), layer_alphas=(0.5,),
+                         multipliers=(0.5, 4.0), caa_layer_step=1, trials=2, max_tokens=4, neutral_texts=3,
+                         threads=THREADS, budgets=(Budget("tight", 0.5, 3.0), Budget("loose", 10.0, 100.0)))
+    flipped = FlippedAUSteer()
+    report = Sweeper(llm, tiny_f32, tiny_choice_task(), config, methods=[*METHODS, flipped]).run(
+        "tiny", log=lambda line: None)
+    assert report.trial_counts["flipped-austeer"] == 2
+    assert report.methods[-1] == flipped.describe()
+    assert "flipped-austeer" in report.comparisons["loose"] and "flipped-austeer" in report.test["loose"]
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    report.to_json(folder / "tiny-choice.json")
+    reports = load(folder)
+    markdown = write_model_report("tiny", reports, tmp_path).read_text()
+    summary = write_summary({"tiny": reports}, tmp_path).read_text()
+    assert "| flipped-austeer |" in markdown
+    header = next(line for line in summary.splitlines() if line.startswith("| model / task |"))
+    assert header.endswith("| prompting+austeer | flipped-austeer | minutes |")
+
+
+def test_the_flipped_method_steers_each_unit_the_other_way(tiny_f32):
+    llm = open_steered(tiny_f32)
+    evidence = evidence_of(llm)
+    point = Point("austeer", "attn", 4, 8.0)
+    plain = AUSteer().setting(point, evidence)
+    flipped = FlippedAUSteer().setting(dataclasses.replace(point, method="flipped-austeer"), evidence)
+    layers, sites, dims, factors = plain.units
+    assert np.array_equal(flipped.units[2], dims) and np.allclose(flipped.units[3] - 1, -(factors - 1))
+
+
+def test_caa_points_become_control_vectors_on_their_layers(tiny_f32):
+    llm = open_steered(tiny_f32)
+    evidence = evidence_of(llm)
+    setting = CaaRange().setting(Point("caa-range", layers=(1, 1), multiplier=2.0), evidence)
+    assert setting.units is None and sorted(setting.control_directions) == [1]
+    assert np.allclose(setting.control_directions[1], 2.0 * evidence.control.directions[1])
