@@ -4,7 +4,7 @@
 Data: --pairs yes/no pairs of about 44 tokens (the kind of data the AUSteer reference was timed on: it ran
 400 such pairs at 2.9 pairs/s with 1.67 GB peak memory on this 2-core machine, attn site, float32).
 Modes, each run in its own process (so its peak RSS is its own), alternated over --rounds rounds:
-  shared    batched, the prompt decoded once per pair and copied in the KV cache (the default)
+  shared    batched, a pair's prompt held once in shared KV cells (the default)
   full      batched, both full texts of every pair decoded
   single    one text per decode
   forward   the same batches as `shared` without capturing anything (the capture overhead baseline)
@@ -46,14 +46,23 @@ def make_pairs(n: int, seed: int = 0):
 
 
 def run_mode(mode: str, model: str, n_pairs: int, site: str, threads: int) -> dict:
-    from austeer_gguf.localization.capture import ActivationCapture
+    from austeer_gguf import OFF
+    from austeer_gguf.localization.capture import ActivationCapture, PairActivations
     from austeer_gguf.localization.pairs import tokenize_pairs
     from austeer_gguf.localization.reducers import MomentumCounts
 
     class ForwardOnly(ActivationCapture):
-        def _capture(self, rows, sites):
-            self._decode()
-            return {s: np.zeros((len(rows), self.shape.n_layers, self.shape.widths[s]), np.float32) for s in sites}
+        """The same groups and decodes as `shared`, with the last rows as outputs and nothing captured."""
+
+        def pairs(self, pairs, sites, *, share_prefix=True, setting=OFF):
+            texts = [tokens for pair in pairs for tokens in (pair.positive, pair.negative)]
+            for group in self._decoder.groups(texts, bundle=2, share=share_prefix):
+                for cell in set(group.last_cells()):
+                    group.cells[cell].output = True
+                self._decoder.decode_group(group, setting)
+                n = len(group.members) // 2
+                zeros = {s: np.zeros((n, self.shape.n_layers, self.shape.widths[s]), np.float32) for s in sites}
+                yield PairActivations(list(range(n)), zeros, zeros)
 
     kind = ForwardOnly if mode == "forward" else ActivationCapture
     batch_tokens = 1024

@@ -74,6 +74,31 @@ def test_pair_capture_matches_the_reference(tiny, share_prefix):
     errors.check()
 
 
+def test_pairs_that_share_a_preamble_share_its_cells_and_match_the_reference(tiny):
+    """Consecutive pairs with a common preamble (a chat template, an instruction) hold it once per group."""
+    kind, path, reference = tiny
+    rng = np.random.default_rng(5)
+    preamble = [int(t) for t in rng.integers(3, 300, 24)]
+    pairs = [TokenPair(preamble + [int(t) for t in rng.integers(3, 300, int(rng.integers(0, 5)))],
+                       [int(t) for t in rng.integers(3, 300, 2)], [int(t) for t in rng.integers(3, 300, 3)])
+             for _ in range(6)]
+    with ActivationCapture(path, batch_tokens=128, n_ctx=256, n_seq_max=16, group_cells=128, n_threads=2) as capture:
+        groups = list(capture.pairs(pairs, SITES))
+        held = [len(group.cells) for group in capture._decoder.groups(
+            [t for p in pairs for t in (p.positive, p.negative)], bundle=2)]
+    assert sum(held) < sum(len(p.positive) + len(p.negative) - len(p.shared) for p in pairs) - 24
+    errors = Errors(kind)
+    for group in groups:
+        for slot, index in enumerate(group.indices):
+            for side, tokens in (("positive", pairs[index].positive), ("negative", pairs[index].negative)):
+                expected = reference.forward(tokens).activations
+                for site in SITES:
+                    for layer in range(reference.n_layers):
+                        errors.add(getattr(group, side)[site][slot, layer], expected[(site, layer)][-1],
+                                   f"pair {index} {side} {site} layer {layer}")
+    errors.check()
+
+
 def test_last_tokens_of_sequences_of_different_lengths(tiny):
     kind, path, reference = tiny
     rng = np.random.default_rng(2)
