@@ -37,20 +37,39 @@ std::unique_ptr<SteeringState> make_state(const std::string &ggml_base_path,
     return std::make_unique<SteeringState>(austeer::GgmlApi::load(ggml_base_path), std::move(names));
 }
 
-using TableArrays = std::tuple<Array<int32_t>, Array<int32_t>, Array<int32_t>, Array<float>>;
-
-void set_spec(SteeringState &state, int n_layers, const std::vector<TableArrays> &tables,
-              const std::optional<Array<int32_t>> &row_tables, const std::optional<Array<int64_t>> &output_rows) {
-    std::vector<UnitTable> built;
-    built.reserve(tables.size());
-    for (const auto &[layers, sites, dims, factors] : tables) {
-        built.emplace_back(state.sites().size(), n_layers, to_vector(layers, "layers"), to_vector(sites, "sites"),
-                           to_vector(dims, "dims"), to_vector(factors, "factors"));
+// A table from Python: (layers, site codes, dims, factors) and, optionally, (addition layers, addition values
+// [layers, width]).
+austeer::SteeringTable table_of(const SteeringState &state, int n_layers, const py::tuple &arrays) {
+    if (arrays.size() != 4 && arrays.size() != 6) {
+        throw std::invalid_argument("a table is (layers, sites, dims, factors[, addition_layers, addition_values])");
     }
+    austeer::SteeringTable table{
+        UnitTable(state.sites().size(), n_layers, to_vector(arrays[0].cast<Array<int32_t>>(), "layers"),
+                  to_vector(arrays[1].cast<Array<int32_t>>(), "sites"), to_vector(arrays[2].cast<Array<int32_t>>(), "dims"),
+                  to_vector(arrays[3].cast<Array<float>>(), "factors")),
+        austeer::LayerAdditions()};
+    if (arrays.size() == 6) {
+        auto layers = to_vector(arrays[4].cast<Array<int32_t>>(), "addition_layers");
+        auto values = arrays[5].cast<Array<float>>();
+        if (values.ndim() != 2 || size_t(values.shape(0)) != layers.size()) {
+            throw std::invalid_argument("addition_values must be [len(addition_layers), width]");
+        }
+        std::vector<float> flat(values.data(), values.data() + values.size());
+        table.additions = austeer::LayerAdditions(n_layers, layers, flat, values.shape(1));
+    }
+    return table;
+}
+
+void set_spec(SteeringState &state, int n_layers, const std::vector<py::tuple> &tables,
+              const std::optional<Array<int32_t>> &row_tables, const std::optional<Array<int64_t>> &output_rows,
+              int addition_site) {
+    std::vector<austeer::SteeringTable> built;
+    built.reserve(tables.size());
+    for (const py::tuple &arrays : tables) built.push_back(table_of(state, n_layers, arrays));
     std::vector<int32_t> rows = row_tables ? to_vector(*row_tables, "row_tables") : std::vector<int32_t>{};
     std::vector<int64_t> outputs = output_rows ? to_vector(*output_rows, "output_rows") : std::vector<int64_t>{};
     state.set_spec(std::make_unique<const SteeringSpec>(state.sites().size(), n_layers, std::move(built),
-                                                        std::move(rows), std::move(outputs)));
+                                                        addition_site, std::move(rows), std::move(outputs)));
 }
 
 void begin_capture(SteeringState &state, const std::vector<int> &sites, int n_layers,
@@ -104,7 +123,7 @@ PYBIND11_MODULE(_native, m) {
              },
              py::arg("name"))
         .def("set_spec", &set_spec, py::arg("n_layers"), py::arg("tables"), py::arg("row_tables") = py::none(),
-             py::arg("output_rows") = py::none())
+             py::arg("output_rows") = py::none(), py::arg("addition_site") = -1)
         .def("clear_spec", &SteeringState::clear_spec)
         .def_property_readonly("n_units", &SteeringState::n_units)
         .def_property_readonly("n_tables", &SteeringState::n_tables)

@@ -136,16 +136,39 @@ void Counters::reset() {
 #undef AUSTEER_RESET_COUNTER
 }
 
-SteeringSpec::SteeringSpec(int n_sites, int n_layers, std::vector<UnitTable> tables, std::vector<int32_t> row_tables,
-                           std::vector<int64_t> output_rows)
+LayerAdditions::LayerAdditions(int n_layers, const std::vector<int32_t> &layers, const std::vector<float> &values,
+                               int64_t width)
+    : width_(width), index_(size_t(n_layers), -1), values_(values) {
+    if (layers.empty()) {
+        width_ = 0;
+        values_.clear();
+        return;
+    }
+    if (width <= 0 || values.size() != layers.size() * size_t(width)) {
+        throw std::invalid_argument("additions: values must hold one row of `width` floats per layer");
+    }
+    for (size_t i = 0; i < layers.size(); ++i) {
+        if (layers[i] < 0 || layers[i] >= n_layers) throw std::invalid_argument("additions: layer out of range");
+        if (index_[size_t(layers[i])] >= 0) throw std::invalid_argument("additions: a layer appears twice");
+        index_[size_t(layers[i])] = int32_t(i);
+    }
+    for (float value : values_) {
+        if (!std::isfinite(value)) throw std::invalid_argument("additions: a value is not finite");
+    }
+}
+
+SteeringSpec::SteeringSpec(int n_sites, int n_layers, std::vector<SteeringTable> tables, int addition_site,
+                           std::vector<int32_t> row_tables, std::vector<int64_t> output_rows)
     : n_layers_(n_layers),
       tables_(std::move(tables)),
+      addition_site_(addition_site),
       row_tables_(std::move(row_tables)),
       output_rows_(std::move(output_rows)),
       claimed_(size_t(n_sites) * size_t(n_layers), 0) {
     if (n_layers <= 0 || n_layers > kMaxLayers) throw std::invalid_argument("n_layers out of range");
     if (n_sites <= 0 || n_sites > kMaxSites) throw std::invalid_argument("n_sites out of range");
     if (tables_.empty()) throw std::invalid_argument("a steering spec needs at least one table");
+    if (addition_site < -1 || addition_site >= n_sites) throw std::invalid_argument("bad addition site code");
     std::vector<uint8_t> used(tables_.size() + 1, uniform() ? 1 : 0);
     for (int32_t table : row_tables_) {
         if (table < 0 || size_t(table) > tables_.size()) throw std::invalid_argument("row table index out of range");
@@ -155,10 +178,15 @@ SteeringSpec::SteeringSpec(int n_sites, int n_layers, std::vector<UnitTable> tab
         if (row < 0 || size_t(row) >= row_tables_.size()) throw std::invalid_argument("output row out of range");
     }
     for (size_t index = 1; index <= tables_.size(); ++index) {
+        const SteeringTable &table = tables_[index - 1];
+        if (table.additions.size() > 0 && addition_site < 0) {
+            throw std::invalid_argument("a table adds vectors but the spec names no addition site");
+        }
         if (!used[index]) continue;
         for (int site = 0; site < n_sites; ++site) {
             for (int layer = 0; layer < n_layers; ++layer) {
-                if (tables_[index - 1].has(site, layer)) claimed_[size_t(site) * n_layers + layer] = 1;
+                const bool adds = site == addition_site && table.additions.at(layer) != nullptr;
+                if (table.units.has(site, layer) || adds) claimed_[size_t(site) * n_layers + layer] = 1;
             }
         }
     }
@@ -166,7 +194,7 @@ SteeringSpec::SteeringSpec(int n_sites, int n_layers, std::vector<UnitTable> tab
 
 size_t SteeringSpec::n_units() const {
     size_t total = 0;
-    for (const UnitTable &table : tables_) total += table.size();
+    for (const SteeringTable &table : tables_) total += table.units.size();
     return total;
 }
 
@@ -336,11 +364,17 @@ void SteeringState::steer(void *tensor, int site, int layer) {
         note_skip(tensor, "the row map does not fit its rows");
         return;
     }
+    const bool adds_here = site == spec.addition_site();
     for (size_t index = 1; index <= spec.n_tables(); ++index) {
-        const UnitTable &table = spec.table(int32_t(index));
-        if (table.has(site, layer) && (table.end(site, layer) - 1)->dim >= access.row_width) {
+        const SteeringTable &table = spec.table(int32_t(index));
+        const bool units_too_wide =
+            table.units.has(site, layer) && (table.units.end(site, layer) - 1)->dim >= access.row_width;
+        const bool additions_misfit =
+            adds_here && table.additions.at(layer) != nullptr && table.additions.width() != access.row_width;
+        if (units_too_wide || additions_misfit) {
             counters.skipped_width.fetch_add(1);
-            note_skip(tensor, "a unit dim is beyond the row width");
+            note_skip(tensor, units_too_wide ? "a unit dim is beyond the row width"
+                                             : "an added vector does not have the row width");
             return;
         }
     }
@@ -348,10 +382,14 @@ void SteeringState::steer(void *tensor, int site, int layer) {
         int32_t index = 1;
         if (!spec.uniform()) index = row_tables[size_t(all_rows ? row : spec.output_rows()[size_t(row)])];
         if (index == 0) continue;
-        const UnitTable &table = spec.table(index);
-        if (!table.has(site, layer)) continue;
+        const SteeringTable &table = spec.table(index);
         float *values = access.data + row * access.row_width;
-        for (const UnitFactor *unit = table.begin(site, layer); unit != table.end(site, layer); ++unit) {
+        // Added first, then scaled: llama.cpp adds a control vector before the tensor the units are read from.
+        if (const float *added = adds_here ? table.additions.at(layer) : nullptr) {
+            for (int64_t j = 0; j < access.row_width; ++j) values[j] += added[j];
+        }
+        if (!table.units.has(site, layer)) continue;
+        for (const UnitFactor *unit = table.units.begin(site, layer); unit != table.units.end(site, layer); ++unit) {
             values[unit->dim] *= unit->factor;
         }
     }

@@ -6,9 +6,9 @@
 // prefix. It can also capture chosen rows of site tensors into buffers (used by localization). It knows
 // nothing of profiles, scores or strengths: a unit arrives with its final factor.
 //
-// What one decode applies is a steering spec: a few unit tables and a map from batch rows to tables.
-// Table 0 is "unsteered": a row that maps to it is never touched. A spec without a row map steers every row
-// with table 1.
+// What one decode applies is a steering spec: a few tables (units to scale, vectors to add at one site) and a
+// map from batch rows to tables. Table 0 is "unsteered": a row that maps to it is never touched. A spec
+// without a row map steers every row with table 1.
 //
 // Threading contract (the one statement of it; austeer_gguf.engine follows it):
 // - ggml's scheduler calls the eval callback on the thread that called llama_decode, one node at a time.
@@ -74,27 +74,57 @@ private:
     std::vector<uint32_t> offsets_;  // n_sites * n_layers + 1 entries
 };
 
-// What one decode applies: unit tables 1..n and the table of every batch row (see the file comment).
+// Vectors added to every row of one site's tensor, one per layer: a control vector, which llama.cpp adds to the
+// residual just before the tensor is named l_out-L, added here by the callback at that tensor, per row.
+class LayerAdditions {
+public:
+    LayerAdditions() = default;
+    // `values` holds layers.size() rows of `width` floats, row i for layer layers[i].
+    LayerAdditions(int n_layers, const std::vector<int32_t> &layers, const std::vector<float> &values, int64_t width);
+    const float *at(int layer) const {  // nullptr when the layer has none
+        return layer < int(index_.size()) && index_[size_t(layer)] >= 0
+                   ? values_.data() + size_t(index_[size_t(layer)]) * size_t(width_)
+                   : nullptr;
+    }
+    int64_t width() const { return width_; }
+    size_t size() const { return width_ > 0 ? values_.size() / size_t(width_) : 0; }
+
+private:
+    int64_t width_ = 0;
+    std::vector<int32_t> index_;  // per layer: its row in values_, or -1
+    std::vector<float> values_;
+};
+
+// What one table of a spec does to the rows that take it: scale units, and (at the additions' site) add vectors.
+struct SteeringTable {
+    UnitTable units;
+    LayerAdditions additions;
+};
+
+// What one decode applies: tables 1..n and the table of every batch row (see the file comment).
 // `row_tables` has one entry per batch row (0..n); empty means every row takes table 1. `output_rows` lists
 // the batch rows that produce output, in batch order: a tensor that holds only those rows (the last layer
-// keeps only them from the attention projection on) is mapped through it.
+// keeps only them from the attention projection on) is mapped through it. Additions go to the tensors of
+// site code `addition_site` (-1: none).
 class SteeringSpec {
 public:
-    SteeringSpec(int n_sites, int n_layers, std::vector<UnitTable> tables, std::vector<int32_t> row_tables,
-                 std::vector<int64_t> output_rows);
-    // Whether any table a row may take has units at (site, layer).
+    SteeringSpec(int n_sites, int n_layers, std::vector<SteeringTable> tables, int addition_site,
+                 std::vector<int32_t> row_tables, std::vector<int64_t> output_rows);
+    // Whether any table a row may take has units, or additions, at (site, layer).
     bool claims(int site, int layer) const { return claimed_[size_t(site) * n_layers_ + size_t(layer)] != 0; }
     bool uniform() const { return row_tables_.empty(); }
-    const UnitTable &table(int32_t index) const { return tables_[size_t(index - 1)]; }  // index 1..n
+    const SteeringTable &table(int32_t index) const { return tables_[size_t(index - 1)]; }  // index 1..n
     const std::vector<int32_t> &row_tables() const { return row_tables_; }
     const std::vector<int64_t> &output_rows() const { return output_rows_; }
+    int addition_site() const { return addition_site_; }
     int n_layers() const { return n_layers_; }
     size_t n_tables() const { return tables_.size(); }
     size_t n_units() const;
 
 private:
     int n_layers_;
-    std::vector<UnitTable> tables_;
+    std::vector<SteeringTable> tables_;
+    int addition_site_;
     std::vector<int32_t> row_tables_;
     std::vector<int64_t> output_rows_;
     std::vector<uint8_t> claimed_;  // [site * n_layers + layer]

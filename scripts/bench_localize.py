@@ -56,10 +56,10 @@ def run_mode(mode: str, model: str, n_pairs: int, site: str, threads: int) -> di
 
         def pairs(self, pairs, sites, *, share_prefix=True, setting=OFF):
             texts = [tokens for pair in pairs for tokens in (pair.positive, pair.negative)]
-            for group in self._decoder.groups(texts, bundle=2, share=share_prefix):
+            for group in self._decoder.groups(texts, bundle=2, share=share_prefix, settings=[setting] * len(texts)):
                 for cell in set(group.last_cells()):
                     group.cells[cell].output = True
-                self._decoder.decode_group(group, setting)
+                self._decoder.decode_group(group)
                 n = len(group.members) // 2
                 zeros = {s: np.zeros((n, self.shape.n_layers, self.shape.widths[s]), np.float32) for s in sites}
                 yield PairActivations(list(range(n)), zeros, zeros)

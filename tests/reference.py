@@ -103,7 +103,8 @@ class ReferenceModel:
     def forward(self, tokens: list[int], steer: Steer | None = None,
                 residual_add: dict[int, np.ndarray] | None = None, steer_from: int = 0) -> Forward:
         """`residual_add`: layer -> vector added to the residual after the FFN (where llama.cpp adds a control
-        vector, before the tensor is named l_out-L). `steer_from`: steer only positions from this one on."""
+        vector, before the tensor is named l_out-L). `steer_from`: steer (scale and add) only positions from this
+        one on."""
         steer = steer or {}
         self._steer_from = steer_from
         residual_add = residual_add or {}
@@ -141,7 +142,8 @@ class ReferenceModel:
             result.activations[("ffn", layer)] = ffn
             x = x + ffn
             if layer in residual_add:
-                x = x.astype(np.float32).astype(np.float64) + residual_add[layer].astype(np.float64)
+                x = x.astype(np.float32).astype(np.float64)
+                x[steer_from:] = x[steer_from:] + residual_add[layer].astype(np.float64)
             x = self._apply(steer, "layer", layer, x)
             result.activations[("layer", layer)] = x
         h = self._rms_norm(x, self.weights["output_norm.weight"])

@@ -245,3 +245,40 @@ def test_a_tensor_without_memory_is_skipped_and_counted_never_handed_to_ggml(ggm
     assert state.skipped_names() == ["l_out-0: no data"]
     state.reset_counters()
     assert state.skipped_names() == [] and state.counters()["skipped_no_data"] == 0
+
+
+def test_additions_go_to_the_rows_of_their_table_before_the_units_scale_them(ggml):
+    values = np.random.default_rng(4).standard_normal((3, 4)).astype(np.float32)
+    added = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
+    state = native.new_state()
+    with_vector = (*table([(1, 2, 3, 2.0)]), np.array([1], np.int32), added)
+    state.set_spec(2, [with_vector, table([(1, 2, 0, -1.0)])], row_tables=np.array([1, 0, 2], np.int32),
+                   output_rows=np.array([0, 1, 2], np.int64), addition_site=2)
+    tensor = ggml.tensor("l_out-1", values)
+    assert run_node(state, tensor) is True
+    expected = values.copy()
+    expected[0] = expected[0] + added[0]
+    expected[0, 3] *= np.float32(2.0)
+    expected[2, 0] *= np.float32(-1.0)
+    assert np.array_equal(ggml.view(tensor, values.shape), expected)
+    assert run_node(state, ggml.tensor("l_out-0", values)) is None  # no units and no vector on layer 0
+    assert run_node(state, ggml.tensor("kqv_out-1", values)) is None  # additions only at their site
+
+    narrow = ggml.tensor("l_out-1", np.ones((3, 2), dtype=np.float32))  # the vector is 4 wide
+    assert run_node(state, narrow) is True
+    assert np.array_equal(ggml.view(narrow, (3, 2)), np.ones((3, 2)))
+    assert state.counters()["skipped_width"] == 1
+
+
+def test_additions_refuse_bad_input():
+    state = native.new_state()
+    units = table([(0, 2, 1, 2.0)])
+    with pytest.raises(ValueError, match="names no addition site"):
+        state.set_spec(2, [(*units, np.array([1], np.int32), np.ones((1, 4), np.float32))])
+    with pytest.raises(ValueError, match="not finite"):
+        state.set_spec(2, [(*units, np.array([1], np.int32), np.full((1, 4), np.inf, np.float32))], addition_site=2)
+    with pytest.raises(ValueError, match="layer out of range"):
+        state.set_spec(2, [(*units, np.array([2], np.int32), np.ones((1, 4), np.float32))], addition_site=2)
+    with pytest.raises(ValueError, match="addition_values must be"):
+        state.set_spec(2, [(*units, np.array([1], np.int32), np.ones(4, np.float32))], addition_site=2)
+    assert state.n_tables == 0

@@ -37,6 +37,7 @@ MAX_MULTIPLIER = 1_000.0
 MAX_PROFILES = 16
 
 NativeUnits = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # layers, site codes, dims, factors
+NativeTable = tuple[np.ndarray, ...]  # NativeUnits, then addition layers and values when the setting adds any
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,22 @@ class SteeringSetting:
             for layer, direction in part.items():
                 total[layer] = total[layer] + direction if layer in total else direction.copy()
         return total
+
+    @functools.cached_property
+    def native_table(self) -> NativeTable | None:
+        """The whole setting as one table of the native spec: its units (`units`, empty arrays when none) and its
+        residual additions (`control_directions` as layers and a [layers, width] array); None when it steers
+        nothing."""
+        if not self.active:
+            return None
+        units = self.units
+        if units is None:
+            units = (np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32))
+        layers = sorted(self.control_directions)
+        if not layers:
+            return units
+        values = np.stack([self.control_directions[layer] for layer in layers]).astype(np.float32)
+        return (*units, np.array(layers, dtype=np.int32), values)
 
     def describe(self) -> dict[str, Any]:
         """A plain summary (for logs and server responses): what steers, not what was asked for."""

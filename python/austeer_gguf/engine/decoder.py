@@ -8,10 +8,13 @@ pair is computed once. Only the rows a caller reads get outputs: logits rows (`f
 sequence during generation (`generate_tokens`), or the last row of each sequence captured at the site tensors
 (`Decoder.capture`). The cache is cleared before each group.
 
-Every decode runs under a `SteeringSetting` handed in (default: the model's `current_setting()`): prompt
-positions under `setting.for_prompt()`, generated ones under the setting. How many sequences go into a group
-is the context's `n_seq_max` (`HookedLlama(..., sequences=N)`); a plain context decodes one at a time through
-the same code.
+Every sequence runs under a `SteeringSetting` handed in (one for all, `setting`, default the model's
+`current_setting()`; or one per sequence, `settings`): its prompt positions under `setting.for_prompt()`, its
+generated ones under the setting. Sequences of different settings go into one decode, each row steered as its
+own sequence's setting says (`HookedLlama.install_rows`); cells are shared only between sequences whose
+prompts are computed under the same setting, so the KV cache never mixes settings. How many sequences go into
+a group is the context's `n_seq_max` (`HookedLlama(..., sequences=N)`); a plain context decodes one at a time
+through the same code.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 
 from .. import sites
 from ..errors import InputError
-from ..setting import SteeringSetting
+from ..setting import OFF, SteeringSetting
 from .hooked import HookedLlama
 
 # llama-cpp-python's default sampling chain in `Llama.generate`, which sampled evaluation keeps
@@ -44,6 +47,7 @@ class _Cell:
     token: int
     position: int
     sequences: list[int]  # slots in the group
+    setting: SteeringSetting  # what the position is computed under (its sequences' prompt setting)
     output: bool = False
 
 
@@ -55,18 +59,21 @@ class Group:
     cells: list[_Cell] = field(default_factory=list)
     members: list[int] = field(default_factory=list)  # sequence indices, in slot order
     positions: list[list[int]] = field(default_factory=list)  # per slot: the cell of each position
+    settings: list[SteeringSetting] = field(default_factory=list)  # per slot: its sequence's setting
 
-    def add(self, index: int, tokens: Sequence[int], shared: int) -> None:
-        """Add a sequence whose first `shared` tokens are those of the group's last sequence."""
+    def add(self, index: int, tokens: Sequence[int], shared: int, setting: SteeringSetting) -> None:
+        """Add a sequence whose first `shared` tokens are those of the group's last sequence (computed under
+        the same prompt setting)."""
         slot = len(self.members)
         own = self.positions[-1][:shared] if shared else []
         for cell in own:
             self.cells[cell].sequences.append(slot)
         for position in range(shared, len(tokens)):
             own.append(len(self.cells))
-            self.cells.append(_Cell(tokens[position], position, [slot]))
+            self.cells.append(_Cell(tokens[position], position, [slot], setting.for_prompt()))
         self.members.append(index)
         self.positions.append(own)
+        self.settings.append(setting)
 
     def last_cells(self) -> list[int]:
         return [positions[-1] for positions in self.positions]
@@ -109,43 +116,46 @@ class Decoder:
     # ---- grouping -------------------------------------------------------------------------------------
 
     def groups(self, sequences: Sequence[Sequence[int]], extra_cells: int = 0, *, bundle: int = 1,
-               share: bool = True) -> Iterator[Group]:
+               share: bool = True, settings: Sequence[SteeringSetting] | None = None) -> Iterator[Group]:
         """Consecutive sequences in groups that fit one decode (and `extra_cells` more cells per sequence).
         `bundle` consecutive sequences always go into one group (a contrastive pair: 2); `share`: whether a
-        sequence shares the cells of the prefix it has in common with the one before it."""
-        group, previous = Group(), ()
+        sequence shares the cells of the prefix it has in common with the one before it (only when both
+        prompts are computed under the same setting); `settings`: each sequence's (default OFF)."""
+        settings = list(settings) if settings is not None else [OFF] * len(sequences)
+        group, previous = Group(), None
         for start in range(0, len(sequences), bundle):
-            members = sequences[start:start + bundle]
-            for offset, tokens in enumerate(members):
+            members = list(zip(sequences[start:start + bundle], settings[start:start + bundle]))
+            for offset, (tokens, _) in enumerate(members):
                 if not tokens:
                     raise ValueError(f"sequence #{start + offset} is empty")
-            fresh = _shares(members, (), share)
-            alone = sum(len(tokens) for tokens in members) - sum(fresh)
+            fresh = _shares(members, None, share)
+            alone = sum(len(tokens) for tokens, _ in members) - sum(fresh)
             if alone > self.n_batch or alone + extra_cells * len(members) > self.n_ctx:
-                longest = max(len(tokens) for tokens in members)
+                longest = max(len(tokens) for tokens, _ in members)
                 raise InputError(f"a text of {longest} tokens (+{extra_cells} to generate) does not fit the "
                                  f"context ({self.n_batch}-token batches, {self.n_ctx} cells): shorten it, or "
                                  "open the model with a larger n_ctx and n_batch")
             shares = _shares(members, previous, share) if group.members else fresh
-            cells = len(group.cells) + sum(len(tokens) for tokens in members) - sum(shares)
+            cells = len(group.cells) + sum(len(tokens) for tokens, _ in members) - sum(shares)
             count = len(group.members) + len(members)
             if group.members and (count > self.max_sequences or cells > self.max_cells
                                   or cells + extra_cells * count > self.n_ctx):
                 yield group
                 group, shares = Group(), fresh
-            for offset, (tokens, shared) in enumerate(zip(members, shares)):
-                group.add(start + offset, tokens, shared)
+            for offset, ((tokens, setting), shared) in enumerate(zip(members, shares)):
+                group.add(start + offset, tokens, shared, setting)
             previous = members[-1]
         if group.members:
             yield group
 
     # ---- decoding -------------------------------------------------------------------------------------
 
-    def decode(self, entries: Sequence[tuple[int, int, Sequence[int], bool]]) -> None:
-        """Decode (token, position, slots, wants output) entries as one batch (row i: entry i), under
-        whatever the model has installed."""
+    def decode(self, entries: Sequence[tuple[int, int, Sequence[int], bool, SteeringSetting]]) -> None:
+        """Decode (token, position, slots, wants output, setting) entries as one batch (row i: entry i), each
+        row steered as its setting says."""
+        self._install([entry[4] for entry in entries], [row for row, entry in enumerate(entries) if entry[3]])
         batch = self._batch
-        for row, (token, position, slots, output) in enumerate(entries):
+        for row, (token, position, slots, output, _) in enumerate(entries):
             batch.token[row] = token
             batch.pos[row] = position
             batch.n_seq_id[row] = len(slots)
@@ -161,13 +171,28 @@ class Decoder:
         pointer = llama_cpp.llama_get_logits_ith(self.ctx, row)
         return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
 
-    def decode_group(self, group: Group, setting: SteeringSetting) -> None:
-        """Decode a group on an empty cache (batch row i: cell i), every position a prompt position."""
-        llama_cpp.llama_memory_clear(self._memory, False)
-        self.llm.install(setting.for_prompt())
-        self.decode([(c.token, c.position, c.sequences, c.output) for c in group.cells])
+    def _install(self, settings: Sequence[SteeringSetting], output_rows: Sequence[int]) -> None:
+        """One setting for every row: installed as it is; several: a row map over the distinct ones."""
+        distinct: list[SteeringSetting] = []
+        index = []
+        for setting in settings:
+            found = next((i for i, known in enumerate(distinct) if known is setting or known == setting), None)
+            if found is None:
+                distinct.append(setting)
+                found = len(distinct) - 1
+            index.append(found)
+        if len(distinct) == 1:
+            self.llm.install(distinct[0])
+        else:
+            self.llm.install_rows(distinct, index, output_rows)
 
-    def capture(self, group: Group, site_names: Sequence[str], setting: SteeringSetting) -> dict[str, np.ndarray]:
+    def decode_group(self, group: Group) -> None:
+        """Decode a group on an empty cache (batch row i: cell i), every position a prompt position of its
+        sequences' setting."""
+        llama_cpp.llama_memory_clear(self._memory, False)
+        self.decode([(c.token, c.position, c.sequences, c.output, c.setting) for c in group.cells])
+
+    def capture(self, group: Group, site_names: Sequence[str]) -> dict[str, np.ndarray]:
         """Decode a group and capture the last position of each of its sequences at every layer of the chosen
         sites: site -> [members, layers, width]."""
         state, shape = self.llm._native_state, self.llm.shape
@@ -179,7 +204,7 @@ class Decoder:
         state.begin_capture([sites.code(site) for site in site_names], shape.n_layers, widths, rows,
                             len(group.cells))
         try:
-            self.decode_group(group, setting)
+            self.decode_group(group)
         finally:
             state.end_capture()
         order = [rows.index(cell) for cell in last]
@@ -194,32 +219,42 @@ class Decoder:
         return values
 
 
-def _shares(members: Sequence[Sequence[int]], previous: Sequence[int], share: bool) -> list[int]:
-    """How many leading tokens each sequence shares with the one before it (`previous` before the first)."""
+def _shares(members: Sequence[tuple[Sequence[int], SteeringSetting]], previous, share: bool) -> list[int]:
+    """How many leading tokens each (tokens, setting) member shares with the one before it (`previous` before the
+    first): none when sharing is off or the two prompts are computed under different settings."""
     shares = []
-    for tokens in members:
-        shares.append(common_prefix(tokens, previous) if share else 0)
-        previous = tokens
+    for tokens, setting in members:
+        same = share and previous is not None and previous[1].for_prompt() == setting.for_prompt()
+        shares.append(common_prefix(tokens, previous[0]) if same else 0)
+        previous = (tokens, setting)
     return shares
 
 
-def _setting(llm: HookedLlama, setting: SteeringSetting | None) -> SteeringSetting:
-    return llm.current_setting() if setting is None else setting
+def _settings(llm: HookedLlama, count: int, setting: SteeringSetting | None,
+              settings: Sequence[SteeringSetting] | None) -> list[SteeringSetting]:
+    """One setting per sequence: `settings` as given, else `setting` (default: the model's current) for all."""
+    if settings is not None:
+        if len(settings) != count:
+            raise ValueError(f"{len(settings)} settings for {count} sequences")
+        return list(settings)
+    return [llm.current_setting() if setting is None else setting] * count
 
 
 def forward(llm: HookedLlama, sequences: Sequence[Sequence[int]], rows: Sequence[range], *,
-            setting: SteeringSetting | None = None, max_sequences: int | None = None) -> list[np.ndarray]:
+            setting: SteeringSetting | None = None, settings: Sequence[SteeringSetting] | None = None,
+            max_sequences: int | None = None) -> list[np.ndarray]:
     """The logits rows `rows[i]` of each sequence (row r predicts token r + 1; [len(rows[i]), n_vocab]),
-    every position a prompt position of `setting` (default: the model's current setting)."""
-    setting = _setting(llm, setting)
+    every position a prompt position of its setting (`settings[i]`, or `setting` for all; default: the model's
+    current setting)."""
+    settings = _settings(llm, len(sequences), setting, settings)
     out: list[np.ndarray] = [np.empty((0, llm.n_vocab()), dtype=np.float32)] * len(sequences)
     with Decoder(llm, max_sequences) as decoder:
-        for group in decoder.groups(sequences):
+        for group in decoder.groups(sequences, settings=settings):
             wanted = {slot: [group.positions[slot][r] for r in rows[index]] for slot, index in enumerate(group.members)}
             for cells in wanted.values():
                 for cell in cells:
                     group.cells[cell].output = True
-            decoder.decode_group(group, setting)
+            decoder.decode_group(group)
             for slot, cells in wanted.items():
                 if cells:
                     out[group.members[slot]] = np.stack([decoder.logits(cell) for cell in cells])
@@ -227,26 +262,27 @@ def forward(llm: HookedLlama, sequences: Sequence[Sequence[int]], rows: Sequence
 
 
 def generate_tokens(llm: HookedLlama, prompts: Sequence[Sequence[int]], *, max_tokens: int,
-                    setting: SteeringSetting | None = None, temperature: float = 0.0,
-                    seeds: Sequence[int] | None = None, stop: Callable[[list[int]], bool] | None = None,
+                    setting: SteeringSetting | None = None, settings: Sequence[SteeringSetting] | None = None,
+                    temperature: float = 0.0, seeds: Sequence[int] | None = None,
+                    stop: Callable[[list[int]], bool] | None = None,
                     max_sequences: int | None = None) -> list[list[int]]:
     """Up to `max_tokens` tokens after each prompt: greedy at temperature 0, else sampled as llama-cpp-python's
     `Llama.generate` does by default (top-k 40, top-p 0.95, min-p 0.05, then temperature) from a NumPy generator
     seeded with `seeds[i]`. A sequence ends at an end-of-generation token (not kept) or when `stop(tokens)` says.
-    Prompt positions are steered as `setting.for_prompt()`, generated ones as `setting` (its scope)."""
-    setting = _setting(llm, setting)
+    Each prompt runs under its setting (`settings[i]`, or `setting` for all): prompt positions steered as
+    `setting.for_prompt()`, generated ones as the setting (its scope)."""
+    settings = _settings(llm, len(prompts), setting, settings)
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     seeds = list(seeds) if seeds is not None else [0] * len(prompts)
     out: list[list[int]] = [[] for _ in prompts]
     with Decoder(llm, max_sequences) as decoder:
-        for group in decoder.groups(prompts, extra_cells=max_tokens):
+        for group in decoder.groups(prompts, extra_cells=max_tokens, settings=settings):
             last = group.last_cells()
             for cell in last:
                 group.cells[cell].output = True
-            decoder.decode_group(group, setting)
+            decoder.decode_group(group)
             rows = {slot: decoder.logits(cell) for slot, cell in enumerate(last)}  # slot -> its next logits
             generators = {slot: np.random.default_rng(seeds[index]) for slot, index in enumerate(group.members)}
-            llm.install(setting)
             while rows:
                 entries, running = [], []
                 for slot, next_logits in rows.items():
@@ -258,7 +294,7 @@ def generate_tokens(llm: HookedLlama, prompts: Sequence[Sequence[int]], *, max_t
                     if len(out[index]) >= max_tokens or (stop is not None and stop(out[index])):
                         continue
                     position = len(prompts[index]) + len(out[index]) - 1
-                    entries.append((token, position, [slot], True))
+                    entries.append((token, position, [slot], True, group.settings[slot]))
                     running.append(slot)
                 if not entries:
                     break

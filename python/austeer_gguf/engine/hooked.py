@@ -18,11 +18,13 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
+from .. import sites
 from ..formats.model_file import ModelFile
 from ..setting import OFF, SteeringSetting
 from . import context_hook, limits, native, rpc
 
 EvalCallback = Callable[[int, bool], bool]
+_ROWS = object()  # what `_installed` holds after install_rows: a per-row spec
 SEQUENCES = 16  # sequences per decode of an evaluation context (scripts/bench_evaluation.py measures the gain)
 EVALUATION_OPTIONS = {"sequences": SEQUENCES, "n_ctx": 2048, "n_batch": 512}  # room for a group and its replies
 
@@ -82,8 +84,9 @@ class HookedLlama(llama_cpp.Llama):
 
     def install(self, setting: SteeringSetting) -> None:
         """Steer the decodes that follow as `setting` says, every position alike (the caller chooses the
-        setting per phase: `setting.for_prompt()` for prompt positions). Call it from the decoding thread,
-        between decodes."""
+        setting per phase: `setting.for_prompt()` for prompt positions): units through the native spec, a
+        control vector through llama.cpp's own (`install_rows` steers rows apart). Call it from the decoding
+        thread, between decodes."""
         units, directions = setting.units, setting.control_directions
         installed_units, installed_directions = self._installed
         if units is not installed_units:
@@ -95,6 +98,31 @@ class HookedLlama(llama_cpp.Llama):
                                                         or installed_directions):
             self._set_control_vector(directions)
         self._installed = (units, directions)
+
+    def install_rows(self, settings: Sequence[SteeringSetting], row_settings: Sequence[int],
+                     output_rows: Sequence[int]) -> None:
+        """Steer each row of the next decode as its own setting says: row i under settings[row_settings[i]]
+        (an index into `settings`), `output_rows` the batch rows that produce output (the last layer keeps only
+        those). Units and control vectors alike go through the native spec, so every row is steered on its own;
+        a row whose setting is OFF is left exactly alone. Call it from the decoding thread, between decodes."""
+        tables, index_of = [], []
+        for setting in settings:
+            table = setting.native_table
+            if table is None:
+                index_of.append(0)
+            else:
+                tables.append(table)
+                index_of.append(len(tables))
+        if self._installed[1]:  # llama.cpp's own control vector would add to every row
+            self._set_control_vector({})
+        if not tables:
+            self._native_state.clear_spec()
+        else:
+            self._native_state.set_spec(self.shape.n_layers, tables,
+                                        row_tables=np.array([index_of[i] for i in row_settings], dtype=np.int32),
+                                        output_rows=np.array(output_rows, dtype=np.int64),
+                                        addition_site=sites.code("layer"))
+        self._installed = (_ROWS, {})
 
     def _set_control_vector(self, directions: dict[int, np.ndarray]) -> None:
         """Set (or clear, when empty) the control vector of the context: direction L is added to layer L."""

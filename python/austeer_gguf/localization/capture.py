@@ -93,8 +93,8 @@ class ActivationCapture:
                 raise InputError(f"pair #{index} has {len(pair.positive)}/{len(pair.negative)} tokens; at most "
                                  f"{self.max_pair_tokens} fit (cut pairs with max_tokens)")
         texts = [tokens for pair in pairs for tokens in (pair.positive, pair.negative)]
-        for group in self._decoder.groups(texts, bundle=2, share=share_prefix):
-            values = self._decoder.capture(group, sites, setting)
+        for group in self._decoder.groups(texts, bundle=2, share=share_prefix, settings=[setting] * len(texts)):
+            values = self._decoder.capture(group, sites)
             yield PairActivations(indices=[member // 2 for member in group.members[0::2]],
                                   positive={site: v[0::2] for site, v in values.items()},
                                   negative={site: v[1::2] for site, v in values.items()})
@@ -102,7 +102,8 @@ class ActivationCapture:
     def last_tokens(self, sequences: Sequence[list[int]], sites: Sequence[str], *,
                     setting: SteeringSetting = OFF) -> dict[str, np.ndarray]:
         """Last-token activations of whole sequences, computed under `setting`: site -> [sequences, layers, width]."""
-        parts = [self._decoder.capture(group, sites, setting) for group in self._decoder.groups(sequences, share=False)]
+        groups = self._decoder.groups(sequences, share=False, settings=[setting] * len(sequences))
+        parts = [self._decoder.capture(group, sites) for group in groups]
         return {site: np.concatenate([part[site] for part in parts]) for site in sites}
 
 
