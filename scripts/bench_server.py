@@ -1,13 +1,21 @@
 #!/usr/bin/env python3
-"""Load test of `serve`: N concurrent clients (the official `openai` client) with mixed steering settings,
-against llama-cpp-python's own server with the plain model on the same load, alternated round by round.
+"""Load test of `serve`, side by side in one run: 1, 4, 8 and 16 concurrent clients (the official `openai`
+client), 32-token greedy replies, 2 threads, against
 
-Checks and prints:
-  - errors (must be 0) and whether every greedy reply equals the reply computed alone under its setting;
-  - p50 / p95 latency and completion tokens/s of each server, per round and as medians;
-  - the throughput ratio ours / llama-cpp-python's (median of per-round ratios; target >= 0.95).
+  serial    our server one request at a time (`--parallel 1`, the server before continuous batching)
+  batched   our server decoding the clients together (`--parallel N`), every request under one setting
+  mixed     the same, the requests mixing 4 steering settings (default, off, another profile, reply only)
+  llama     llama.cpp's own llama-server (built from the vendored sources by scripts/build_llama_server),
+            `--parallel N`, the plain model
 
-    .venv/bin/python scripts/bench_server.py              # SmolLM2-135M-Instruct Q4_1, 8 clients, 3 rounds
+Per client count the modes run in rotating order, round by round. Printed per mode: completion tokens/s, p50
+and p95 latency, errors, and (batched, mixed) how many greedy replies differ from the reply computed alone
+under the same setting on the serial server (batch shapes change float rounding: near-ties may flip). Then the
+time to first token of short streamed requests while N - 1 long replies stream (p50 / p95), and the ratios
+mixed / serial and mixed / llama.
+
+    .venv/bin/python scripts/bench_server.py                        # SmolLM2 Q4_1 and Gemma-3, 3 rounds
+    .venv/bin/python scripts/bench_server.py --models smollm2 --clients 8 --rounds 1
 """
 
 from __future__ import annotations
@@ -20,27 +28,32 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import openai
+from benchlib import rotated
 
 from austeer_gguf import Profile, Unit, models
 from austeer_gguf.engine.rpc import free_port
 from austeer_gguf.formats.embedded import embed_profiles
+from austeer_gguf.formats.model_file import ModelFile
 
+ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["Tell me about your day.", "What should I cook tonight?", "My neighbour is loud. Any advice?",
            "Describe the sea in one sentence.", "Why is the sky blue?", "Give me a tip for sleeping well."]
-SETTINGS = [None, {"enabled": False}, {"profiles": {"polite": 0.5}}, {"apply": "generation"}]
+MIXED = [None, {"enabled": False}, {"profiles": {"brisk": 1.0}}, {"apply": "generation"}]
+N_CTX = 2048
 
 
 @contextlib.contextmanager
 def server(command: list[str], port: int):
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300
         while True:
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
@@ -51,7 +64,11 @@ def server(command: list[str], port: int):
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def request(client: openai.OpenAI, prompt: str, steering, max_tokens: int) -> tuple[str, float, int]:
@@ -80,66 +97,138 @@ def load(url: str, jobs: list, clients: int, max_tokens: int) -> dict:
             "p95": float(np.percentile(latencies, 95)), "tokens_per_s": sum(r[2] for r in results if r) / wall}
 
 
+def first_token_times(url: str, clients: int, probes: int = 8) -> list[float]:
+    """Seconds to the first streamed text of short requests sent one after another while clients - 1 long
+    replies (256 tokens) stream."""
+    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
+    stop = threading.Event()
+
+    def long_reply(index: int) -> None:
+        while not stop.is_set():
+            stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": PROMPTS[index]}],
+                                                    max_tokens=256, temperature=0, stream=True)
+            for _ in stream:
+                if stop.is_set():
+                    break
+
+    workers = [threading.Thread(target=long_reply, args=(i % len(PROMPTS),), daemon=True) for i in range(clients - 1)]
+    for worker in workers:
+        worker.start()
+    time.sleep(1.0)
+    times = []
+    for index in range(probes):
+        start = time.perf_counter()
+        stream = client.chat.completions.create(model="m", max_tokens=4, temperature=0, stream=True,
+                                                messages=[{"role": "user", "content": PROMPTS[index % len(PROMPTS)]}])
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                times.append(time.perf_counter() - start)
+                break
+        for _ in stream:
+            pass
+    stop.set()
+    for worker in workers:
+        worker.join(timeout=120)
+    return times
+
+
+def commands(path: Path, steered: Path, clients: int, threads: int, llama_server: str) -> dict[str, tuple]:
+    ports = {name: free_port() for name in ("serial", "batched", "llama")}
+    ours = [sys.executable, "-m", "austeer_gguf", "serve", str(steered), "--threads", str(threads), "--n-ctx",
+            str(N_CTX)]
+    return {
+        "serial": (ours + ["--port", str(ports["serial"]), "--parallel", "1"], ports["serial"]),
+        "batched": (ours + ["--port", str(ports["batched"]), "--parallel", str(max(clients, 2))], ports["batched"]),
+        "llama": ([llama_server, "-m", str(path), "--port", str(ports["llama"]), "--host", "127.0.0.1", "-t",
+                   str(threads), "-tb", str(threads), "-c", str(N_CTX * clients), "--parallel", str(clients),
+                   "--no-webui"], ports["llama"]),
+    }
+
+
+def bench_model(name: str, clients_list: list[int], args, llama_server: str) -> list[str]:
+    path = models.fetch(name) if name in models.MODELS else Path(name)
+    shape = ModelFile.open(path).shape
+    rng = np.random.default_rng(0)
+    units = [Unit(layer, "attn", int(dim), 0.6) for layer in range(0, shape.n_layers, 3)
+             for dim in rng.choice(shape.widths["attn"], 2, False)]
+    brisk = [Unit(layer, "ffn", int(dim), -0.5) for layer in range(1, shape.n_layers, 4)
+             for dim in rng.choice(shape.widths["ffn"], 2, False)]
+    steered = embed_profiles(path, [Profile("polite", 8.0, units), Profile("brisk", 6.0, brisk)],
+                             Path(tempfile.mkdtemp(prefix="austeer-bench-")) / "model.gguf")
+    lines = []
+    for clients in clients_list:
+        lines += bench_clients(path, steered, clients, args, llama_server)
+    return lines
+
+
+def bench_clients(path: Path, steered: Path, clients: int, args, llama_server: str) -> list[str]:
+    count = max(args.requests, 2 * clients)
+    mixed = [(PROMPTS[i % len(PROMPTS)], MIXED[i % len(MIXED)]) for i in range(count)]
+    single = [(prompt, None) for prompt, _ in mixed]
+    jobs = {"serial": mixed, "batched": single, "mixed": mixed, "llama": single}
+    started = commands(path, steered, clients, args.threads, llama_server)
+    with server(*started["serial"]) as serial, server(*started["batched"]) as batched, \
+            server(*started["llama"]) as llama:
+        urls = {"serial": serial, "batched": batched, "mixed": batched, "llama": llama}
+        solo = openai.OpenAI(base_url=serial, api_key="unused", max_retries=0, timeout=600)
+        distinct = {json.dumps([prompt, steering]): (prompt, steering) for prompt, steering in mixed}
+        alone = {key: request(solo, prompt, steering, args.max_tokens)[0]
+                 for key, (prompt, steering) in distinct.items()}
+        for mode in urls:  # warm-up
+            load(urls[mode], jobs[mode][:clients], clients, args.max_tokens)
+        results: dict[str, list[dict]] = {mode: [] for mode in urls}
+        for index in range(args.rounds):
+            for mode in rotated(list(urls), index):
+                measured = load(urls[mode], jobs[mode], clients, args.max_tokens)
+                if mode in ("batched", "mixed"):
+                    measured["differing"] = sum(text != alone[json.dumps([prompt, steering])]
+                                                for text, (prompt, steering) in zip(measured["texts"], jobs[mode]))
+                results[mode].append(measured)
+                print(f"{path.name} clients {clients} round {index + 1} {mode}: {measured['tokens_per_s']:.1f} tok/s",
+                      flush=True)
+        first = {mode: first_token_times(urls[mode], clients) for mode in ("serial", "mixed", "llama")} \
+            if clients > 1 else {}
+
+    lines = [f"\nmodel {path.name}; {clients} concurrent clients, {count} requests a round, {args.max_tokens} "
+             f"tokens greedy, {args.threads} threads, {args.rounds} rounds",
+             f"{'mode':8} {'tok/s':>7} {'p50 s':>7} {'p95 s':>7} {'errors':>6} {'differing':>9} "
+             f"{'first token p50 / p95 s':>24}"]
+    for mode, rounds in results.items():
+        differing = str(sum(r.get("differing", 0) for r in rounds)) if mode in ("batched", "mixed") else "-"
+        times = first.get(mode)
+        ttft = f"{np.median(times):.2f} / {np.percentile(times, 95):.2f}" if times else "-"
+        lines.append(f"{mode:8} {median(rounds, 'tokens_per_s'):7.1f} {median(rounds, 'p50'):7.2f} "
+                     f"{median(rounds, 'p95'):7.2f} {sum(r['errors'] for r in rounds):6d} {differing:>9} {ttft:>24}")
+    lines.append(f"mixed / serial {ratio(results, 'mixed', 'serial'):.2f}x, mixed / llama-server "
+                 f"{ratio(results, 'mixed', 'llama'):.2f}x, batched / llama-server "
+                 f"{ratio(results, 'batched', 'llama'):.2f}x (medians of per-round ratios)")
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+def median(rounds: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in rounds)
+
+
+def ratio(results: dict[str, list[dict]], mode: str, base: str) -> float:
+    return statistics.median(a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(results[mode], results[base]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=models.DEFAULT_MODEL)
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=32, help="requests per round")
+    parser.add_argument("--models", default="smollm2,gemma3")
+    parser.add_argument("--clients", default="1,4,8,16")
+    parser.add_argument("--requests", type=int, default=32, help="requests per round (at least 2 per client)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-
-    source = models.fetch(args.model) if args.model in models.MODELS else Path(args.model)
-    scratch = Path(tempfile.mkdtemp(prefix="austeer-bench-"))
-    rng = np.random.default_rng(0)
-    units = [Unit(layer, "attn", int(dim), 0.6) for layer in range(0, 30, 3) for dim in rng.choice(576, 2, False)]
-    steered = embed_profiles(source, [Profile("polite", 8.0, units)], scratch / "model.gguf")
-    ours_port, theirs_port = free_port(), free_port()
-    ours_cmd = [sys.executable, "-m", "austeer_gguf", "serve", str(steered), "--port", str(ours_port), "--threads",
-                str(args.threads), "--n-ctx", "2048"]
-    theirs_cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(source), "--port", str(theirs_port),
-                  "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads), "--n_ctx", "2048",
-                  "--logits_all", "False"]  # its default (True) computes every prompt position's logits: not ours
-    jobs = [(PROMPTS[i % len(PROMPTS)], SETTINGS[i % len(SETTINGS)]) for i in range(args.requests)]
-    plain_jobs = [(prompt, None) for prompt, _ in jobs]
-
-    with server(ours_cmd, ours_port) as ours, server(theirs_cmd, theirs_port) as theirs:
-        alone = {}
-        solo = openai.OpenAI(base_url=ours, api_key="unused", max_retries=0, timeout=600)
-        for prompt, steering in jobs:
-            key = json.dumps([prompt, steering])
-            if key not in alone:
-                alone[key] = request(solo, prompt, steering, args.max_tokens)[0]
-        load(ours, jobs[: args.clients], args.clients, args.max_tokens)  # warm-up
-        load(theirs, plain_jobs[: args.clients], args.clients, args.max_tokens)
-        rounds = []
-        for index in range(args.rounds):
-            order = [("ours", ours, jobs), ("theirs", theirs, plain_jobs)]
-            measured = {name: load(url, batch, args.clients, args.max_tokens)
-                        for name, url, batch in (order if index % 2 == 0 else order[::-1])}
-            mismatches = sum(text != alone[json.dumps([prompt, steering])]
-                             for text, (prompt, steering) in zip(measured["ours"]["texts"], jobs))
-            rounds.append((measured, mismatches))
-            print(f"round {index + 1}: ours {measured['ours']['tokens_per_s']:.1f} tok/s (p50 "
-                  f"{measured['ours']['p50']:.2f} s, p95 {measured['ours']['p95']:.2f} s, errors "
-                  f"{measured['ours']['errors']}, replies differing from alone {mismatches}); llama-cpp-python "
-                  f"{measured['theirs']['tokens_per_s']:.1f} tok/s (p50 {measured['theirs']['p50']:.2f} s, p95 "
-                  f"{measured['theirs']['p95']:.2f} s, errors {measured['theirs']['errors']})", flush=True)
-
-    def median(name: str, key: str) -> float:
-        return statistics.median(m[name][key] for m, _ in rounds)
-
-    ratio = statistics.median(m["ours"]["tokens_per_s"] / m["theirs"]["tokens_per_s"] for m, _ in rounds)
-    print(f"\nmodel {source.name}; {args.clients} concurrent clients, {args.requests} requests a round "
-          f"({len(SETTINGS)} steering settings mixed), {args.max_tokens} tokens greedy, {args.threads} threads, "
-          f"{args.rounds} rounds")
-    print(f"ours:             {median('ours', 'tokens_per_s'):7.1f} tok/s  p50 {median('ours', 'p50'):.2f} s  "
-          f"p95 {median('ours', 'p95'):.2f} s  errors {sum(m['ours']['errors'] for m, _ in rounds)}  "
-          f"replies differing from alone {sum(x for _, x in rounds)}")
-    print(f"llama-cpp-python: {median('theirs', 'tokens_per_s'):7.1f} tok/s  p50 {median('theirs', 'p50'):.2f} s  "
-          f"p95 {median('theirs', 'p95'):.2f} s  errors {sum(m['theirs']['errors'] for m, _ in rounds)}")
-    print(f"throughput ratio ours / llama-cpp-python (median of rounds): {ratio:.3f}")
+    llama_server = subprocess.run([str(ROOT / "scripts" / "build_llama_server")], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+    lines = []
+    for name in args.models.split(","):
+        lines += bench_model(name, [int(c) for c in args.clients.split(",")], args, llama_server)
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -24,12 +24,14 @@ SETTINGS = [None, {"enabled": False}, {"profiles": {"calm": 1.0}}, {"profiles": 
             {"apply": "generation"}, {"strength": 2.0}]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_f32, tmp_path_factory):
+@pytest.fixture(scope="module", params=["4", "1"], ids=["batched", "one-at-a-time"])
+def server(tiny_f32, tmp_path_factory, request):
+    """The server decoding 4 requests together (continuous batching), and one at a time (--parallel 1)."""
     model = embed_profiles(tiny_f32, [MOOD], tmp_path_factory.mktemp("served") / "tiny.gguf")
     calm = tmp_path_factory.mktemp("profiles") / "calm.json"
     write_profile(CALM, calm)
-    with running_server(model, "--profile", str(calm), "--default", "mood", "--n-ctx", "512") as url:
+    with running_server(model, "--profile", str(calm), "--default", "mood", "--n-ctx", "512",
+                        "--parallel", request.param) as url:
         yield url
 
 

@@ -153,7 +153,7 @@ class Decoder:
     def decode(self, entries: Sequence[tuple[int, int, Sequence[int], bool, SteeringSetting]]) -> None:
         """Decode (token, position, slots, wants output, setting) entries as one batch (row i: entry i), each
         row steered as its setting says."""
-        self._install([entry[4] for entry in entries], [row for row, entry in enumerate(entries) if entry[3]])
+        self.llm.install_batch([entry[4] for entry in entries], [row for row, entry in enumerate(entries) if entry[3]])
         batch = self._batch
         for row, (token, position, slots, output, _) in enumerate(entries):
             batch.token[row] = token
@@ -170,21 +170,6 @@ class Decoder:
     def logits(self, row: int) -> np.ndarray:
         pointer = llama_cpp.llama_get_logits_ith(self.ctx, row)
         return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
-
-    def _install(self, settings: Sequence[SteeringSetting], output_rows: Sequence[int]) -> None:
-        """One setting for every row: installed as it is; several: a row map over the distinct ones."""
-        distinct: list[SteeringSetting] = []
-        index = []
-        for setting in settings:
-            found = next((i for i, known in enumerate(distinct) if known is setting or known == setting), None)
-            if found is None:
-                distinct.append(setting)
-                found = len(distinct) - 1
-            index.append(found)
-        if len(distinct) == 1:
-            self.llm.install(distinct[0])
-        else:
-            self.llm.install_rows(distinct, index, output_rows)
 
     def decode_group(self, group: Group) -> None:
         """Decode a group on an empty cache (batch row i: cell i), every position a prompt position of its

@@ -36,8 +36,10 @@ class HookedLlama(llama_cpp.Llama):
     compute call sees the values after our scaling. `rpc_servers` (["host:port", ...]) registers llama.cpp RPC
     servers the way llama.cpp's `--rpc` does (process-wide, see `engine.rpc`) and offloads every layer to them
     unless `n_gpu_layers` says otherwise. `sequences` > 1 opens a context that decodes that many sequences
-    together on one unified KV cache (`engine.decoder`). Every other keyword goes to `llama_cpp.Llama`, after
-    the resource requests (threads, n_ctx, n_batch) are checked against the model and the machine.
+    together on one unified KV cache (a cell may belong to several sequences: a shared prefix is held once),
+    each decode in one micro-batch (n_ubatch = n_batch unless given), as per-row steering needs (`install_rows`).
+    Every other keyword goes to `llama_cpp.Llama`, after the resource requests (threads, n_ctx, n_batch) are
+    checked against the model and the machine.
     """
 
     def __init__(self, model_path: str | Path, *, model_file: ModelFile | None = None,
@@ -64,6 +66,9 @@ class HookedLlama(llama_cpp.Llama):
         if sequences > 1:  # llama.cpp aborts when n_seq_max exceeds n_batch (which llama-cpp-python caps at n_ctx)
             n_batch = min(llama_kwargs.get("n_batch", 512), llama_kwargs.get("n_ctx", 512) or 512)
             overrides = {"n_seq_max": min(sequences, n_batch), "kv_unified": True}
+            # One micro-batch per decode, in batch order (a unified cache splits batches in order): the rows the
+            # callback sees are then the batch's rows, as per-row steering needs.
+            llama_kwargs.setdefault("n_ubatch", n_batch)
         callback_address = native.callback_address()
         with context_hook.callback_for_next_context(callback_address, self._native_state.user_data, overrides):
             super().__init__(str(model_path), **llama_kwargs)
@@ -99,12 +104,32 @@ class HookedLlama(llama_cpp.Llama):
             self._set_control_vector(directions)
         self._installed = (units, directions)
 
+    def install_batch(self, row_settings: Sequence[SteeringSetting], output_rows: Sequence[int]) -> None:
+        """Steer row i of the next decode as row_settings[i] says: `install` when every row has the same
+        setting, else `install_rows` over the distinct ones."""
+        distinct: list[SteeringSetting] = []
+        index = []
+        for setting in row_settings:
+            found = next((i for i, known in enumerate(distinct) if known is setting or known == setting), None)
+            if found is None:
+                distinct.append(setting)
+                found = len(distinct) - 1
+            index.append(found)
+        if len(distinct) == 1:
+            self.install(distinct[0])
+        else:
+            self.install_rows(distinct, index, output_rows)
+
     def install_rows(self, settings: Sequence[SteeringSetting], row_settings: Sequence[int],
                      output_rows: Sequence[int]) -> None:
         """Steer each row of the next decode as its own setting says: row i under settings[row_settings[i]]
         (an index into `settings`), `output_rows` the batch rows that produce output (the last layer keeps only
         those). Units and control vectors alike go through the native spec, so every row is steered on its own;
         a row whose setting is OFF is left exactly alone. Call it from the decoding thread, between decodes."""
+        if not self.context_params.kv_unified or len(row_settings) > self.context_params.n_ubatch:
+            raise ValueError("steering rows apart needs a unified KV cache and the whole batch in one micro-batch "
+                             f"({len(row_settings)} rows, n_ubatch {self.context_params.n_ubatch}): llama.cpp "
+                             "reorders or splits the rows otherwise")
         tables, index_of = [], []
         for setting in settings:
             table = setting.native_table

@@ -14,6 +14,7 @@ from ..formats.model_file import ModelFile
 
 MEMORY_SHARE = 0.5  # a context may take at most half the machine's memory
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
+PARALLEL = 4  # requests a server decodes together by default (llama-server's default number of slots)
 
 
 def cpu_count() -> int:

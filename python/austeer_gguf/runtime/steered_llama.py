@@ -4,34 +4,19 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
 
 from ..engine.hooked import HookedLlama
+from ..engine.kv import KvRecord
 from ..errors import InputError
 from ..formats.embedded import embedded_profiles
 from ..formats.profiles import resolve
 from ..profile import Profile
 from ..setting import SteeringSetting
 from .steering import Steering
-
-
-@dataclass(frozen=True)
-class KvRecord:
-    """Cached positions [0, split) were computed under `prompt`, positions from `split` on under `rest`."""
-
-    prompt: SteeringSetting | None = None
-    split: int = 0
-    rest: SteeringSetting | None = None
-
-    def reusable(self, needed: SteeringSetting, n_tokens: int) -> int:
-        """How many cached positions were computed under `needed`."""
-        if self.prompt is None or self.prompt != needed:
-            return 0
-        return n_tokens if self.rest == needed else min(n_tokens, self.split)
 
 
 class SteeredLlama(HookedLlama):

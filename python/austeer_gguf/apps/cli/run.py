@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ... import models
+from ...engine.limits import PARALLEL
 from ...setting import OFF
 from .common import MODEL_HELP, STRENGTH, add_runtime_options, command, open_steered, positive_int
 
@@ -85,7 +86,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..server import open_server, serve
 
     server = open_server(models.resolve(args.model), profiles=args.profile or [], default=args.default,
-                         n_ctx=args.n_ctx, threads=args.threads, strength=args.strength, apply=args.apply)
+                         n_ctx=args.n_ctx, threads=args.threads, strength=args.strength, apply=args.apply,
+                         parallel=args.parallel)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: anyone who can reach it can use the model", file=sys.stderr)
     print(f"serving {server.alias} on http://{args.host}:{args.port}/ (OpenAI API under /v1; the assistant at /)",
@@ -127,5 +129,8 @@ def register(commands) -> None:
                         "profile, if there is one)")
     serve_.add_argument("--strength", type=STRENGTH, default=1.0, help="default strength")
     serve_.add_argument("--apply", default="all", choices=["all", "generation"], help="default token scope")
-    serve_.add_argument("--n-ctx", type=positive_int, default=2048, help="context size in tokens")
+    serve_.add_argument("--n-ctx", type=positive_int, default=2048, help="context size of one request in tokens")
+    serve_.add_argument("--parallel", type=positive_int, default=PARALLEL,
+                        help="requests decoded together (continuous batching, each with its own steering); 1: one "
+                        "at a time")
     serve_.add_argument("--threads", type=positive_int, help="CPU threads (default: half the cores)")

@@ -24,9 +24,8 @@ from .types import ChatRequest, CompletionRequest
 MAX_BODY_BYTES = 1 << 20
 
 
-def check_request(llm: SteeredLlama, body: ChatRequest | CompletionRequest) -> None:
-    """InputError (400) for a request that cannot run as asked."""
-    n_ctx = llm.n_ctx()
+def check_request(llm: SteeredLlama, body: ChatRequest | CompletionRequest, n_ctx: int) -> None:
+    """InputError (400) for a request that cannot run as asked (`n_ctx`: what one request may use)."""
     if body.max_tokens is not None:
         limits.check_max_tokens(body.max_tokens, n_ctx)
     if body.temperature is not None and not (math.isfinite(body.temperature) and 0 <= body.temperature <= 100):

@@ -20,6 +20,7 @@ from ..._version import __version__
 from ...errors import InputError
 from ...jsonfile import load_json
 from ...setting import SteeringSetting
+from . import batched
 from .guards import BodyLimit, SteeringRoute, check_request
 from .service import SteeringServer
 from .types import EXCLUDED, ChatRequest, CompletionRequest, SteeringRequest
@@ -103,8 +104,12 @@ def _run(server: SteeringServer, setting: SteeringSetting, body, call: str, kwar
 
 
 async def _complete(server: SteeringServer, request: Request, body, call: str):
-    check_request(server.llm, body)
+    check_request(server.llm, body, server.n_ctx)
     setting = server.setting(body.steering)
+    if server.scheduler is not None:
+        if body.stream:
+            return EventSourceResponse(batched.stream(server, request, body, setting), sep="\n")
+        return await batched.complete(server, request, body, setting)
     kwargs = body.model_dump(exclude=EXCLUDED)
     if kwargs.get("stream"):
         return EventSourceResponse(_stream(server, request, setting, body, call, kwargs), sep="\n")
@@ -138,4 +143,7 @@ async def _stream(server: SteeringServer, request: Request, setting: SteeringSet
 def serve(server: SteeringServer, *, host: str = "127.0.0.1", port: int = 8080) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(server), host=host, port=port, log_level="warning")
+    try:
+        uvicorn.run(create_app(server), host=host, port=port, log_level="warning")
+    finally:
+        server.close()

@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import llama_cpp
 
+from ...engine import limits
+from ...engine.scheduler import Scheduler
 from ...errors import InputError
 from ...formats.embedded import check_name
 from ...formats.profiles import profile_from_dict
@@ -36,14 +39,27 @@ class Defaults:
 
 
 class SteeringServer:
-    """The model, its profiles, the default steering and the lock that serializes completions."""
+    """The model, its profiles and the default steering; completions either on the continuous-batching scheduler
+    (`scheduler`, when the model's context holds several sequences) or one at a time under `lock`."""
 
-    def __init__(self, llm: SteeredLlama, alias: str) -> None:
+    def __init__(self, llm: SteeredLlama, alias: str, n_ctx: int | None = None) -> None:
         self.llm = llm
         self.alias = alias
+        self.n_ctx = n_ctx or llm.n_ctx()  # what one request may use: prompt and reply
         self.sources = {name: "embedded" for name in llm.steering.available}
         self.lock = anyio.Lock()
         self.default = Defaults()
+        sequences = int(llama_cpp.llama_n_seq_max(llm.ctx))
+        self.scheduler = Scheduler(llm).start() if sequences > 1 else None
+
+    @property
+    def parallel(self) -> int:
+        return len(self.scheduler.slots) if self.scheduler is not None else 1
+
+    def close(self) -> None:
+        """End the running jobs (their streams get an error event) and stop the scheduler."""
+        if self.scheduler is not None:
+            self.scheduler.close()
 
     def setting(self, request: SteeringRequest | None) -> SteeringSetting:
         """The setting a request asks for, its fields over the server default, checked against the model;
@@ -90,13 +106,17 @@ class SteeringServer:
 
 
 def open_server(model: str | Path, *, profiles: list[str] = (), default: str | None = None, n_ctx: int = 2048,
-                threads: int | None = None, strength: float = 1.0, apply: str = "all",
+                threads: int | None = None, strength: float = 1.0, apply: str = "all", parallel: int = limits.PARALLEL,
                 **llama_kwargs: Any) -> SteeringServer:
     """A SteeringServer for a model file: `profiles` are profile JSON files loaded beside the embedded ones;
-    `default` names the default mix ("polite", "polite:0.5+positive"); without it, the only profile there is."""
-    llm = SteeredLlama(str(model), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False,
+    `default` names the default mix ("polite", "polite:0.5+positive"); without it, the only profile there is.
+    `parallel` requests are decoded together, each with up to `n_ctx` tokens (1: one at a time)."""
+    limits.check_count(parallel, "parallel", 1, limits.MAX_SEQUENCES, "llama.cpp's limit on sequences")
+    if parallel > 1:
+        llama_kwargs.update(sequences=parallel, n_batch=min(512, n_ctx * parallel))
+    llm = SteeredLlama(str(model), n_ctx=n_ctx * parallel, n_threads=threads, n_threads_batch=threads, verbose=False,
                        **llama_kwargs)
-    server = SteeringServer(llm, Path(model).name)
+    server = SteeringServer(llm, Path(model).name, n_ctx)
     for path in profiles:
         server.add_profile(read_json_file(Path(path), "profile"))
     names = list(llm.steering.available)

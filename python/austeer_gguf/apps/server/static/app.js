@@ -119,9 +119,12 @@ async function compare() {
   row.className = "compare";
   $("log").append(row);
   try {
-    for (const enabled of [false, true]) {
+    // Both at once: the server decodes them in one batch, each row under its own setting.
+    const results = await Promise.all([false, true].map(async (enabled) => {
       const response = await post({messages: upto, max_tokens: 160, temperature: 0, steering: steering(enabled)});
-      const result = await response.json();
+      return response.json();
+    }));
+    for (const result of results) {
       const node = bubble("assistant", result.choices[0].message.content.trim(), row);
       label(node, result.steering);
     }
