@@ -101,25 +101,46 @@ def test_the_steering_endpoints(server, client):
     assert chat(client, inline)[1]["profiles"] == {"inline": 1.0}
 
 
+HI = b'"messages": [{"role": "user", "content": "hi"}]'
+
+
 @pytest.mark.parametrize("body, status, message", [
     (b'{"messages": [', 400, "not valid JSON"),
-    (b'{"messages": [], "steering": {"profiles": {"nope": 1}}}', 400, "no profile named 'nope'"),
-    (b'{"messages": [], "steering": {"strength": NaN}}', 400, "strength must be a finite number"),
-    (b'{"messages": [], "steering": {"strength": Infinity}}', 400, "strength must be a finite number"),
-    (b'{"messages": [], "steering": {"profiles": {"mood": 1e308}}}', 400, "weight of profile 'mood'"),
-    (b'{"messages": [], "steering": {"colour": "red"}}', 400, "steering.colour: Extra inputs are not permitted"),
-    (b'{"messages": [], "steering": {"apply": "sometimes"}}', 400, "steering.apply"),
-    (b'{"messages": [], "max_tokens": 100000000}', 400, "max_tokens = 100000000 is outside 1..512"),
-    (b'{"messages": [], "temperature": -3}', 400, "temperature must be a finite number in 0..100"),
+    (b'{' + HI + b', "steering": {"profiles": {"nope": 1}}}', 400, "no profile named 'nope'"),
+    (b'{' + HI + b', "steering": {"strength": NaN}}', 400, "strength must be a finite number"),
+    (b'{' + HI + b', "steering": {"strength": Infinity}}', 400, "strength must be a finite number"),
+    (b'{' + HI + b', "steering": {"profiles": {"mood": 1e308}}}', 400, "weight of profile 'mood'"),
+    (b'{' + HI + b', "steering": {"colour": "red"}}', 400, "steering.colour: Extra inputs are not permitted"),
+    (b'{' + HI + b', "steering": {"apply": "sometimes"}}', 400, "steering.apply"),
+    (b'{' + HI + b', "max_tokens": 100000000}', 400, "max_tokens = 100000000 is outside 1..512"),
+    (b'{' + HI + b', "temperature": -3}', 400, "temperature must be a finite number in 0..100"),
     (b'{"messages": [{"role": "user", "content": "' + b"the cat is " * 400 + b'"}], "max_tokens": 4}', 400,
      "maximum context length is 512 tokens"),
     (b'{"messages": [{"role": "user", "content": "' + b"a" * (2 << 20) + b'"}]}', 413, "over 1048576 bytes"),
     (b'{"messages": [{"role": "user", "content": "' + b"the cat is " * 400 + b'"}], "stream": true}', 400,
      "exceed context window of 512"),
-    (b'{"messages": [], "steering": {"profiles": {"mood": 1}, "profile": {"name": "mood", "alpha": 1, '
+    (b'{' + HI + b', "steering": {"profiles": {"mood": 1}, "profile": {"name": "mood", "alpha": 1, '
      b'"units": []}}}', 400, "profile 'mood' is named twice"),
-    (b'{"messages": [], "logprobs": true}', 400, "does not return log-probabilities"),
-    (b'{"messages": [], "grammar": "root ::= ("}', 400, "does not parse as GBNF"),
+    (b'{' + HI + b', "logprobs": true}', 400, "does not return log-probabilities"),
+    (b'{' + HI + b', "grammar": "root ::= ("}', 400, "does not parse as GBNF"),
+    (b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', 400, "not UTF-8"),
+    (b'[' * 100_000 + b']' * 100_000, 400, "nests too deeply"),
+    (b'{' + HI + b', "max_tokens": ' + b'9' * 5000 + b'}', 400,
+     "an integer of thousands of digits"),
+    (b'{"messages": []}', 400, "messages is empty"),
+    (b'{' + HI + b', "n": 2}', 400, "one choice per request"),
+    (b'{' + HI + b', "max_token": 4}', 400,
+     "unknown field 'max_token' (did you mean 'max_tokens'?)"),
+    (b'{' + HI + b', "logit_bias": {"5": NaN}}', 400, "must be a number in -100..100"),
+    (b'{' + HI + b', "logit_bias": {"5": 1e308}}', 400,
+     "must be a number in -100..100"),
+    (b'{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}', 400,
+     "reads text only"),
+    (b'{' + HI + b', "steering": {"profile": {"name": "../x\\ny", "alpha": 1, '
+     b'"units": []}}}', 400, "cannot be embedded"),
+    (b'{' + HI + b', "steering": {"profile": {"name": "mood", "alpha": -8, '
+     b'"units": [{"layer": 0, "site": "ffn", "dim": 1, "score": 0.5}]}, "profiles": {}}}', 400,
+     "differs from the server's profile of that name"),
 ])
 def test_bad_requests_get_a_4xx_that_says_what_to_do_and_the_server_keeps_serving(server, client, body, status,
                                                                                   message):
@@ -151,3 +172,78 @@ def test_a_client_that_disconnects_mid_stream_frees_the_model(server, client):
         for _ in range(4):
             next(lines)
     assert chat(client, {"enabled": False})[0] == expected  # would time out (120 s) if the model stayed held
+
+
+def test_text_parts_are_joined_as_openai_clients_send_them(client):
+    plain = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "the cat is\nhappy"}],
+                                           max_tokens=6, temperature=0)
+    parts = client.chat.completions.create(model="tiny", max_tokens=6, temperature=0, messages=[
+        {"role": "user", "content": [{"type": "text", "text": "the cat is"}, {"type": "text", "text": "happy"}]}])
+    assert parts.choices[0].message.content == plain.choices[0].message.content
+
+
+def test_odd_static_names_are_not_found(server):
+    for name in ("a%00.js", "a" * 3000 + ".js", "..%2Fapp.js", "app.js%00"):
+        assert httpx.get(f"{server}/static/{name}").status_code == 404
+    assert httpx.get(f"{server}/static/app.js").status_code == 200
+
+
+def test_a_loaded_profile_is_replaced_only_when_asked_and_the_default_runs_the_new_one(server, client):
+    first = Profile("swap", 2.0, [Unit(1, "layer", 7, 0.6)])
+    second = Profile("swap", -6.0, [Unit(0, "attn", 3, 0.9), Unit(2, "ffn", 4, -0.8)])
+    assert httpx.post(f"{server}/v1/steering/profiles", json=profile_to_dict(first)).status_code == 201
+    clash = httpx.post(f"{server}/v1/steering/profiles", json=profile_to_dict(second))
+    assert clash.status_code == 409 and "replace=true" in clash.json()["error"]["message"]
+    embedded = httpx.post(f"{server}/v1/steering/profiles", json=profile_to_dict(Profile("mood", 1.0, [])),
+                          params={"replace": "true"})
+    assert embedded.status_code == 409 and "embedded" in embedded.json()["error"]["message"]
+    try:
+        assert httpx.put(f"{server}/v1/steering", json={"profiles": {"swap": 1.0}}).status_code == 200
+        old_reply = chat(client, None)[0]
+        replaced = httpx.post(f"{server}/v1/steering/profiles", json=profile_to_dict(second),
+                              params={"replace": "true"})
+        assert replaced.status_code == 201
+        listed = next(p for p in httpx.get(f"{server}/v1/steering").json()["data"] if p["name"] == "swap")
+        assert listed["k"] == 2 and listed["alpha"] == -6.0
+        new_reply = chat(client, None)[0]
+        assert new_reply == chat(client, {"profiles": {"swap": 1.0}})[0] != old_reply
+    finally:
+        httpx.put(f"{server}/v1/steering", json={"profiles": {"mood": 1.0}})
+
+
+def test_an_api_key_guards_what_completes_or_changes_state(tiny_f32, tmp_path):
+    model = embed_profiles(tiny_f32, [MOOD], tmp_path / "tiny.gguf")
+    with running_server(model, "--n-ctx", "256", "--api-key", "sesame") as url:
+        body = {"messages": MESSAGES, "max_tokens": 2}
+        for method, path, data in (("POST", "/v1/chat/completions", body), ("POST", "/v1/completions",
+                                   {"prompt": "hi", "max_tokens": 2}), ("PUT", "/v1/steering", {"strength": 1.0}),
+                                   ("POST", "/v1/steering/profiles", profile_to_dict(CALM))):
+            refused = httpx.request(method, url + path, json=data, timeout=60)
+            assert refused.status_code == 401 and "API key" in refused.json()["error"]["message"]
+            wrong = httpx.request(method, url + path, json=data, headers={"Authorization": "Bearer nope"}, timeout=60)
+            assert wrong.status_code == 401
+        keyed = openai.OpenAI(base_url=f"{url}/v1", api_key="sesame", max_retries=0, timeout=60)
+        assert keyed.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2).choices[0].message
+        assert httpx.get(f"{url}/v1/steering").status_code == 200 and httpx.get(f"{url}/v1/models").status_code == 200
+        keyed_put = httpx.put(f"{url}/v1/steering", json={"strength": 1.0}, headers={"X-Api-Key": "sesame"})
+        assert keyed_put.status_code == 200
+
+
+def test_serve_refuses_what_it_cannot_do_safely_before_loading_anything(tiny_f32, tmp_path):
+    import subprocess
+    import sys
+
+    def serve(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "austeer_gguf", "serve", str(tiny_f32), *args],
+                              capture_output=True, text=True, timeout=120, env=env)
+
+    exposed = serve("--host", "0.0.0.0", "--port", "8977")
+    assert exposed.returncode == 2 and "without an API key" in exposed.stderr and "--insecure" in exposed.stderr
+    port = serve("--port", "99999")
+    assert port.returncode == 2 and "1..65535" in port.stderr and "Traceback" not in port.stderr
+    twin = tmp_path / "twin.json"
+    write_profile(Profile("calm", 1.0, [Unit(0, "ffn", 1, 0.5)]), twin)
+    calm = tmp_path / "calm.json"
+    write_profile(CALM, calm)
+    clash = serve("--profile", str(calm), "--profile", str(twin), "--port", "8978")
+    assert clash.returncode == 2 and "'calm' is loaded already" in clash.stderr

@@ -33,6 +33,9 @@ def load_json(text: str, origin: str) -> Any:
     except RecursionError:
         raise InputError(f"{origin} nests too deeply") from None
     except ValueError as error:  # e.g. an integer literal of thousands of digits
+        if "integer string conversion" in str(error):
+            raise InputError(f"{origin} is not usable JSON: it holds an integer of thousands of digits; send numbers "
+                             "a float can hold") from None
         raise InputError(f"{origin} is not usable JSON: {error}") from None
 
 

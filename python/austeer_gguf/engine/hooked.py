@@ -49,8 +49,8 @@ class HookedLlama(llama_cpp.Llama):
         self.model_file = model_file or ModelFile.open(model_path)
         self.shape = self.model_file.shape
         self.fingerprint = self.model_file.fingerprint
-        limits.check_resources(llama_kwargs, self.model_file)
         sequences = limits.check_count(sequences, "sequences", 1, limits.MAX_SEQUENCES, "llama.cpp's limit")
+        limits.check_resources(llama_kwargs, self.model_file, sequences)
         rpc.check_registered()
         if rpc_servers is not None:
             rpc.add_servers(rpc_servers)

@@ -42,13 +42,16 @@ def check_threads(value: int | None, name: str = "threads") -> int | None:
     return check_count(value, name, 1, cpu_count(), f"this machine has {cpu_count()} CPU cores")
 
 
-def check_context(n_ctx: Any, model: ModelFile) -> int:
-    """n_ctx for a model: 0 means the model's own context length (llama-cpp-python's convention)."""
+def check_context(n_ctx: Any, model: ModelFile, sequences: int = 1) -> int:
+    """n_ctx for a model: 0 means the model's own context length (llama-cpp-python's convention). A context of
+    several sequences may hold the model's context length for each."""
     trained = model.context_length
     if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx == 0 and trained:
         n_ctx = trained
-    limit = trained or 1 << 20
-    n_ctx = check_count(n_ctx, "n_ctx", 1, limit, f"the model's context length is {limit}")
+    limit = (trained or 1 << 20) * sequences
+    why = f"the model's context length is {trained or 1 << 20}" + (f", for each of {sequences} sequences"
+                                                                   if sequences > 1 else "")
+    n_ctx = check_count(n_ctx, "n_ctx", 1, limit, why)
     needed = n_ctx * model.kv_bytes_per_token
     budget = int(machine_memory() * MEMORY_SHARE)
     if needed > budget:
@@ -65,11 +68,11 @@ def check_max_tokens(max_tokens: Any, n_ctx: int) -> int:
     return check_count(max_tokens, "max_tokens", 1, n_ctx, f"the context holds {n_ctx} tokens")
 
 
-def check_resources(kwargs: dict[str, Any], model: ModelFile) -> None:
+def check_resources(kwargs: dict[str, Any], model: ModelFile, sequences: int = 1) -> None:
     """Refuse resource requests the model or machine cannot take, before llama.cpp allocates anything."""
     for name in ("n_threads", "n_threads_batch"):
         check_threads(kwargs.get(name), name)
-    n_ctx = check_context(kwargs.get("n_ctx", 512), model)
+    n_ctx = check_context(kwargs.get("n_ctx", 512), model, sequences)
     for name in ("n_batch", "n_ubatch"):
         if kwargs.get(name) is not None:
             check_batch(kwargs[name], max(n_ctx, 1), name)

@@ -52,6 +52,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def port(text: str) -> int:
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number in 1..65535, got {text}")
+    return value
+
+
 def bounded_float(low: float, high: float) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:

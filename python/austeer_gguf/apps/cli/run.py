@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from ... import models
 from ...engine.limits import PARALLEL
+from ...errors import InputError
 from ...setting import OFF
-from .common import MODEL_HELP, STRENGTH, add_runtime_options, command, open_steered, positive_int
+from .common import MODEL_HELP, STRENGTH, add_runtime_options, command, open_steered, port, positive_int
+
+API_KEY_VARIABLE = "AUSTEER_API_KEY"
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -85,14 +89,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..server import open_server, serve
 
+    api_key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    if not loopback and api_key is None and not args.insecure:
+        raise InputError(f"listening on {args.host} without an API key would let anyone who reaches it use the model "
+                         f"and change every user's steering: pass --api-key KEY (or set {API_KEY_VARIABLE}), or "
+                         "--insecure if that is what you want")
     server = open_server(models.resolve(args.model), profiles=args.profile or [], default=args.default,
                          n_ctx=args.n_ctx, threads=args.threads, strength=args.strength, apply=args.apply,
                          parallel=args.parallel)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {args.host}: anyone who can reach it can use the model", file=sys.stderr)
-    print(f"serving {server.alias} on http://{args.host}:{args.port}/ (OpenAI API under /v1; the assistant at /)",
-          file=sys.stderr)
-    serve(server, host=args.host, port=args.port)
+    if not loopback and api_key is None:
+        print(f"warning: listening on {args.host} with no API key: anyone who can reach it can use the model",
+              file=sys.stderr)
+    print(f"serving {server.alias} on http://{args.host}:{args.port}/ (OpenAI API under /v1; the assistant at /; "
+          f"{server.parallel} request(s) at a time{'; API key required' if api_key else ''})", file=sys.stderr)
+    serve(server, host=args.host, port=args.port, api_key=api_key)
     return 0
 
 
@@ -122,7 +133,10 @@ def register(commands) -> None:
                      "page", cmd_serve)
     serve_.add_argument("model", help=MODEL_HELP)
     serve_.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback: this machine only)")
-    serve_.add_argument("--port", type=positive_int, default=8080, help="port to listen on")
+    serve_.add_argument("--port", type=port, default=8080, help="port to listen on")
+    serve_.add_argument("--api-key", help=f"require this key (Authorization: Bearer KEY) on every route that "
+                        f"completes or changes state (default: ${API_KEY_VARIABLE}, else none)")
+    serve_.add_argument("--insecure", action="store_true", help="listen beyond loopback without an API key")
     serve_.add_argument("--profile", action="append", help="profile JSON file to offer beside the embedded ones "
                         "(repeatable)")
     serve_.add_argument("--default", help="default steering: NAME, NAME+NAME or NAME:0.5+NAME (default: the only "

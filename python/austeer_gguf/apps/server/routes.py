@@ -4,13 +4,14 @@ endpoints, and the assistant page with its static files."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from llama_cpp.server.app import prepare_request_resources
 from sse_starlette.sse import EventSourceResponse
@@ -21,24 +22,31 @@ from ...errors import InputError
 from ...jsonfile import load_json
 from ...setting import SteeringSetting
 from . import batched
-from .guards import BodyLimit, SteeringRoute, check_request
+from .guards import BodyLimit, SteeringRoute, check_key, check_request
 from .service import SteeringServer
 from .types import EXCLUDED, ChatRequest, CompletionRequest, SteeringRequest
 
 STATIC = "static"
+STATIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".png": "image/png", ".svg": "image/svg+xml"}
 
 
-def create_app(server: SteeringServer) -> FastAPI:
+def create_app(server: SteeringServer, api_key: str | None = None) -> FastAPI:
+    """The app; with `api_key`, every route that completes or changes state asks for it (`Authorization: Bearer
+    KEY`, as OpenAI clients send it, or `X-Api-Key`)."""
     app = FastAPI(title="austeer-gguf", version=__version__)
     app.add_middleware(BodyLimit)
     router = APIRouter(route_class=SteeringRoute)
+    def key_checked(request: Request) -> None:
+        check_key(request, api_key)
 
-    @router.post("/v1/chat/completions")
+    keyed = [Depends(key_checked)]
+
+    @router.post("/v1/chat/completions", dependencies=keyed)
     async def chat_completions(request: Request, body: ChatRequest):
         return await _complete(server, request, body, "create_chat_completion")
 
-    @router.post("/v1/completions")
+    @router.post("/v1/completions", dependencies=keyed)
     async def completions(request: Request, body: CompletionRequest):
         if isinstance(body.prompt, list):
             if len(body.prompt) > 1:
@@ -55,21 +63,21 @@ def create_app(server: SteeringServer) -> FastAPI:
     async def get_steering():
         return server.listing()
 
-    @router.put("/v1/steering")
+    @router.put("/v1/steering", dependencies=keyed)
     async def put_steering(body: SteeringRequest):
         async with server.lock:
             default = server.set_default(body)
         return {"default": default.describe()}
 
-    @router.post("/v1/steering/profiles", status_code=201)
-    async def post_profile(request: Request):
+    @router.post("/v1/steering/profiles", status_code=201, dependencies=keyed)
+    async def post_profile(request: Request, replace: bool = False):
         try:
             text = (await request.body()).decode("utf-8")
         except UnicodeDecodeError:
             raise InputError("the request body is not UTF-8: send a profile JSON object") from None
         data = load_json(text, "the request body")
         async with server.lock:
-            profile = server.add_profile(data)
+            profile = server.add_profile(data, replace=replace)
         return {"name": profile.name, "k": profile.k, "sites": list(profile.sites)}
 
     app.include_router(router)
@@ -81,7 +89,7 @@ def create_app(server: SteeringServer) -> FastAPI:
     @app.get("/static/{name}", include_in_schema=False)
     async def asset(name: str):
         suffix = Path(name).suffix
-        if "/" in name or suffix not in STATIC_TYPES:
+        if not STATIC_NAME.match(name) or suffix not in STATIC_TYPES:
             raise HTTPException(404)
         try:
             data = _asset_bytes(name)
@@ -110,7 +118,7 @@ async def _complete(server: SteeringServer, request: Request, body, call: str):
         if body.stream:
             return EventSourceResponse(batched.stream(server, request, body, setting), sep="\n")
         return await batched.complete(server, request, body, setting)
-    kwargs = body.model_dump(exclude=EXCLUDED)
+    kwargs = body.model_dump(exclude=EXCLUDED | set(body.model_extra or {}))
     if kwargs.get("stream"):
         return EventSourceResponse(_stream(server, request, setting, body, call, kwargs), sep="\n")
     async with server.lock:
@@ -140,10 +148,10 @@ async def _stream(server: SteeringServer, request: Request, setting: SteeringSet
                     await run_in_threadpool(getattr(chunks, "close", lambda: None))
 
 
-def serve(server: SteeringServer, *, host: str = "127.0.0.1", port: int = 8080) -> None:
+def serve(server: SteeringServer, *, host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None) -> None:
     import uvicorn
 
     try:
-        uvicorn.run(create_app(server), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(server, api_key), host=host, port=port, log_level="warning")
     finally:
         server.close()

@@ -20,7 +20,9 @@ from ...jsonfile import read_json_file
 from ...profile import Profile, parse_mix
 from ...runtime.steered_llama import SteeredLlama
 from ...setting import SteeringSetting
-from .types import SteeringRequest
+from .types import Conflict, SteeringRequest
+
+MAX_PROFILES = 64  # profiles the library holds (embedded and loaded)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,21 +81,45 @@ class SteeringServer:
         if request.profiles is not None:
             weights = list(request.profiles.items())
         if request.profile is not None:
-            weights.append((profile_from_dict(request.profile), 1.0))
+            named = {spec if isinstance(spec, str) else spec.name for spec, _ in weights}
+            weights.append((self._inline(request.profile, also_named=named), 1.0))
         profiles = [(self.llm.steering.named(spec) if isinstance(spec, str) else spec, weight)
                     for spec, weight in weights]
         return {"profiles": profiles, "strength": base.strength if request.strength is None else request.strength,
                 "enabled": base.enabled if request.enabled is None else request.enabled,
                 "scope": base.scope if request.apply is None else request.apply}
 
-    def add_profile(self, data: Any) -> Profile:
+    def _inline(self, data: Any, also_named: set[str]) -> Profile:
+        """A request's inline profile: a valid name, and not a different profile under a library profile's name
+        (a reply reports profiles by name, so one name must mean one profile; a name the request also gives in
+        `profiles` is refused as named twice when the setting is made)."""
         profile = profile_from_dict(data)
         check_name(profile.name)
-        if self.sources.get(profile.name) == "embedded":
-            raise InputError(f"profile {profile.name!r} is embedded in the model; add yours under another name")
+        clashes = profile.name in self.sources and profile.name not in also_named
+        if clashes and self.llm.steering.named(profile.name) != profile:
+            raise InputError(f"the inline profile {profile.name!r} differs from the server's profile of that name: "
+                             "give it another name")
+        return profile
+
+    def add_profile(self, data: Any, *, replace: bool = False) -> Profile:
+        """Add a profile to the library; one of the same name is replaced only when asked (and never an embedded
+        one). The default keeps naming it, and runs the new one from the next request on."""
+        profile = profile_from_dict(data)
+        check_name(profile.name)
+        source = self.sources.get(profile.name)
+        if source == "embedded":
+            raise Conflict(f"profile {profile.name!r} is embedded in the model; add yours under another name")
+        if source is not None and not replace:
+            raise Conflict(f"a profile named {profile.name!r} is loaded already: add yours under another name, or "
+                           "replace it (POST /v1/steering/profiles?replace=true)")
+        if source is None and len(self.sources) >= MAX_PROFILES:
+            raise InputError(f"the server holds {MAX_PROFILES} profiles, its limit: restart it with the ones you need")
         profile.check_model(self.llm.shape, self.llm.fingerprint)
         self.llm.steering.add_profiles({profile.name: profile})
         self.sources[profile.name] = "loaded"
+        if any(p.name == profile.name for p, _ in self.default.profiles):
+            swapped = tuple((profile if p.name == profile.name else p, w) for p, w in self.default.profiles)
+            self.default = dataclasses.replace(self.default, profiles=swapped)
         return profile
 
     def listing(self) -> dict[str, Any]:
@@ -118,7 +144,10 @@ def open_server(model: str | Path, *, profiles: list[str] = (), default: str | N
                        **llama_kwargs)
     server = SteeringServer(llm, Path(model).name, n_ctx)
     for path in profiles:
-        server.add_profile(read_json_file(Path(path), "profile"))
+        try:
+            server.add_profile(read_json_file(Path(path), "profile"))
+        except Conflict as clash:
+            raise InputError(f"{path}: {clash}") from None
     names = list(llm.steering.available)
     only = {names[0]: 1.0} if len(names) == 1 else {}
     mix = only if default is None else dict(parse_mix(default))
