@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from austeer_gguf import ControlVector, InputError, Profile, Unit
+from austeer_gguf import OFF, ControlVector, InputError, Profile, Unit
 from austeer_gguf.formats.embedded import embed_profiles, profile_key, read_profiles
 from austeer_gguf.formats.profiles import read_profile
 from austeer_gguf.ggufio.atomic import atomic_write_text
@@ -187,6 +187,35 @@ def test_the_runtime_refuses_what_the_cli_would(tiny_f32):
 def test_control_vector_layers_outside_the_model_are_refused(model, pairs, tmp_path):
     refused(cli("export-cvec", model, pairs, "--layers", "2-5", "-o", tmp_path / "c.gguf"),
             "layers 2-5 are outside this model's 1-2")
+
+
+def test_control_vectors_that_would_break_the_residual_stream_are_refused_everywhere(model, tmp_path):
+    from austeer_gguf.formats.control_vectors import write_control_vector
+    from austeer_gguf.formats.profiles import profile_to_dict, write_profile
+
+    huge = ControlVector({1: np.full(64, 1e30, np.float32), 2: np.zeros(64, np.float32)}, "llama")
+    cvec = write_control_vector(huge, tmp_path / "huge.gguf")
+    profile = Profile("huge", 1.0, [], control=huge)
+    with pytest.raises(InputError, match=r"beyond \+-100000"):
+        read_profile(json.dumps(profile_to_dict(profile)))
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps(profile_to_dict(profile)))
+    message = "not finite or beyond +-100000"
+    refused(cli("embed", model, path, "-o", tmp_path / "s.gguf"), message)
+    refused(cli("generate", model, "hi", "--cvec", cvec, "--max-tokens", "2"), message)
+    refused(cli("generate", model, "hi", "--profile", path, "--max-tokens", "2"), message)
+    assert not (tmp_path / "s.gguf").exists()
+    small = ControlVector({1: np.full(64, 500.0, np.float32)}, "llama")
+    write_profile(Profile("small", 1.0, [], control=small), tmp_path / "small.json")
+    refused(cli("generate", model, "hi", "--profile", tmp_path / "small.json", "--strength", "900",
+                "--max-tokens", "2"), "add more than +-100000 to a residual value")
+
+
+def test_a_profile_without_units_or_vector_steers_nothing_and_says_so(model):
+    llm = open_steered(model)
+    setting = llm.steering.setting([(Profile("empty", 5.0, []), 1.0)])
+    assert setting is OFF or setting == OFF
+    assert setting.describe() == {"enabled": False, "profiles": {}, "strength": 0.0, "apply": "all"}
 
 
 # ---- nothing is lost ---------------------------------------------------------------------------------------

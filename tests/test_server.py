@@ -5,13 +5,20 @@ bad requests answered 4xx while the server keeps serving, and a client that disc
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import httpx
 import openai
 import pytest
 
 from austeer_gguf import Profile, Unit
+from austeer_gguf.engine.rpc import free_port
 from austeer_gguf.formats.embedded import embed_profiles
 from austeer_gguf.formats.profiles import profile_to_dict, write_profile
 
@@ -230,9 +237,6 @@ def test_an_api_key_guards_what_completes_or_changes_state(tiny_f32, tmp_path):
 
 
 def test_serve_refuses_what_it_cannot_do_safely_before_loading_anything(tiny_f32, tmp_path):
-    import subprocess
-    import sys
-
     def serve(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "austeer_gguf", "serve", str(tiny_f32), *args],
                               capture_output=True, text=True, timeout=120, env=env)
@@ -247,3 +251,58 @@ def test_serve_refuses_what_it_cannot_do_safely_before_loading_anything(tiny_f32
     write_profile(CALM, calm)
     clash = serve("--profile", str(calm), "--profile", str(twin), "--port", "8978")
     assert clash.returncode == 2 and "'calm' is loaded already" in clash.stderr
+
+
+def read_stream(url: str, body: dict, lines: list, started: threading.Event) -> None:
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=120) as response:
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                lines.append(line[len("data:"):].strip())
+                started.set()
+
+
+def stop_while_streaming(model, args: list[str], bodies: list[dict]) -> list[list[str]]:
+    """Start a server, start streams, SIGTERM it while they run; what each stream received, and the exit."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "austeer_gguf", "serve", str(model), "--port", str(port),
+                                "--threads", "2", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        received = [[] for _ in bodies]
+        events = [threading.Event() for _ in bodies]
+        readers = [threading.Thread(target=read_stream, args=(url, body, lines, event))
+                   for body, lines, event in zip(bodies, received, events)]
+        for reader in readers:
+            reader.start()
+        for event in events:
+            assert event.wait(120)
+        process.send_signal(signal.SIGTERM)
+        for reader in readers:
+            reader.join(120)
+        assert process.wait(60) in (0, 143, -signal.SIGTERM)
+        return received
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_sigterm_lets_short_streams_finish_and_ends_long_ones_with_an_error_event(tiny_f32):
+    short = {"messages": MESSAGES, "max_tokens": 40, "temperature": 0}
+    long = {"messages": MESSAGES, "max_tokens": 3500, "min_tokens": 3500, "temperature": 0}
+    finished, cut = stop_while_streaming(tiny_f32, ["--n-ctx", "4096", "--drain", "1"], [short, long])
+    assert finished[-1] == "[DONE]"
+    assert "shutting down" in json.loads(cut[-1])["error"]["message"]
+
+
+@pytest.mark.real_model
+def test_sigterm_ends_a_long_stream_of_the_one_at_a_time_server_with_an_error_event(smollm2):
+    long = {"messages": [{"role": "user", "content": "Tell me a very long story."}], "max_tokens": 1500,
+            "min_tokens": 1500, "temperature": 0}
+    (cut,) = stop_while_streaming(smollm2, ["--parallel", "1", "--drain", "1"], [long])
+    assert "shutting down" in json.loads(cut[-1])["error"]["message"] and len(cut) > 2

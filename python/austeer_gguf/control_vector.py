@@ -14,6 +14,8 @@ import numpy as np
 
 from .errors import InputError
 
+MAX_VALUE = 1e5  # the largest value a control vector may add to a residual coordinate
+
 
 @dataclass(eq=False)
 class ControlVector:
@@ -37,11 +39,21 @@ class ControlVector:
         return sorted(self.directions)
 
     def check_fits(self, n_layers: int, width: int, what: str = "the control vector") -> None:
-        """InputError unless every direction is a finite vector of `width` for a layer in 1..n_layers-1."""
+        """InputError unless every direction is a vector of `width` for a layer in 1..n_layers-1, with values
+        `check_values` accepts."""
         for layer, direction in self.directions.items():
-            if not 1 <= layer < n_layers or direction.shape != (width,) or not np.isfinite(direction).all():
+            if not 1 <= layer < n_layers or direction.shape != (width,):
                 raise InputError(f"{what}'s direction.{layer} does not fit this model: finite values, layers "
                                  f"1..{n_layers - 1} of width {width}")
+        self.check_values(what)
+
+    def check_values(self, what: str = "the control vector") -> None:
+        """InputError unless every value is finite and within +-MAX_VALUE (beyond it a residual stream is
+        broken, not steered: a vector of 1e30 only gives empty replies)."""
+        for layer, direction in self.directions.items():
+            if not np.isfinite(direction).all() or float(np.abs(direction).max(initial=0.0)) > MAX_VALUE:
+                raise InputError(f"{what}'s direction.{layer} has values that are not finite or beyond "
+                                 f"+-{MAX_VALUE:g}: this is not a control vector for a language model")
 
     def scaled(self, multiplier: float) -> dict[int, np.ndarray]:
         return {layer: direction * np.float32(multiplier) for layer, direction in self.directions.items()}

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import sites
-from .control_vector import ControlVector
+from .control_vector import MAX_VALUE, ControlVector
 from .errors import InputError
 from .fingerprint import ModelFingerprint
 from .profile import MAX_FACTOR, MAX_STRENGTH, Profile, check_strength
@@ -79,7 +79,7 @@ class SteeringSetting:
                 raise InputError(f"profile {profile.name!r} is named twice")
             names.add(profile.name)
             profile.check_model(shape, fingerprint, allow_mismatch=allow_model_mismatch)
-            if weight != 0.0:
+            if weight != 0.0 and (profile.units or profile.control is not None):  # an empty profile steers nothing
                 chosen.append((profile, weight))
         strength = check_strength(strength)
         if not isinstance(enabled, bool):
@@ -94,6 +94,10 @@ class SteeringSetting:
         setting = cls(tuple(chosen) if steers_profiles else (), strength if steers_profiles else 0.0,
                       control_setting, scope)
         setting.units  # noqa: B018 (refuses a factor out of range now, not at the first decode; off or on)
+        added = max((float(np.abs(d).max()) for d in setting.control_directions.values()), default=0.0)
+        if not added <= MAX_VALUE:
+            raise InputError(f"the control vectors together add more than +-{MAX_VALUE:g} to a residual value: lower "
+                             "the multiplier, the weights or the strength")
         return setting if enabled and setting.active else OFF
 
     @property

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .. import datasets
+from ..control_vector import MAX_VALUE
 from ..errors import InputError
 from ..profile import MAX_ALPHA, MAX_FACTOR, MAX_STRENGTH, Profile
 from ..setting import OFF, SteeringSetting
@@ -101,13 +102,17 @@ def calibrate(llm, profile: Profile, *, kl: float | None = None, perplexity_rati
 
 
 def _strength_ceiling(profile: Profile) -> float:
-    """The largest strength the profile can take (factor and alpha bounds)."""
+    """The largest strength the profile can take (factor, alpha and control-vector bounds)."""
     gains = max((abs(profile.alpha * unit.score) for unit in profile.units), default=0.0)
     if gains == 0.0 and profile.control is None:
         raise InputError(f"profile {profile.name!r} steers nothing (no units, or alpha 0): nothing to calibrate")
-    if gains == 0.0:
-        return MAX_STRENGTH  # a control vector alone: the strength is its multiplier
-    return min(MAX_FACTOR / gains, MAX_ALPHA / max(abs(profile.alpha), 1e-12), MAX_STRENGTH)
+    ceiling = MAX_STRENGTH
+    if gains > 0.0:
+        ceiling = min(ceiling, MAX_FACTOR / gains, MAX_ALPHA / max(abs(profile.alpha), 1e-12))
+    if profile.control is not None:  # the strength multiplies the vector too
+        largest = max(float(np.abs(d).max(initial=0.0)) for d in profile.control.directions.values())
+        ceiling = min(ceiling, MAX_VALUE / max(largest, 1e-12))
+    return ceiling
 
 
 def _bracket(at: Callable[[float], float], budget: float, ceiling: float,

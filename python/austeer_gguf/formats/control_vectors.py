@@ -56,4 +56,6 @@ def read_control_vector(path: str | Path) -> ControlVector:
     widths = {direction.size for direction in directions.values()}
     if len(widths) != 1 or not all(np.isfinite(d).all() for d in directions.values()):
         raise InputError(f"{path}: its directions must be finite and of one width")
-    return ControlVector(directions, hint.contents() if hint else "")
+    vector = ControlVector(directions, hint.contents() if hint else "")
+    vector.check_values(str(path))
+    return vector

@@ -217,4 +217,6 @@ def control_vector_from_dict(data: object) -> ControlVector:
         directions[int(key)] = vector
     hint, n_pairs = data.get("model_hint", ""), data.get("n_pairs", 0)
     valid_count = isinstance(n_pairs, int) and not isinstance(n_pairs, bool) and 0 <= n_pairs < 1 << 62
-    return ControlVector(directions, hint if isinstance(hint, str) else "", n_pairs if valid_count else 0)
+    vector = ControlVector(directions, hint if isinstance(hint, str) else "", n_pairs if valid_count else 0)
+    vector.check_values()
+    return vector

@@ -12,7 +12,16 @@ from ... import models
 from ...engine.limits import PARALLEL
 from ...errors import InputError
 from ...setting import OFF
-from .common import MODEL_HELP, STRENGTH, add_runtime_options, command, open_steered, port, positive_int
+from .common import (
+    MODEL_HELP,
+    STRENGTH,
+    add_runtime_options,
+    bounded_float,
+    command,
+    open_steered,
+    port,
+    positive_int,
+)
 
 API_KEY_VARIABLE = "AUSTEER_API_KEY"
 
@@ -98,6 +107,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = open_server(models.resolve(args.model), profiles=args.profile or [], default=args.default,
                          n_ctx=args.n_ctx, threads=args.threads, strength=args.strength, apply=args.apply,
                          parallel=args.parallel)
+    if args.drain is not None:
+        server.drain_seconds = args.drain
     if not loopback and api_key is None:
         print(f"warning: listening on {args.host} with no API key: anyone who can reach it can use the model",
               file=sys.stderr)
@@ -137,6 +148,9 @@ def register(commands) -> None:
     serve_.add_argument("--api-key", help=f"require this key (Authorization: Bearer KEY) on every route that "
                         f"completes or changes state (default: ${API_KEY_VARIABLE}, else none)")
     serve_.add_argument("--insecure", action="store_true", help="listen beyond loopback without an API key")
+    serve_.add_argument("--drain", type=bounded_float(0.1, 3600.0), metavar="SECONDS",
+                        help="on SIGTERM or SIGINT, let running streams go on this long (default 10), then end them "
+                        "with an error event")
     serve_.add_argument("--profile", action="append", help="profile JSON file to offer beside the embedded ones "
                         "(repeatable)")
     serve_.add_argument("--default", help="default steering: NAME, NAME+NAME or NAME:0.5+NAME (default: the only "

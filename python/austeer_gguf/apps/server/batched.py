@@ -10,6 +10,8 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
+from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from ... import conversation
@@ -91,7 +93,32 @@ def _collect(job: Job) -> tuple[str, Done]:
     raise RuntimeError("the job ended without an event")
 
 
-async def stream(server, request, body, setting: SteeringSetting) -> AsyncIterator[dict]:
+DRAIN_SECONDS = 10.0  # by default, how long a shutdown lets running streams go on before it ends them
+SHUT_DOWN = {"data": json.dumps({"error": {"message": "the server is shutting down: this reply was cut short; send the "
+                                           "request again", "type": "server_error"}})}
+
+
+class Drain:
+    """One stream's view of a server shutdown (SIGTERM, SIGINT): the stream goes on for up to `seconds`, and
+    then ends with an error event, so that no client takes a cut reply for a whole one."""
+
+    def __init__(self, seconds: float = DRAIN_SECONDS) -> None:
+        self.seconds = seconds
+        self.event = anyio.Event()  # set by sse-starlette when the server starts shutting down
+        self._deadline: float | None = None
+
+    def expired(self) -> bool:
+        if not self.event.is_set():
+            return False
+        if self._deadline is None:
+            self._deadline = time.monotonic() + 0.8 * self.seconds  # before sse-starlette cancels the stream
+        return time.monotonic() >= self._deadline
+
+    def response(self, events: AsyncIterator[dict]) -> EventSourceResponse:
+        return EventSourceResponse(events, sep="\n", shutdown_event=self.event, shutdown_grace_period=self.seconds)
+
+
+async def stream(server, request, body, setting: SteeringSetting, drain: Drain) -> AsyncIterator[dict]:
     """Server-sent events: one chunk per piece of text, then one with the finish reason, then [DONE]."""
     job = server.scheduler.submit(job_of(server, body, setting))
     chat = isinstance(body, ChatRequest)
@@ -122,6 +149,9 @@ async def stream(server, request, body, setting: SteeringSetting) -> AsyncIterat
                 if not chat and getattr(body, "suffix", None):
                     yield chunk(body.suffix)
                 yield chunk(None, event.finish_reason)
+            if drain.expired():
+                yield SHUT_DOWN
+                return
             if await request.is_disconnected():
                 return
         yield {"data": "[DONE]"}

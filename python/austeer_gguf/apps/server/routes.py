@@ -14,7 +14,6 @@ import anyio
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from llama_cpp.server.app import prepare_request_resources
-from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from ..._version import __version__
@@ -116,11 +115,13 @@ async def _complete(server: SteeringServer, request: Request, body, call: str):
     setting = server.setting(body.steering)
     if server.scheduler is not None:
         if body.stream:
-            return EventSourceResponse(batched.stream(server, request, body, setting), sep="\n")
+            drain = batched.Drain(server.drain_seconds)
+            return drain.response(batched.stream(server, request, body, setting, drain))
         return await batched.complete(server, request, body, setting)
     kwargs = body.model_dump(exclude=EXCLUDED | set(body.model_extra or {}))
     if kwargs.get("stream"):
-        return EventSourceResponse(_stream(server, request, setting, body, call, kwargs), sep="\n")
+        drain = batched.Drain(server.drain_seconds)
+        return drain.response(_stream(server, request, setting, body, call, kwargs, drain))
     async with server.lock:
         if await request.is_disconnected():
             raise HTTPException(400, "client closed the request")
@@ -130,7 +131,7 @@ async def _complete(server: SteeringServer, request: Request, body, call: str):
 
 
 async def _stream(server: SteeringServer, request: Request, setting: SteeringSetting, body, call: str,
-                  kwargs: dict) -> AsyncIterator[dict]:
+                  kwargs: dict, drain: batched.Drain) -> AsyncIterator[dict]:
     described = setting.describe()
     async with server.lock:
         with server.llm.steering.using(setting):  # the completion starts at the first chunk, within this block
@@ -138,6 +139,9 @@ async def _stream(server: SteeringServer, request: Request, setting: SteeringSet
             try:
                 async for chunk in iterate_in_threadpool(chunks):
                     yield {"data": json.dumps({**chunk, "model": server.alias, "steering": described})}
+                    if drain.expired():
+                        yield batched.SHUT_DOWN
+                        return
                     if await request.is_disconnected():
                         return
                 yield {"data": "[DONE]"}

@@ -20,6 +20,7 @@ from ...jsonfile import read_json_file
 from ...profile import Profile, parse_mix
 from ...runtime.steered_llama import SteeredLlama
 from ...setting import SteeringSetting
+from .batched import DRAIN_SECONDS
 from .types import Conflict, SteeringRequest
 
 MAX_PROFILES = 64  # profiles the library holds (embedded and loaded)
@@ -51,6 +52,7 @@ class SteeringServer:
         self.sources = {name: "embedded" for name in llm.steering.available}
         self.lock = anyio.Lock()
         self.default = Defaults()
+        self.drain_seconds = DRAIN_SECONDS  # how long a shutdown lets streams run on (then an error event ends them)
         sequences = int(llama_cpp.llama_n_seq_max(llm.ctx))
         self.scheduler = Scheduler(llm).start() if sequences > 1 else None
 
