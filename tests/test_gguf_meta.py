@@ -155,3 +155,48 @@ def test_an_embedded_profile_that_does_not_fit_is_refused_on_use_not_on_load(tin
     with pytest.raises(ValueError, match="layer out of range"):
         llm.steering.use("wide")
     assert llm.steering.profile == profiles()[1]
+
+
+# ---- two writers of one file ---------------------------------------------------------------------------
+
+
+def test_two_in_place_embeds_at_once_keep_both_profiles(tiny_f32, tmp_path):
+    model = tmp_path / "model.gguf"
+    for trial in range(6):
+        model.write_bytes(tiny_f32.read_bytes())
+        files = []
+        for index, profile in enumerate(profiles()):
+            path = tmp_path / f"p{trial}-{index}.json"
+            write_profile(profile, path)
+            files.append(path)
+        runs = [subprocess.Popen([sys.executable, "-m", "austeer_gguf", "embed", str(model), str(path), "--in-place"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for path in files]
+        results = [(run.wait(120), run.stderr.read()) for run in runs]
+        assert [code for code, _ in results] == [0, 0], results
+        assert sorted(read_profiles(model)) == sorted(p.name for p in profiles()), f"trial {trial}: a profile was lost"
+
+
+def test_embed_racing_strip_loses_nothing_and_leaves_a_readable_file(tiny_f32, tmp_path):
+    model = tmp_path / "model.gguf"
+    first, second = profiles()
+    for trial in range(4):
+        model.write_bytes(embed_profiles(tiny_f32, [first], tmp_path / "start.gguf").read_bytes())
+        path = tmp_path / "second.json"
+        write_profile(second, path)
+        runs = [subprocess.Popen([sys.executable, "-m", "austeer_gguf", *args], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+                for args in (["embed", str(model), str(path), "--in-place"],
+                             ["strip", str(model), "--name", first.name, "--in-place"])]
+        assert [run.wait(120) for run in runs] == [0, 0], [run.stderr.read() for run in runs]
+        assert list(read_profiles(model)) == [second.name], f"trial {trial}"  # either order gives this
+
+
+def test_a_rewrite_from_a_layout_of_a_file_since_replaced_is_refused(tiny_f32, tmp_path):
+    model = tmp_path / "model.gguf"
+    model.write_bytes(tiny_f32.read_bytes())
+    stale = scan(model)  # read, then another program renames a different file into place
+    embed_profiles(model, profiles(), model)
+    before = model.read_bytes()
+    with pytest.raises(ValueError, match="changed after it was read"):
+        rewrite(stale, model, drop_key=lambda key: False, new_keys={"x.note": "stale"})
+    assert model.read_bytes() == before and list(read_profiles(model)) == [p.name for p in profiles()]

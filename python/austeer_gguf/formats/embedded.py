@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..ggufio.atomic import locked_folder
 from ..ggufio.layout import GgufLayout
 from ..ggufio.rewrite import MetadataValue, rewrite
 from ..profile import Profile
@@ -102,30 +103,33 @@ def embed_profiles(source: str | Path | ModelFile, profiles: list[Profile], targ
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise InputError(f"two profiles are named {', '.join(repeated)}: give each its own name (--name)")
-    model = source if isinstance(source, ModelFile) else ModelFile.open(source)
-    for profile in profiles:
-        check_name(profile.name)
-        profile.check_model(model.shape, model.fingerprint, allow_mismatch=allow_model_mismatch)
-    texts = embedded_profiles(model.fields).texts
-    for profile in profiles:
-        texts[profile.name] = encode_compact(profile)
-    return _rewrite(model.layout, Path(target), texts)
+    source = source.path if isinstance(source, ModelFile) else Path(source)
+    with locked_folder(Path(target).parent):  # scanned and rewritten in one turn (see ggufio.rewrite)
+        model = ModelFile.open(source)
+        for profile in profiles:
+            check_name(profile.name)
+            profile.check_model(model.shape, model.fingerprint, allow_mismatch=allow_model_mismatch)
+        texts = embedded_profiles(model.fields).texts
+        for profile in profiles:
+            texts[profile.name] = encode_compact(profile)
+        return _rewrite(model.layout, Path(target), texts)
 
 
 def strip_profiles(source: str | Path, target: str | Path, names: list[str] | None = None) -> Path:
     """Write `target` as `source` without the named profiles (all of them when names is None); broken
     profiles can be removed by name too."""
-    model = ModelFile.open(source)
-    found = embedded_profiles(model.fields)
-    if names is not None:
-        unknown = [name for name in names if name not in found.names]
-        if unknown:
-            raise InputError(f"no embedded profile named {', '.join(unknown)}; the model has "
-                             f"{', '.join(found.names) or 'none'}")
-        kept = {name: text for name, text in found.texts.items() if name not in names}
-    else:
-        kept = {}
-    return _rewrite(model.layout, Path(target), kept)
+    with locked_folder(Path(target).parent):
+        model = ModelFile.open(source)
+        found = embedded_profiles(model.fields)
+        if names is not None:
+            unknown = [name for name in names if name not in found.names]
+            if unknown:
+                raise InputError(f"no embedded profile named {', '.join(unknown)}; the model has "
+                                 f"{', '.join(found.names) or 'none'}")
+            kept = {name: text for name, text in found.texts.items() if name not in names}
+        else:
+            kept = {}
+        return _rewrite(model.layout, Path(target), kept)
 
 
 def _profile_keys(texts: dict[str, str]) -> dict[str, MetadataValue]:

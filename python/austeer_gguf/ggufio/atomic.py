@@ -18,6 +18,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -115,6 +116,33 @@ def _mode_for(target: Path) -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def locked_folder(folder: Path, timeout: float = 600.0) -> Iterator[None]:
+    """Hold an exclusive lock of a folder (flock on the folder itself: no lock file is left behind), so that
+    writers that read a file and rename a new one over it take turns. Waits for another holder, up to
+    `timeout` seconds. Where the system has no flock, nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise InputError(f"another program has been writing in {folder} for {timeout:.0f} s: wait for it, "
+                                     "then run the command again") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 def atomic_write_text(target: Path, text: str) -> None:

@@ -7,11 +7,13 @@ a model for its shape, fingerprint or embedded profiles stays cheap. Tensor data
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import gguf
 import numpy as np
@@ -60,6 +62,11 @@ class GgufLayout:
     tensor_info_span: tuple[int, int]
     alignment: int
     data_offset: int
+    identity: tuple[int, ...] = ()  # (device, inode, size, mtime in ns) of the file scanned
+
+    def same_file(self, opened: BinaryIO) -> bool:
+        """Whether an open file is the one this layout was scanned from, unchanged."""
+        return _identity(os.fstat(opened.fileno())) == self.identity
 
     def value(self, key: str, default: Any = None) -> Any:
         entry = self.metadata.get(key)
@@ -122,7 +129,7 @@ def scan(path: str | Path) -> GgufLayout:
         raise InputError(f"{path} is not a readable GGUF file (it is empty)")
     try:
         with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
-            return _scan(path, buffer)
+            return dataclasses.replace(_scan(path, buffer), identity=_identity(os.fstat(file.fileno())))
     except (struct.error, ValueError, OverflowError, IndexError, KeyError, MemoryError) as error:
         raise InputError(f"{path} is not a readable GGUF file ({error})") from None
 
@@ -166,6 +173,10 @@ def _scan(path: Path, buffer: mmap.mmap) -> GgufLayout:
     if data_offset + end_of_data > len(buffer):
         raise ValueError(f"truncated: tensor data needs {data_offset + end_of_data} bytes, the file has {len(buffer)}")
     return GgufLayout(path, version, metadata, tensors, (info_start, info_end), alignment, data_offset)
+
+
+def _identity(status: os.stat_result) -> tuple[int, ...]:
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
 
 def read_fields(path: str | Path) -> dict[str, Any]:

@@ -4,6 +4,11 @@ Tensor offsets are relative to the data section, and a patch keeps a tensor's si
 copied as they are. The written data section is read back and compared with what was meant (the source
 bytes, or the patched bytes), then a temporary file is renamed over the target (also when target is the
 source itself), so a failure at any point leaves the target as it was.
+
+Two writers of one folder (two `embed --in-place` runs, `embed` and `strip`) take turns: each scans and
+rewrites under an exclusive lock of the target's folder (`atomic.locked_folder`), so the second one reads what
+the first one wrote and nothing is lost. The source is checked to be the very file that was scanned: offsets
+of another file would copy the wrong bytes.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import BinaryIO
 
 import gguf
 
+from ..errors import InputError
 from .atomic import atomic_output
 from .layout import GgufLayout
 
@@ -32,8 +38,11 @@ def rewrite(layout: GgufLayout, target: Path, *, drop_key: Callable[[str], bool]
         raise ValueError(f"no tensor named {', '.join(sorted(unknown))} in {layout.path}")
     kept = [entry for key, entry in layout.metadata.items() if not drop_key(key) and key not in new_keys]
     info_start, info_end = layout.tensor_info_span
-    data_size = layout.path.stat().st_size - layout.data_offset
     with layout.path.open("rb") as original, atomic_output(Path(target)) as (out, temporary):
+        if not layout.same_file(original):
+            raise InputError(f"{layout.path} changed after it was read (another program wrote it): nothing was "
+                             "written; run the command again")
+        data_size = os.fstat(original.fileno()).st_size - layout.data_offset
         out.write(b"GGUF" + struct.pack("<IQQ", layout.version, len(layout.tensors), len(kept) + len(new_keys)))
         for entry in kept:
             original.seek(entry.start)
