@@ -171,7 +171,7 @@ def bench_clients(path: Path, steered: Path, clients: int, args, llama_server: s
             server(*started["llama"]) as llama:
         urls = {"serial": serial, "batched": batched, "mixed": batched, "llama": llama}
         solo = openai.OpenAI(base_url=serial, api_key="unused", max_retries=0, timeout=600)
-        distinct = {json.dumps([prompt, steering]): (prompt, steering) for prompt, steering in mixed}
+        distinct = {json.dumps([prompt, steering]): (prompt, steering) for prompt, steering in mixed + single}
         alone = {key: request(solo, prompt, steering, args.max_tokens)[0]
                  for key, (prompt, steering) in distinct.items()}
         for mode in urls:  # warm-up

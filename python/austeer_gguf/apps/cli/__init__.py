@@ -61,8 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print("interrupted: any file it was writing was removed, the inputs are as they were", file=sys.stderr)
         return 130
     except Terminated:
+        print("terminated (SIGTERM): any file it was writing was removed, the inputs are as they were",
+              file=sys.stderr)
         return 143
     finally:
         signal.signal(signal.SIGTERM, previous)
