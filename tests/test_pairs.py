@@ -138,3 +138,24 @@ def test_pairs_too_uneven_to_cut_are_skipped_not_emptied(tmp_path):
         result = tokenize_pairs(pairs, tokenize, max_tokens=4)
     assert result.uneven == 1 and len(result.pairs) == 1
     assert all(p.positive and p.negative for p in result.pairs)
+
+
+@pytest.mark.real_model
+def test_conversations_render_to_the_tokens_llama_cpp_pythons_chat_handler_sends(smollm2):
+    """SmolLM2's BOS is its template's first `<|im_start|>`, and it adds no BOS itself: the text must keep it, as
+    llama-cpp-python's own chat completion does. (Gemma-3-270M is a base model: it has no template.)"""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from austeer_gguf.conversation import renderer
+
+    from conftest import open_steered
+
+    llm = open_steered(smollm2)
+    turns = [("system", "Be brief."), ("user", "Why is the sky blue?"), ("assistant", "Light."), ("user", "More?")]
+    ours = llm.tokenize(renderer(llm)(turns).encode(), add_bos=True, special=True)
+    formatter = Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"],
+                                    eos_token=llm._model.token_get_text(llm.token_eos()),
+                                    bos_token=llm._model.token_get_text(llm.token_bos()))
+    result = formatter(messages=[{"role": role, "content": content} for role, content in turns])
+    theirs = llm.tokenize(result.prompt.encode(), add_bos=not result.added_special, special=True)
+    assert ours == theirs

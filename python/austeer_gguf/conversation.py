@@ -33,14 +33,18 @@ def renderer(llm: Any, *, require_template: bool = False) -> Callable[[Turns], s
         return plain
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+    import llama_cpp
+
     bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() != -1 else ""
     eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() != -1 else ""
     formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+    # The tokenizer adds BOS itself where the model asks for it: then the template's own BOS text goes. Where it
+    # does not (SmolLM2, whose BOS is <|im_start|>), the text stays as the template wrote it.
+    adds_bos = bool(llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(llm.model)))
 
     def render(turns: Turns) -> str:
         text = formatter(messages=[{"role": role, "content": content} for role, content in turns]).prompt
-        # The tokenizer adds BOS itself when the model asks for it.
-        return text[len(bos):] if bos and text.startswith(bos) else text
+        return text[len(bos):] if adds_bos and bos and text.startswith(bos) else text
 
     return render
 

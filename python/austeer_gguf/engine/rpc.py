@@ -21,6 +21,7 @@ import functools
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -49,6 +50,49 @@ def probe(endpoint: str, timeout: float = 3.0) -> None:
     except OSError as error:
         raise InputError(f"cannot reach the RPC server at {endpoint} ({error.strerror or error}): start "
                          f"`ggml-rpc-server -H {host} -p {port}` there first") from None
+
+
+# ggml-rpc's handshake (vendored ggml/src/ggml-rpc): | command 14 (1 byte) | size (8 bytes) | connection caps
+# (24 bytes) |, answered by | size (8 bytes) = 28 | major, minor, patch, padding (4 bytes) | caps (24 bytes) |.
+HELLO, CAPS_SIZE, PROTOCOL_MAJOR, PROTOCOL_MINOR = 14, 24, 7, 0
+HANDSHAKE_SECONDS = 5.0
+
+
+def handshake(endpoint: str, timeout: float = HANDSHAKE_SECONDS) -> None:
+    """InputError unless a ggml-rpc server of this protocol answers ggml's HELLO at `endpoint` within `timeout`:
+    ggml itself would hang on a listener that never answers, and abort the process on one that answers
+    nonsense. (A ggml-rpc server serves one client at a time: one busy with another client does not answer.)"""
+    host, port = parse_endpoint(endpoint)
+    probe(endpoint)
+    request = bytes([HELLO]) + struct.pack("<Q", CAPS_SIZE) + bytes(CAPS_SIZE)
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as connection:
+            connection.settimeout(timeout)
+            connection.sendall(request)
+            answer = _receive(connection, 8 + 4 + CAPS_SIZE, time.monotonic() + timeout)
+    except TimeoutError:
+        raise InputError(f"the RPC server at {endpoint} did not answer within {timeout:g} s (busy with another "
+                         "client, or not a ggml-rpc-server): start a free ggml-rpc-server there") from None
+    except OSError as error:
+        raise InputError(f"the RPC server at {endpoint} closed the connection ({error.strerror or error}): is it "
+                         "a ggml-rpc-server of llama.cpp?") from None
+    size, (major, minor) = struct.unpack_from("<Q", answer)[0], answer[8:10]
+    if size != 4 + CAPS_SIZE or major != PROTOCOL_MAJOR or minor > PROTOCOL_MINOR:
+        raise InputError(f"the server at {endpoint} does not speak ggml-rpc protocol {PROTOCOL_MAJOR}.{PROTOCOL_MINOR} "
+                         "(another program, or a ggml-rpc-server of another llama.cpp): start the ggml-rpc-server "
+                         "scripts/setup builds")
+
+
+def _receive(connection: socket.socket, size: int, deadline: float) -> bytes:
+    data = b""
+    while len(data) < size:
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        chunk = connection.recv(size - len(data))
+        if not chunk:
+            raise ConnectionResetError(0, "connection closed before the answer")
+        data += chunk
+    return data
 
 
 @functools.cache
@@ -80,13 +124,14 @@ def _ggml() -> ctypes.CDLL:
 def add_servers(endpoints: list[str] | tuple[str, ...]) -> list[str]:
     """Register the devices of these RPC servers with ggml (once per endpoint per process)."""
     if isinstance(endpoints, str) or not endpoints:
-        raise InputError("rpc_servers takes a list of HOST:PORT strings")
+        raise InputError(f"rpc_servers takes a list of HOST:PORT strings, got {endpoints!r} (write [{endpoints!r}])"
+                         if isinstance(endpoints, str) else "rpc_servers takes a list of HOST:PORT strings")
     if len(endpoints) > 16:
         raise InputError("at most 16 RPC servers are supported (GGML_RPC_MAX_SERVERS)")
     with _lock:
         fresh = [endpoint for endpoint in endpoints if endpoint not in _registered]
         for endpoint in fresh:
-            probe(endpoint)
+            handshake(endpoint)
         if not fresh:
             return list(endpoints)
         lib = _ggml()

@@ -96,17 +96,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..server import open_server, serve
-
     api_key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None
     loopback = args.host in ("127.0.0.1", "localhost", "::1")
     if not loopback and api_key is None and not args.insecure:
         raise InputError(f"listening on {args.host} without an API key would let anyone who reaches it use the model "
                          f"and change every user's steering: pass --api-key KEY (or set {API_KEY_VARIABLE}), or "
                          "--insecure if that is what you want")
+    if args.rpc and not args.worker:
+        return _serve_supervised(args, api_key)
+    from ..server import open_server, serve
+
     server = open_server(models.resolve(args.model), profiles=args.profile or [], default=args.default,
                          n_ctx=args.n_ctx, threads=args.threads, strength=args.strength, apply=args.apply,
-                         parallel=args.parallel)
+                         parallel=args.parallel, rpc_servers=args.rpc.split(",") if args.rpc else None)
     if args.drain is not None:
         server.drain_seconds = args.drain
     if not loopback and api_key is None:
@@ -115,6 +117,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"serving {server.alias} on http://{args.host}:{args.port}/ (OpenAI API under /v1; the assistant at /; "
           f"{server.parallel} request(s) at a time{'; API key required' if api_key else ''})", file=sys.stderr)
     serve(server, host=args.host, port=args.port, api_key=api_key)
+    return 0
+
+
+def _serve_supervised(args: argparse.Namespace, api_key: str | None) -> int:
+    """The model in a worker process this one supervises (see apps/server/supervisor.py)."""
+    from ..server.supervisor import serve_supervised
+
+    worker = [str(models.resolve(args.model)), "--n-ctx", str(args.n_ctx), "--parallel", str(args.parallel),
+              "--strength", str(args.strength), "--apply", args.apply, "--rpc", args.rpc]
+    for path in args.profile or []:
+        worker += ["--profile", path]
+    for flag, value in (("--default", args.default), ("--threads", args.threads), ("--drain", args.drain)):
+        if value is not None:
+            worker += [flag, str(value)]
+    env = dict(os.environ)
+    if api_key is not None:  # the worker asks for the same key; it travels in its environment, not its arguments
+        env[API_KEY_VARIABLE] = api_key
+    print(f"serving {Path(args.model).name} on http://{args.host}:{args.port}/ with its layers on {args.rpc}; the "
+          "model runs in a worker process that is restarted when a backend fails", file=sys.stderr)
+    serve_supervised(worker, host=args.host, port=args.port, env=env)
     return 0
 
 
@@ -148,6 +170,9 @@ def register(commands) -> None:
     serve_.add_argument("--api-key", help=f"require this key (Authorization: Bearer KEY) on every route that "
                         f"completes or changes state (default: ${API_KEY_VARIABLE}, else none)")
     serve_.add_argument("--insecure", action="store_true", help="listen beyond loopback without an API key")
+    serve_.add_argument("--rpc", metavar="HOST:PORT[,HOST:PORT]", help="offload every layer to these ggml-rpc-servers; "
+                        "the model then runs in a supervised worker process, restarted when a server fails")
+    serve_.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # the supervised process itself
     serve_.add_argument("--drain", type=bounded_float(0.1, 3600.0), metavar="SECONDS",
                         help="on SIGTERM or SIGINT, let running streams go on this long (default 10), then end them "
                         "with an error event")
