@@ -169,7 +169,8 @@ def bench_clients(path: Path, steered: Path, clients: int, args, llama_server: s
     started = commands(path, steered, clients, args.threads, llama_server)
     with server(*started["serial"]) as serial, server(*started["batched"]) as batched, \
             server(*started["llama"]) as llama:
-        urls = {"serial": serial, "batched": batched, "mixed": batched, "llama": llama}
+        urls = {mode: url for mode, url in (("serial", serial), ("batched", batched), ("mixed", batched),
+                                           ("llama", llama)) if mode in args.modes}
         solo = openai.OpenAI(base_url=serial, api_key="unused", max_retries=0, timeout=600)
         distinct = {json.dumps([prompt, steering]): (prompt, steering) for prompt, steering in mixed + single}
         alone = {key: request(solo, prompt, steering, args.max_tokens)[0]
@@ -186,8 +187,8 @@ def bench_clients(path: Path, steered: Path, clients: int, args, llama_server: s
                 results[mode].append(measured)
                 print(f"{path.name} clients {clients} round {index + 1} {mode}: {measured['tokens_per_s']:.1f} tok/s",
                       flush=True)
-        first = {mode: first_token_times(urls[mode], clients) for mode in ("serial", "mixed", "llama")} \
-            if clients > 1 else {}
+        first = {mode: first_token_times(urls[mode], clients) for mode in ("serial", "mixed", "llama")
+                 if mode in urls} if clients > 1 and not args.no_first_token else {}
 
     lines = [f"\nmodel {path.name}; {clients} concurrent clients, {count} requests a round, {args.max_tokens} "
              f"tokens greedy, {args.threads} threads, {args.rounds} rounds",
@@ -199,9 +200,9 @@ def bench_clients(path: Path, steered: Path, clients: int, args, llama_server: s
         ttft = f"{np.median(times):.2f} / {np.percentile(times, 95):.2f}" if times else "-"
         lines.append(f"{mode:8} {median(rounds, 'tokens_per_s'):7.1f} {median(rounds, 'p50'):7.2f} "
                      f"{median(rounds, 'p95'):7.2f} {sum(r['errors'] for r in rounds):6d} {differing:>9} {ttft:>24}")
-    lines.append(f"mixed / serial {ratio(results, 'mixed', 'serial'):.2f}x, mixed / llama-server "
-                 f"{ratio(results, 'mixed', 'llama'):.2f}x, batched / llama-server "
-                 f"{ratio(results, 'batched', 'llama'):.2f}x (medians of per-round ratios)")
+    pairs = (("mixed", "serial"), ("mixed", "llama"), ("batched", "llama"))
+    ratios = [f"{a} / {b} {ratio(results, a, b):.2f}x" for a, b in pairs if a in results and b in results]
+    lines.append(", ".join(ratios) + " (medians of per-round ratios)")
     print("\n".join(lines), flush=True)
     return lines
 
@@ -222,7 +223,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--modes", default="serial,batched,mixed,llama", help="which of the four to run")
+    parser.add_argument("--no-first-token", action="store_true", help="skip the time-to-first-token probe")
     args = parser.parse_args()
+    args.modes = args.modes.split(",")
     llama_server = subprocess.run([str(ROOT / "scripts" / "build_llama_server")], capture_output=True, text=True,
                                   check=True).stdout.strip()
     lines = []

@@ -31,9 +31,8 @@ def renderer(llm: Any, *, require_template: bool = False) -> Callable[[Turns], s
             return "".join(FALLBACK_TURN[role].format(content=content) for role, content in turns) + "Assistant:"
 
         return plain
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
     import llama_cpp
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() != -1 else ""
     eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() != -1 else ""

@@ -108,6 +108,7 @@ class Done:
     prompt_tokens: int
     tokens: tuple[int, ...]  # the completion's tokens
     reused: int = 0  # prompt tokens whose cells a slot kept from an earlier request (not computed again)
+    text: str = ""  # the completion's text (up to a stop string), for a job that is not streamed
 
     @property
     def completion_tokens(self) -> int:
@@ -128,6 +129,7 @@ class Job:
     sampling: Sampling = Sampling()
     max_tokens: int = 16
     stop: tuple[str, ...] = ()
+    streamed: bool = True  # Text events as the text grows; else the whole text in Done only
     events: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -309,18 +311,17 @@ class Scheduler:
         token = int(llama_cpp.llama_sampler_sample(slot.chain, self.llm.ctx, slot.row))
         vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         if llama_cpp.llama_vocab_is_eog(vocab, token):
-            return self._finish(slot, "stop")
+            return self._finish(slot, "stop", self._text(slot))
         slot.generated.append(token)
         text = self._text(slot)
         for stop in job.stop:
             at = text.find(stop)
             if at >= 0:
-                self._emit(slot, text[:at], hold=0)
-                return self._finish(slot, "stop")
+                return self._finish(slot, "stop", text[:at])
         if len(slot.generated) >= job.max_tokens or slot.position >= self.cells_per_sequence:
-            self._emit(slot, text, hold=0)
-            return self._finish(slot, "length")
-        self._emit(slot, text, hold=_held_back(text, job.stop))
+            return self._finish(slot, "length", text)
+        if job.streamed:
+            self._emit(slot, text, hold=_held_back(text, job.stop))
 
     def _edit_logits(self, slot: _Slot) -> None:
         """The logit bias, and no end of generation before `min_tokens`, written into the row's logits (what
@@ -358,9 +359,11 @@ class Scheduler:
             slot.job.events.put(Text(text[slot.emitted:ready]))
             slot.emitted = ready
 
-    def _finish(self, slot: _Slot, reason: str) -> None:
+    def _finish(self, slot: _Slot, reason: str, text: str) -> None:
         job = slot.job
-        job.events.put(Done(reason, len(job.tokens), tuple(slot.generated), slot.reused))
+        if job.streamed:
+            self._emit(slot, text, hold=0)
+        job.events.put(Done(reason, len(job.tokens), tuple(slot.generated), slot.reused, text))
         self._release(slot)
 
     def _release(self, slot: _Slot, keep_cells: bool = True) -> None:

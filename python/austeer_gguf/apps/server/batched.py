@@ -32,7 +32,8 @@ def job_of(server, body: ChatRequest | CompletionRequest, setting: SteeringSetti
     limit = server.n_ctx - len(tokens)
     max_tokens = limit if body.max_tokens is None else min(body.max_tokens, limit)
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-    return Job(tokens, setting, sampling_of(llm, body), max(max_tokens, 1), tuple(s for s in stop if s))
+    return Job(tokens, setting, sampling_of(llm, body), max(max_tokens, 1), tuple(s for s in stop if s),
+               streamed=bool(body.stream))
 
 
 def sampling_of(llm, body) -> Sampling:
@@ -82,14 +83,11 @@ async def complete(server, request, body, setting: SteeringSetting) -> dict[str,
 
 
 def _collect(job: Job) -> tuple[str, Done]:
-    text = ""
     for event in job.stream():
-        if isinstance(event, Text):
-            text += event.text
-        elif isinstance(event, Failed):
+        if isinstance(event, Failed):
             raise InputError(event.message)
-        else:
-            return text, event
+        if isinstance(event, Done):
+            return event.text, event
     raise RuntimeError("the job ended without an event")
 
 
