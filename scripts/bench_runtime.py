@@ -9,9 +9,13 @@ Configurations, measured in rotating order in every round:
   bake        llama_cpp.Llama on a copy with the ffn profile baked into the weights
   cvec        SteeredLlama with a control vector on every layer (llama.cpp's own control-vector add)
 Each round measures prefill (one batch of --prefill tokens) and decode (--decode single-token evals).
-Printed: median tokens/s and the median of the per-round ratios to `plain` and to `off`.
+Printed: median tokens/s and the median of the per-round ratios to `plain` and to `off`. --models takes
+built-in names, GGUF paths, and the random-weight shapes of scripts/synthetic.py (`qwen2-1.5b`, `qwen2-3b`, ...,
+written and quantized to Q4_K_M on first use: timing only).
 
     .venv/bin/python scripts/bench_runtime.py            # SmolLM2-135M-Instruct Q4_1, 5 rounds
+    .venv/bin/python scripts/bench_runtime.py --models qwen2-1.5b,qwen2-3b --configs plain,off,attn,ffn,layer \
+        --prefill 256 --decode 32 --rounds 3
 """
 
 from __future__ import annotations
@@ -24,24 +28,38 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 from benchlib import median_ratio, random_tokens, rotated, spread_profile, time_decode, time_prefill
+from synthetic import SHAPES, synthetic
 
 from austeer_gguf import OFF, SteeredLlama, models
 from austeer_gguf.control_vector import ControlVector
 from austeer_gguf.exports.bake import bake
 from austeer_gguf.exports.lora import export_lora
 
+CONFIGS = ["plain", "off", "attn", "ffn", "layer", "lora", "bake", "cvec"]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=models.DEFAULT_MODEL, help="built-in model name or a GGUF path")
+    parser.add_argument("--models", default=models.DEFAULT_MODEL,
+                        help="built-in names, GGUF paths or synthetic shapes, comma separated")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="which configurations, comma separated")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--prefill", type=int, default=512)
     parser.add_argument("--decode", type=int, default=128)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    for model in args.models.split(","):
+        bench_model(model, args)
 
-    path = str(models.fetch(args.model)) if args.model in models.MODELS else args.model
+
+def bench_model(model: str, args: argparse.Namespace) -> None:
+    if model in models.MODELS:
+        path = str(models.fetch(model))
+    elif model in SHAPES:
+        path = str(synthetic(model))
+    else:
+        path = model
     options = dict(n_ctx=args.prefill + args.decode + 64, n_batch=args.prefill, n_ubatch=args.prefill,
                    n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
     plain = llama_cpp.Llama(path, **options)
@@ -54,13 +72,16 @@ def main() -> None:
 
     profiles = {site: spread_profile(site, args.k, shape.n_layers, shape.widths[site])
                 for site in ("attn", "ffn", "layer")}
+    configs = [config for config in CONFIGS if config in args.configs.split(",")]
     scratch = Path(tempfile.mkdtemp(prefix="austeer-bench-"))
-    adapter = export_lora(path, profiles["ffn"], scratch / "ffn-lora.gguf").target
-    exported = {"lora": llama_cpp.Llama(path, lora_path=str(adapter), **options),
-                "bake": llama_cpp.Llama(str(bake(path, profiles["ffn"], scratch / "baked.gguf").target), **options)}
+    exported = {}
+    if "lora" in configs:
+        adapter = export_lora(path, profiles["ffn"], scratch / "ffn-lora.gguf").target
+        exported["lora"] = llama_cpp.Llama(path, lora_path=str(adapter), **options)
+    if "bake" in configs:
+        exported["bake"] = llama_cpp.Llama(str(bake(path, profiles["ffn"], scratch / "baked.gguf").target), **options)
     control = ControlVector({layer: rng.standard_normal(shape.widths["layer"]).astype(np.float32) * 0.01
                              for layer in range(1, shape.n_layers)}, shape.architecture)
-    configs = ["plain", "off", "attn", "ffn", "layer", "lora", "bake", "cvec"]
 
     settings = {"off": OFF, "cvec": steered.steering.setting(control=control),
                 **{site: steered.steering.setting([(profile, 1.0)]) for site, profile in profiles.items()}}
