@@ -14,7 +14,7 @@ built-in names, GGUF paths, and the random-weight shapes of scripts/synthetic.py
 written and quantized to Q4_K_M on first use: timing only).
 
     .venv/bin/python scripts/bench_runtime.py            # SmolLM2-135M-Instruct Q4_1, 5 rounds
-    .venv/bin/python scripts/bench_runtime.py --models qwen2-1.5b,qwen2-3b --configs plain,off,attn,ffn,layer \
+    .venv/bin/python scripts/bench_runtime.py --models qwen2-1.5b,qwen2-3b --configs plain,off,attn,ffn,layer \\
         --prefill 256 --decode 32 --rounds 3
 """
 
