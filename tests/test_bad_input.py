@@ -211,6 +211,19 @@ def test_control_vectors_that_would_break_the_residual_stream_are_refused_everyw
                 "--max-tokens", "2"), "add more than +-100000 to a residual value")
 
 
+def test_a_budget_no_strength_meets_and_a_vector_only_explain_are_refused_before_printing(model, tmp_path):
+    from austeer_gguf.formats.profiles import write_profile
+
+    loud = ControlVector({layer: np.full(64, 90_000.0, np.float32) for layer in (1, 2)}, "llama")
+    path = write_profile(Profile("loud", 1.0, [], control=loud), tmp_path / "loud.json")
+    out = tmp_path / "loud.calibrated.json"
+    result = cli("calibrate", model, path, "--kl", "1e-6", "-o", out)
+    refused(result, "no strength of profile 'loud' keeps the kl within 1e-06: raise the budget")
+    assert result.stdout == "" and "calibrated" not in result.stderr and not out.exists()
+    refused(cli("explain", model, path),
+            "profile 'loud' has no units to explain (it steers with a control vector only)")
+
+
 def test_a_profile_without_units_or_vector_steers_nothing_and_says_so(model):
     llm = open_steered(model)
     setting = llm.steering.setting([(Profile("empty", 5.0, []), 1.0)])

@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
-from austeer_gguf import Profile, Site, Unit, sites
+from austeer_gguf import InputError, Profile, Site, Unit, sites
 from austeer_gguf.exports.bake import bake
 from austeer_gguf.formats.embedded import embed_profiles, read_profiles
 from austeer_gguf.localization.capture import ActivationCapture
@@ -73,18 +73,19 @@ def test_a_registered_site_is_captured_localized_and_embedded(tiny_f32, ffn_inpu
         bake(tiny_f32, profile, tmp_path / "baked.gguf")
 
 
-def test_a_site_whose_width_rule_is_wrong_is_skipped_and_named_in_one_warning(tiny_f32):
+def test_a_site_whose_width_rule_is_wrong_is_found_absent_at_load_and_its_units_refused(tiny_f32):
     sites.register(Site("too_wide", "w", "ffn_inp", lambda h: h.n_ff))  # the tensor is n_embd wide
     try:
-        llm = open_steered(tiny_f32)
-        llm.steering.set_profile(Profile("wide", 2.0, [Unit(1, "too_wide", 100, 0.5)]))
-        tokens = TOKENS[:5]
-        with pytest.warns(RuntimeWarning, match="ffn_inp-1: a unit dim is beyond the row width"):
-            logits_of(llm, tokens)
-        assert llm.native_counters()["skipped_width"] >= 1 and llm.native_counters()["steered"] == 0
+        with pytest.warns(RuntimeWarning, match="lacks some steering sites \\(too_wide at layers 0-2\\)"):
+            llm = open_steered(tiny_f32)
+        assert llm.shape.missing == {"too_wide": (0, 1, 2)} and "too_wide" not in llm.shape.present_sites()
+        with pytest.raises(InputError, match="has no ffn_inp-1 tensor \\(site 'too_wide' at layer 1\\): units "
+                                             "there would do nothing. Use the sites it has: attn, ffn, layer"):
+            llm.steering.set_profile(Profile("wide", 2.0, [Unit(1, "too_wide", 100, 0.5)]))
+        assert llm.steering.profile is None
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            logits_of(llm, tokens)  # warned once only
+            logits_of(llm, TOKENS[:5])  # the other sites steer as before, without another warning
     finally:
         sites.unregister("too_wide")
 

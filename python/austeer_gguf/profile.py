@@ -140,6 +140,11 @@ class Profile:
             if not 0 <= unit.dim < shape.widths[unit.site]:
                 raise InputError(f"profile {self.name!r}: unit #{index} {unit.describe()}: dim out of range; "
                                  f"this model has {shape.describe_range(unit.site)}")
+        for site in self.sites:
+            try:
+                shape.check_present(site, {unit.layer for unit in self.units if unit.site == site})
+            except InputError as error:
+                raise InputError(f"profile {self.name!r}: {error}") from None
 
     def top(self, k: int) -> Profile:
         """The first k units (profiles keep units in rank order)."""

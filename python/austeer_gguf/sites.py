@@ -8,8 +8,8 @@ the tensor prefixes from here), profile validation, the width check, the metadat
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Literal
 
 from .errors import InputError
@@ -23,6 +23,7 @@ class Hyperparameters:
     n_head: int
     head_dim: int  # of the values: attention.value_length when present, else n_embd / n_head
     n_ff: int
+    n_expert: int = 0  # experts per FFN (mixture-of-experts models), 0 for a dense FFN
 
 
 MAX_WIDTH = 1 << 20  # no model has a site wider than this; a larger value is a damaged file
@@ -46,6 +47,19 @@ class Site:
     axis: Literal["input", "output"] | None = None
     first_in_layer: bool = False  # only the first tensor of that name in a layer is this site
     description: str = ""
+    # In a model whose FFN is a mixture of experts the site may be another graph tensor, owned by another
+    # weight (one matrix per expert): llama.cpp names the experts' summed output `ffn_moe_out`, and the first
+    # `ffn_out` of such a layer, where there is one, is already the residual sum.
+    expert_tensor: str | None = None
+    expert_weight: str | None = None
+
+    def graph_tensor(self, experts: bool) -> str:
+        """The graph tensor prefix of this site in a dense model, or in one with expert FFNs."""
+        return self.expert_tensor if experts and self.expert_tensor else self.tensor
+
+    def weight_in(self, experts: bool) -> str | None:
+        """The weight a unit of this site belongs to (see `weight`) in a dense or expert model."""
+        return self.expert_weight if experts and self.expert_tensor else self.weight
 
 
 _REGISTRY: dict[str, Site] = {}
@@ -54,7 +68,8 @@ _REGISTRY: dict[str, Site] = {}
 def register(site: Site) -> Site:
     """Add a site. Its name, letter and tensor prefix must be new."""
     for other in _REGISTRY.values():
-        if site.name == other.name or site.letter == other.letter or site.tensor == other.tensor:
+        tensors = {site.tensor, site.expert_tensor} - {None}
+        if site.name == other.name or site.letter == other.letter or tensors & {other.tensor, other.expert_tensor}:
             raise ValueError(f"site {site.name!r} clashes with the registered site {other.name!r}")
     if len(site.letter) != 1 or not site.tensor or "-" in site.tensor:
         raise ValueError(f"site {site.name!r}: the letter must be one character and the tensor prefix must "
@@ -100,9 +115,9 @@ def by_letter(letter: str) -> Site:
     raise InputError(f"unknown site letter {letter!r}")
 
 
-def tensor_name(site: str, layer: int) -> str:
+def tensor_name(site: str, layer: int, experts: bool = False) -> str:
     """The llama.cpp graph tensor that holds `site` of `layer`, e.g. ``kqv_out-3``."""
-    return f"{get(site).tensor}-{layer}"
+    return f"{get(site).graph_tensor(experts)}-{layer}"
 
 
 def parse(sites: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -120,7 +135,8 @@ SITES = ("attn", "ffn", "layer")  # the built-in sites
 register(Site("attn", "a", "kqv_out", lambda h: h.n_head * h.head_dim, weight="attn_output", axis="input",
               description="attention output before the output projection (one column of attn_output)"))
 register(Site("ffn", "f", "ffn_out", lambda h: h.n_embd, weight="ffn_down", axis="output", first_in_layer=True,
-              description="FFN block output before the residual add (one row of ffn_down)"))
+              description="FFN block output before the residual add (one row of ffn_down)",
+              expert_tensor="ffn_moe_out", expert_weight="ffn_down_exps"))
 register(Site("layer", "l", "l_out", lambda h: h.n_embd,
               description="the residual stream after the layer"))
 
@@ -133,14 +149,51 @@ class ModelShape:
     architecture: str
     n_layers: int
     widths: dict[str, int]
+    experts: int = 0  # experts per FFN; 0: a dense FFN
+    # Layers at which the model's compute graph has no tensor for a site (found by the engine at load,
+    # `HookedLlama`): units there would do nothing, so they are refused.
+    missing: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, architecture: str, n_layers: int, hyper: Hyperparameters) -> ModelShape:
         """The shape of a model with these sizes: every registered site's width."""
-        return cls(architecture, n_layers, {site.name: site.width(hyper) for site in all_sites()})
+        return cls(architecture, n_layers, {site.name: site.width(hyper) for site in all_sites()},
+                   experts=hyper.n_expert)
 
     def describe_range(self, site: str) -> str:
         return f"layers 0..{self.n_layers - 1}, dims 0..{self.widths[site] - 1} for site {site!r}"
+
+    def tensor(self, site: str, layer: int) -> str:
+        """The graph tensor of `site` at `layer` in this model."""
+        return tensor_name(site, layer, self.experts > 0)
+
+    def weight(self, site: str) -> str | None:
+        """The weight units of `site` belong to in this model (None: the residual stream)."""
+        return get(site).weight_in(self.experts > 0)
+
+    def check_present(self, site: str, layers: Iterable[int] | None = None) -> None:
+        """InputError when the compute graph lacks `site` at any of `layers` (all layers when None)."""
+        absent = sorted(set(self.missing.get(site, ())) & set(range(self.n_layers) if layers is None else layers))
+        if absent:
+            raise InputError(f"this {self.architecture} model's compute graph has no {self.tensor(site, absent[0])} "
+                             f"tensor{'' if len(absent) == 1 else 's'} (site {site!r} at layer"
+                             f"{'' if len(absent) == 1 else 's'} {layer_ranges(absent)}): units there would do "
+                             f"nothing. Use the sites it has: {', '.join(self.present_sites()) or 'none'}")
+
+    def present_sites(self) -> tuple[str, ...]:
+        """Sites the compute graph has at every layer."""
+        return tuple(name for name in self.widths if not self.missing.get(name))
+
+
+def layer_ranges(layers: Iterable[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5" ("-" when empty)."""
+    runs: list[list[int]] = []
+    for layer in layers:
+        if runs and layer == runs[-1][1] + 1:
+            runs[-1][1] = layer
+        else:
+            runs.append([layer, layer])
+    return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in runs) or "-"
 
 
 MAX_LAYERS = 4096  # the native core's bound as well

@@ -181,6 +181,8 @@ class Decoder:
         """Decode a group and capture the last position of each of its sequences at every layer of the chosen
         sites: site -> [members, layers, width]."""
         state, shape = self.llm._native_state, self.llm.shape
+        for site in site_names:
+            shape.check_present(site)
         last = group.last_cells()
         rows = sorted(set(last))  # a sequence that ends inside the next one's prefix shares its last cell
         for row in rows:

@@ -10,6 +10,7 @@ and the capture calls are made by the thread that decodes, between decodes.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,7 +57,7 @@ class HookedLlama(llama_cpp.Llama):
             rpc.add_servers(rpc_servers)
             llama_kwargs.setdefault("n_gpu_layers", -1)
 
-        self._native_state = native.new_state()
+        self._native_state = native.new_state(experts=self.shape.experts > 0)
         self._chained_callback = None
         self._warned_skips = False
         self._installed: tuple[Any, Any] = (None, None)  # what the native spec and the control vector hold
@@ -75,6 +76,35 @@ class HookedLlama(llama_cpp.Llama):
         if context_hook.installed_callback(self.context_params) != (callback_address, self._native_state.user_data):
             raise RuntimeError("llama_cpp.Llama did not build its context from llama_context_default_params(): "
                                "austeer-gguf supports llama-cpp-python==0.3.36 only")
+        self.shape = dataclasses.replace(self.shape, missing=self._find_sites())
+        if self.shape.missing:
+            absent = "; ".join(f"{site} at layers {sites.layer_ranges(layers)}"
+                               for site, layers in self.shape.missing.items())
+            warnings.warn(f"this {self.shape.architecture} model's compute graph lacks some steering sites "
+                          f"({absent}): profiles with units there are refused", RuntimeWarning, stacklevel=2)
+
+    def _find_sites(self) -> dict[str, tuple[int, ...]]:
+        """Decode one token capturing every site at every layer, and return the layers at which the compute
+        graph has no tensor of a site's name and width. llama.cpp names graph tensors per architecture; a site
+        it does not name would leave units silently unsteered, so they are refused instead."""
+        state, shape, names = self._native_state, self.shape, sites.names()
+        state.begin_capture(list(range(len(names))), shape.n_layers, [shape.widths[name] for name in names], [0], 1)
+        try:
+            token = (llama_cpp.llama_token * 1)(max(self.token_bos(), 0))
+            status = llama_cpp.llama_decode(self.ctx, llama_cpp.llama_batch_get_one(token, 1))
+            if status != 0:
+                raise RuntimeError(f"llama_decode failed ({status}) on the first token of {self.model_path}")
+        finally:
+            state.end_capture()
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
+        missing = {}
+        for code, name in enumerate(names):
+            _, filled = state.captured(code)
+            absent = tuple(int(layer) for layer in np.flatnonzero(np.asarray(filled) == 0))
+            if absent:
+                missing[name] = absent
+        state.reset_counters()  # the counters speak of the user's decodes
+        return missing
 
     @classmethod
     def for_evaluation(cls, model_path: str | Path, **kwargs: Any):

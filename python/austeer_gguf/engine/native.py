@@ -28,20 +28,21 @@ def ggml_base_library() -> Path:
     errors = []
     for path in _candidates():
         try:
-            _native.SteeringState(str(path), _site_prefixes())
+            _native.SteeringState(str(path), _site_prefixes(experts=False))
             return path
         except RuntimeError as error:
             errors.append(str(error))
     raise RuntimeError("none of llama_cpp's libggml-base files is the loaded one:\n" + "\n".join(errors))
 
 
-def _site_prefixes() -> list[tuple[str, bool]]:
-    return [(site.tensor, site.first_in_layer) for site in sites.all_sites()]
+def _site_prefixes(experts: bool) -> list[tuple[str, bool]]:
+    return [(site.graph_tensor(experts), site.first_in_layer) for site in sites.all_sites()]
 
 
-def new_state() -> _native.SteeringState:
-    """A steering state that knows every registered site; site code i is `sites.all_sites()[i]`."""
-    return _native.SteeringState(str(ggml_base_library()), _site_prefixes())
+def new_state(experts: bool = False) -> _native.SteeringState:
+    """A steering state that knows every registered site by its graph tensor in a dense model, or in one with
+    expert FFNs; site code i is `sites.all_sites()[i]`."""
+    return _native.SteeringState(str(ggml_base_library()), _site_prefixes(experts))
 
 
 def callback_address() -> int:

@@ -2,9 +2,10 @@
 
 Each site's registry record names the weight its unit belongs to and whether the unit is an output row or
 an input column of it (`sites.Site.weight`, `.axis`):
-- output-row units (`ffn`: rows of `ffn_down`). An output row is a contiguous run of quantization blocks that
-  belong to that row alone, so multiplying each block's scale fields by the unit's factor scales every
-  dequantized value of the row: exact up to the fp16 rounding of the new scales.
+- output-row units (`ffn`: rows of `ffn_down`; in a mixture-of-experts model, that row of every expert's matrix
+  in `ffn_down_exps`, since the experts' summed output is linear in each). An output row is a contiguous run of
+  quantization blocks that belong to that row alone, so multiplying each block's scale fields by the unit's
+  factor scales every dequantized value of the row: exact up to the fp16 rounding of the new scales.
 - input-column units (`attn`: columns of `attn_output`): exact for F32/F16/BF16 weights. For quantized weights a
   column shares its blocks with other columns; when every query head has its own KV head, the unit is an
   output row of `attn_v` instead (attention is linear in V) and is folded there exactly. Otherwise it is
@@ -92,13 +93,15 @@ def bake(model: str | Path, profile: Profile, target: str | Path, *, strength: f
     via_attn_v = False
     for unit, factor in zip(profile.units, profile.factors(strength).tolist()):
         site = sites.get(unit.site)
-        name = f"blk.{unit.layer}.{site.weight}.weight"
+        name = f"blk.{unit.layer}.{shape.weight(unit.site)}.weight"
         weight = tensors.get(name)
         if weight is None:
             raise InputError(f"{model} has no tensor {name} (fused weights?): cannot bake {unit.site} units")
         if site.axis == "output":
-            _refuse_bias(tensors, f"blk.{unit.layer}.{site.weight}.bias", profile)
-            rows.setdefault(name, {})[unit.dim] = factor
+            _refuse_bias(tensors, f"blk.{unit.layer}.{shape.weight(unit.site)}.bias", profile)
+            # An expert weight holds one matrix per expert: the experts' summed output scales with each one's row.
+            for matrix in range(_matrices(weight)):
+                rows.setdefault(name, {})[matrix * weight.shape[1] + unit.dim] = factor
         elif weight.ggml_type in FLOAT_TYPES or approximate:
             columns.setdefault(name, {})[unit.dim] = factor
         elif site.weight == "attn_output" and _has_own_kv_heads(layout, shape):
@@ -132,6 +135,11 @@ def bake(model: str | Path, profile: Profile, target: str | Path, *, strength: f
             new_keys={BAKED_KEY: json.dumps(done + [entry], separators=(",", ":"))}, patches=patches)
     n_rows = sum(len(f) for n, f in rows.items() if n.endswith(".weight"))
     return BakeReport(Path(target), n_rows, sum(len(f) for f in columns.values()), via_attn_v, max_error)
+
+
+def _matrices(tensor: TensorEntry) -> int:
+    """How many matrices a weight holds: 1, or one per expert (ggml's third dimension)."""
+    return int(np.prod(tensor.shape[2:])) if len(tensor.shape) > 2 else 1
 
 
 def _refuse_bias(tensors: dict[str, TensorEntry], name: str, profile: Profile) -> None:

@@ -66,6 +66,10 @@ def export_lora(model: str | Path, profile: Profile, target: str | Path, *,
     adapters: list[tuple[str, np.ndarray, np.ndarray]] = []
     for (layer, site_name), units in sorted(grouped.items()):
         site = sites.get(site_name)
+        if model_file.shape.weight(site_name) != site.weight:
+            raise InputError(f"the FFN of this model is a mixture of {model_file.shape.experts} experts: a LoRA "
+                             f"adapter cannot scale one output row of every expert ({site_name} units of layer "
+                             f"{layer}); bake the profile (exact) or steer at run time")
         name = f"blk.{layer}.{site.weight}.weight"
         if name not in tensors:
             raise InputError(f"{model} has no tensor {name}: cannot express {site_name} units of layer {layer}")

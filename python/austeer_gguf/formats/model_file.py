@@ -104,7 +104,12 @@ def hyperparameters(architecture: str, fields: Mapping[str, Any]) -> Hyperparame
     n_embd, n_head = number(gguf.Keys.LLM.EMBEDDING_LENGTH), number(gguf.Keys.Attention.HEAD_COUNT)
     has_value_length = fields.get(gguf.Keys.Attention.VALUE_LENGTH.format(arch=architecture)) is not None
     head_dim = number(gguf.Keys.Attention.VALUE_LENGTH) if has_value_length else max(1, n_embd // n_head)
-    return Hyperparameters(n_embd, n_head, head_dim, number(gguf.Keys.LLM.FEED_FORWARD_LENGTH, 0) or n_embd)
+    n_expert = fields.get(gguf.Keys.LLM.EXPERT_COUNT.format(arch=architecture)) or 0
+    if isinstance(n_expert, bool) or not isinstance(n_expert, int) or not 0 <= n_expert <= MAX_WIDTH:
+        raise InputError(f"the model metadata {gguf.Keys.LLM.EXPERT_COUNT.format(arch=architecture)} is "
+                         f"{n_expert!r}; expected an expert count")
+    return Hyperparameters(n_embd, n_head, head_dim, number(gguf.Keys.LLM.FEED_FORWARD_LENGTH, 0) or n_embd,
+                           n_expert)
 
 
 def shape_from_fields(fields: Mapping[str, Any]) -> ModelShape:

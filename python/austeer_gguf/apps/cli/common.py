@@ -165,15 +165,3 @@ def open_steered(args: argparse.Namespace, *, sequences: bool = False, warn_unst
         print("warning: no profile: the model runs unsteered (pass --profile NAME|FILE)", file=sys.stderr)
     llm.steering.strength = args.strength
     return llm
-
-
-def ranges(values: Sequence[int]) -> str:
-    """1,2,3,7 -> '1-3,7'."""
-    parts, start = [], None
-    for index, value in enumerate(values):
-        if start is None:
-            start = value
-        if index + 1 == len(values) or values[index + 1] != value + 1:
-            parts.append(str(start) if start == value else f"{start}-{value}")
-            start = None
-    return ",".join(parts) or "-"

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ... import models
+from ... import models, sites
 from ...errors import InputError
 from .common import (
     MODEL_HELP,
@@ -16,7 +16,6 @@ from .common import (
     add_output,
     command,
     output_path,
-    ranges,
     resolve_profile,
 )
 
@@ -35,12 +34,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     shape, values = model.shape, model.fields
     widths = ", ".join(f"{site} {width}" for site, width in shape.widths.items())
     print(f"{model.path}\n  architecture {shape.architecture}, {shape.n_layers} layers, site widths: {widths}")
+    experts = f" ({shape.experts} experts per FFN)" if shape.experts else ""
+    tensors = ", ".join(f"{site.name} = {site.graph_tensor(shape.experts > 0)}-L" for site in sites.all_sites())
+    print(f"  graph tensors: {tensors}{experts}")
     embedded = embedded_profiles(values)
     if not embedded.names:
         print("  no embedded profiles")
     for profile in embedded.profiles.values():
         print(f"  profile {profile.name}: sites {','.join(profile.sites) or '-'}, k {profile.k}, "
-              f"alpha {profile.alpha:g}, layers {ranges(profile.layers)}")
+              f"alpha {profile.alpha:g}, layers {sites.layer_ranges(profile.layers)}")
     for name, why in embedded.broken.items():
         print(f"  profile {name}: BROKEN ({why}); remove it with `strip --name {name}`")
     if values.get(BAKED_KEY):
