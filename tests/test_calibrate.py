@@ -88,3 +88,21 @@ def test_the_shipped_detox_profile_fits_its_model_and_keeps_its_recorded_budget(
     side_effect = kl_on_neutral(llm, neutral_texts())
     assert side_effect == pytest.approx(profile.calibration["side_effect"], rel=1e-3)
     assert side_effect <= profile.calibration["budget"]
+
+
+def test_calibrating_to_several_kl_budgets_at_once_gives_each_budgets_own_strength(tiny_f32, monkeypatch):
+    from austeer_gguf.evaluation import calibrate as calibration
+    from austeer_gguf.evaluation.calibrate import calibrate_kl_budgets
+
+    llm = open_steered(tiny_f32, n_ctx=512)
+    profile = spread_profile(llm)
+    measured = []
+    measure = calibration.NeutralKL.__call__
+    monkeypatch.setattr(calibration.NeutralKL, "__call__",
+                        lambda self, setting=None: measured.append(setting) or measure(self, setting))
+    together = calibrate_kl_budgets(llm, profile, [0.02, 0.08, 0.3])
+    shared = len(measured)
+    alone = [calibrate(llm, profile, kl=budget) for budget in (0.02, 0.08, 0.3)]
+    assert [(c.budget, c.strength, c.side_effect) for c in together] == \
+        [(c.budget, c.strength, c.side_effect) for c in alone]
+    assert shared == len({s for c in together for s, _ in c.trials}) < len(measured) - shared  # none measured twice

@@ -31,8 +31,9 @@ from ..profile import Profile
 from ..setting import OFF, SteeringSetting
 from . import metrics
 from .budgets import PERPLEXITY_LIMIT, keeps_fluency, keeps_refusals
-from .calibrate import calibrate, calibrated
+from .calibrate import calibrate_kl_budgets, calibrated
 from .methods import METHODS, AxisConfig, Evidence, Method, Point, ordered
+from .record import BuildRecord
 from .tasks import GenerationTask
 
 KL_BUDGETS = (0.025, 0.05, 0.1, 0.2, 0.4)
@@ -79,6 +80,7 @@ class Build:
     comparisons: dict[str, dict] = field(default_factory=dict)
     winner: str | None = None
     seconds: float = 0.0
+    target: float = TARGET
     profiles: dict[str, Profile] = field(default_factory=dict, repr=False)  # method -> its chosen calibrated profile
 
     def to_dict(self) -> dict:
@@ -87,8 +89,10 @@ class Build:
         return data
 
 
-def capture_evidence(float_model, task: GenerationTask, config: BuildConfig, shape) -> tuple[Evidence, float]:
-    """One capture pass over the training pairs: the momentum counts of every site and the CAA mean difference."""
+def capture_evidence(float_model, task: GenerationTask, config: BuildConfig, shape,
+                     seconds: float | None = None) -> tuple[Evidence, float]:
+    """One capture pass over the training pairs: the momentum counts of every site and the CAA mean difference
+    (with `seconds`: of the first pairs that pass takes)."""
     started = time.perf_counter()
     pairs = task.train[: config.pairs] if config.pairs else task.train
     captured = tuple(dict.fromkeys([*config.sites, "layer"]))
@@ -96,22 +100,45 @@ def capture_evidence(float_model, task: GenerationTask, config: BuildConfig, sha
                      progress=False) as capture:
         counts = MomentumCounts.for_shape(capture.shape, config.sites)
         difference = MeanDifference.for_shape(capture.shape, "layer")
-        capture.feed(counts, difference)
+        capture.feed(counts, difference, seconds=seconds)
     evidence = Evidence(counts, difference.control_vector(capture.shape.architecture), shape)
     return evidence, time.perf_counter() - started
 
 
-def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: str,
-          methods: Sequence[Method] = METHODS, log: Callable[[str], None] = print) -> Build:
-    """Steps 1-5 above on `llm` (the quantized file users run; a HookedLlama for evaluation)."""
-    started = time.perf_counter()
-    evidence, capture_seconds = capture_evidence(float_model, task, config, llm.shape)
-    log(f"{name}: captured {evidence.counts.n_pairs} pairs in {capture_seconds:.0f} s")
+def trial_counts(methods: Sequence[Method], evidence: Evidence, config: BuildConfig) -> tuple[int, int]:
+    """How many dev trials `build` runs (at most: a budget no strength meets runs none), and how many build
+    points it calibrates."""
+    calibrates = [_calibrates(method, point, evidence) for method in methods
+                  for point in method.build_points(evidence, config)]
+    return len(calibrates) + sum(calibrates) * (len(config.kl_budgets) - 1), sum(calibrates)
 
-    def run(split: str, setting: SteeringSetting, prompted: bool) -> dict:
+
+def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: str,
+          methods: Sequence[Method] = METHODS, log: Callable[[str], None] = print,
+          evidence: Evidence | None = None, record: BuildRecord | None = None) -> Build:
+    """Steps 1-5 above on `llm` (the quantized file users run; a HookedLlama for evaluation). `evidence`: a
+    capture pass already made; `record`: results saved as they are measured and reused when already there."""
+    started = time.perf_counter()
+    capture_seconds = 0.0
+    if evidence is None:
+        evidence, capture_seconds = capture_evidence(float_model, task, config, llm.shape)
+        log(f"{name}: captured {evidence.counts.n_pairs} pairs in {capture_seconds:.0f} s")
+    dev_items = len(task.split("dev", config.dev_limit))
+    test_items = len(task.split("test", config.test_limit))
+    progress = _Progress(trial_counts(methods, evidence, config)[0] * dev_items + len(methods) * test_items, log)
+
+    def run(split: str, trial: BuildTrial) -> tuple[dict, str]:
+        """The trial's result on the split, and " (saved)" when it comes from the record."""
         limit = config.dev_limit if split == "dev" else config.test_limit
-        return task.evaluate(llm, split, setting=setting, limit=limit, max_tokens=config.max_tokens,
-                             prompted=prompted).to_dict()
+        key = f"{split}|{trial.method}|{trial.label}|{limit}|{config.max_tokens}"
+        result = record.get(key) if record is not None else None
+        if result is not None:
+            return result, " (saved)"
+        result = task.evaluate(llm, split, setting=trial.setting, limit=limit, max_tokens=config.max_tokens,
+                               prompted=trial.prompted).to_dict()
+        if record is not None:
+            record.put(key, result)
+        return result, ""
 
     trials: list[BuildTrial] = []
     base: dict | None = None
@@ -119,12 +146,13 @@ def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: 
     for method in ordered(methods):
         for point in method.build_points(evidence, config):
             for trial in _trials(llm, method, point, evidence, config, best):
-                trial.result = run("dev", trial.setting, trial.prompted)
+                trial.result, saved = run("dev", trial)
                 base = base or trial.result  # the baseline is measured first
                 trials.append(trial)
-                log(f"  {trial.method:18} {trial.label:28} {task.behaviour} {trial.result[task.behaviour]:.3f}, ppl x"
-                    f"{trial.result['perplexity'] / base['perplexity']:.2f}, harmless refusals "
-                    f"{trial.result['side_refusal_rate']:.2f}")
+                ratio = trial.result["perplexity"] / base["perplexity"]
+                progress.step(dev_items, f"dev {trial.method:18} {trial.label:28} {task.behaviour} "
+                              f"{trial.result[task.behaviour]:.3f}, ppl x{ratio:.2f}, harmless refusals "
+                              f"{trial.result['side_refusal_rate']:.2f}{saved}")
         if method.reference:
             own = [t for t in trials if t.method == method.name]
             best = choose(own, base, task) or max(own, key=lambda t: _behaviour(task, t.result))
@@ -135,7 +163,10 @@ def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: 
         if pick is not None:
             chosen[method.name] = pick
     baseline = next(m.name for m in methods if m.baseline)
-    test = {method: run("test", trial.setting, trial.prompted) for method, trial in chosen.items()}
+    test = {}
+    for method, trial in chosen.items():
+        test[method], saved = run("test", trial)
+        progress.step(test_items, f"test {method:18} {task.behaviour} {test[method][task.behaviour]:.3f}{saved}")
     comparisons = {method: compare(task, test[method], test[baseline], config.target)
                    for method in test if method != baseline}
     shippable = [m for m in methods if not m.baseline and not m.prompted and m.name in chosen]
@@ -144,7 +175,8 @@ def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: 
                    chosen={m: t.summary(task, base) for m, t in chosen.items()},
                    test={m: {k: v for k, v in r.items() if k != "items"} for m, r in test.items()},
                    test_items={m: r["items"] for m, r in test.items()}, comparisons=comparisons,
-                   profiles={m: t.profile for m, t in chosen.items() if t.profile is not None})
+                   profiles={m: t.profile for m, t in chosen.items() if t.profile is not None},
+                   target=config.target)
     result.winner = choose_winner(comparisons, shippable)
     result.seconds = time.perf_counter() - started
     return result
@@ -161,8 +193,7 @@ def _trials(llm, method: Method, point: Point, evidence: Evidence, config: Build
     if profile is None:
         return [BuildTrial(method.name, "system turn" if method.prompted else "-", {}, OFF, None, method.prompted)]
     out = []
-    for budget in config.kl_budgets:
-        calibration = calibrate(llm, profile, kl=budget)
+    for budget, calibration in zip(config.kl_budgets, calibrate_kl_budgets(llm, profile, config.kl_budgets)):
         if calibration.strength <= 0:
             continue
         steered = calibrated(profile, calibration)
@@ -170,6 +201,25 @@ def _trials(llm, method: Method, point: Point, evidence: Evidence, config: Build
         label = f"{point.label()} KL {budget:g} (strength {calibration.strength:.3g})"
         out.append(BuildTrial(method.name, label, {}, setting, steered, method.prompted))
     return out
+
+
+def _calibrates(method: Method, point: Point, evidence: Evidence) -> bool:
+    """Whether a build point is a profile calibrated to each KL budget (else one trial as it is)."""
+    return not method.after_reference and method.profile(point, evidence) is not None
+
+
+class _Progress:
+    """One log line per trial, with the share of the work done and the time left at the pace so far (work: the
+    items evaluated; the count planned is an upper bound, so the estimate errs long)."""
+
+    def __init__(self, total: int, log: Callable[[str], None]) -> None:
+        self.total, self.done, self.log, self.started = total, 0, log, time.perf_counter()
+
+    def step(self, items: int, line: str) -> None:
+        self.done += items
+        elapsed = time.perf_counter() - self.started
+        left = elapsed / max(self.done, 1) * max(self.total - self.done, 0)
+        self.log(f"  [{100 * self.done / max(self.total, 1):3.0f}%, ~{left / 60:.1f} min left] {line}")
 
 
 def _behaviour(task: GenerationTask, result: dict) -> float:

@@ -14,6 +14,7 @@ A calibrated profile has its alpha multiplied by the strength (so every runtime,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -81,11 +82,35 @@ def calibrate(llm, profile: Profile, *, kl: float | None = None, perplexity_rati
     texts = list(texts or neutral_texts())
     side_effect: Callable[[SteeringSetting], float] = (NeutralKL(llm, texts) if measure == "kl"
                                                       else PerplexityRatio(llm, texts))
+    return _search(_measure_at(llm, profile, side_effect, allow_model_mismatch), profile, measure, budget,
+                   tolerance, max_steps)
+
+
+def calibrate_kl_budgets(llm, profile: Profile, budgets: Sequence[float], *, tolerance: float = 0.05,
+                         max_steps: int = 40) -> list[Calibration]:
+    """`calibrate` to each KL budget in turn, measuring the unsteered reference once and no strength twice (the
+    searches share their first steps: strength 1, then factors of 2)."""
+    side_effect = NeutralKL(llm, neutral_texts())
+    at = functools.cache(_measure_at(llm, profile, side_effect, False))
+    return [_search(at, profile, "kl", budget, tolerance, max_steps) for budget in budgets]
+
+
+def _measure_at(llm, profile: Profile, side_effect: Callable[[SteeringSetting], float],
+                allow_model_mismatch: bool) -> Callable[[float], float]:
+    def at(strength: float) -> float:
+        return side_effect(SteeringSetting.make(llm.shape, llm.fingerprint, profiles=[(profile, 1.0)],
+                                                strength=strength, allow_model_mismatch=allow_model_mismatch))
+
+    return at
+
+
+def _search(measure_at: Callable[[float], float], profile: Profile, measure: str, budget: float, tolerance: float,
+            max_steps: int) -> Calibration:
+    """The scan and bisection of the module docstring, for one budget."""
     trials: list[tuple[float, float]] = []
 
     def at(strength: float) -> float:
-        value = side_effect(SteeringSetting.make(llm.shape, llm.fingerprint, profiles=[(profile, 1.0)],
-                                                 strength=strength, allow_model_mismatch=allow_model_mismatch))
+        value = measure_at(strength)
         trials.append((strength, value))
         return value
 

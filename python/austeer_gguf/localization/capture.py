@@ -182,8 +182,10 @@ class PairCapture:
             self._capture.close()
             self._capture = None
 
-    def feed(self, *reducers: Reducer) -> None:
-        """Run the pass; every reducer gets every group (its `sites` must be among the captured ones)."""
+    def feed(self, *reducers: Reducer, seconds: float | None = None) -> None:
+        """Run the pass; every reducer gets every group (its `sites` must be among the captured ones). With
+        `seconds`, the pass stops at the first group that ends after that long (`n_pairs` says how many were
+        fed: the first ones, in order)."""
         assert self._capture is not None, "open the PairCapture with `with` first"
         missing = {site for reducer in reducers for site in reducer.sites} - set(self.sites)
         if missing:
@@ -195,4 +197,6 @@ class PairCapture:
                     reducer.add_group(group)
                 self.n_pairs += len(group.indices)
                 bar.update(len(group.indices))
+                if seconds is not None and time.perf_counter() - start >= seconds:
+                    break
         self.seconds += time.perf_counter() - start

@@ -1,7 +1,7 @@
 """`python -m austeer_gguf ...`: the command line. One module per group of commands, each command's flags
 beside its handler: `files` (fetch, inspect, embed, strip, dequantize, export-lora, bake), `localize`
-(localize, calibrate, export-cvec, explain), `run` (generate, chat, eval, serve); shared argument types and
-helpers in `common`.
+(localize, calibrate, export-cvec, explain), `run` (generate, chat, eval, serve), `build` (build); shared
+argument types and helpers in `common`.
 
 Bad input (an `InputError`: missing or malformed files, a profile that does not fit the model, a number out
 of range, an output that would overwrite an input) and environment errors (`OSError`: a full disk, a
@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 
 from ..._version import __version__
 from ...errors import InputError
-from . import common, files, localize, run
+from . import build, common, files, localize, run
 
-GROUPS = (files, localize, run)
+GROUPS = (files, localize, run, build)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,111 @@
+"""`build`: a steering profile for a behaviour on the user's own model, measured, in the time given."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from ... import models
+from ...errors import InputError
+from .common import MODEL_HELP, add_force, bounded_float, command, positive_int
+
+MAX_MINUTES = 24 * 60
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from ...engine.hooked import HookedLlama
+    from ...evaluation import plan as planning
+    from ...evaluation.build import BuildConfig, build, capture_evidence, trial_counts
+    from ...evaluation.card import write_card
+    from ...evaluation.methods import METHODS
+    from ...evaluation.record import BuildRecord
+    from ...evaluation.tasks import GenerationTask, load_task
+    from ...formats.embedded import embed_profiles
+    from ...formats.model_file import ModelFile
+    from ...formats.profiles import fingerprint_to_dict, write_profile
+    from ...ggufio.atomic import check_output
+
+    source = models.resolve(args.model)
+    task = load_task(args.behaviour)
+    if not isinstance(task, GenerationTask):
+        raise InputError(f"{args.behaviour!r} is not a generation behaviour: build makes profiles for replies "
+                         "(detox, sentiment)")
+    model_file = ModelFile.open(source)
+    output = check_output(Path(args.output or f"{source.stem}.{task.name}.json"), [source], force=args.force)
+    steered_model = (check_output(output.with_suffix(".gguf"), [source], force=args.force) if args.embed else None)
+    weights = models.float_copy(args.model) if args.model in models.MODELS else source
+    identity = {"model": fingerprint_to_dict(model_file.fingerprint), "behaviour": task.name,
+                "minutes": args.minutes, "methods": [method.name for method in METHODS]}
+    record = BuildRecord(output, identity, fresh=args.fresh)
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    llm = HookedLlama.for_evaluation(source, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    config = BuildConfig(threads=args.threads)
+    evidence = record.load_evidence(llm.shape) if record.plan else None
+    try:
+        if evidence is not None:
+            plan = record.plan
+            log(f"resuming the build saved in {record.path} ({len(record.results)} results kept)")
+        else:
+            probe = planning.probe(llm, task, config.max_tokens)
+            config = dataclasses.replace(config, kl_budgets=planning.kl_budgets_for(args.minutes, config.kl_budgets))
+            log(f"{source.name}: {probe.seconds_per_item:.2f} s per prompt; capturing pairs on {weights.name}")
+            evidence, capture_seconds = capture_evidence(weights, task, config, llm.shape,
+                                                         seconds=planning.CAPTURE_SHARE * args.minutes * 60)
+            record.save_evidence(evidence)
+            trials, calibrated = trial_counts(METHODS, evidence, config)
+            sized = planning.size(args.minutes, time.perf_counter() - started, probe, task, dev_trials=trials,
+                                  calibrated_points=calibrated, test_runs=len(METHODS),
+                                  kl_budgets=config.kl_budgets)
+            plan = {**sized.to_dict(), "pairs": evidence.counts.n_pairs, "capture_seconds": capture_seconds}
+            record.set_plan(plan)
+            log(f"captured {evidence.counts.n_pairs} pairs in {capture_seconds:.0f} s; plan: {sized.describe()}")
+        config = dataclasses.replace(config, kl_budgets=tuple(plan["kl_budgets"]), dev_limit=plan["dev_items"],
+                                     test_limit=plan["test_items"])
+        result = build(llm, weights, task, config, name=source.name, evidence=evidence, record=record, log=log)
+    except KeyboardInterrupt:
+        log(f"interrupted: {len(record.results)} results are saved in {record.path}; run the same command to "
+            "resume (--fresh starts over)")
+        raise
+    finally:
+        llm.close()
+    result.capture_seconds = plan["capture_seconds"]
+    result.seconds = time.perf_counter() - started
+    record.write(build=result.to_dict())
+    card = write_card(result, task, output.with_suffix(".md"), model=source.name, plan=plan,
+                      command=f"python -m austeer_gguf build {args.model} {args.behaviour} --minutes {args.minutes:g}")
+    print(card)
+    if result.winner is None or result.winner not in result.profiles:
+        log(f"no profile written: {result.winner or 'no method'} has none to ship (see {card})")
+        return 0
+    comparison = result.comparisons[result.winner]
+    profile = dataclasses.replace(result.profiles[result.winner], name=task.name, model=model_file.fingerprint,
+                                  extra={"method": result.winner, "setting": result.chosen[result.winner]["setting"],
+                                         "task": task.name, "meets_target": comparison["meets_target"],
+                                         "report": card.name})
+    print(write_profile(profile, output))
+    if steered_model is not None:
+        print(embed_profiles(model_file, [profile], steered_model))
+    return 0
+
+
+def register(commands) -> None:
+    parser = command(commands, "build", "build, measure and write a steering profile for a behaviour on a model, "
+                     "with its report card", cmd_build)
+    parser.add_argument("model", help=MODEL_HELP)
+    parser.add_argument("behaviour", help="detox or sentiment")
+    parser.add_argument("--minutes", type=bounded_float(1.0, MAX_MINUTES), default=10.0,
+                        help="time to spend: sizes the capture, dev and test sets")
+    parser.add_argument("-o", "--output", help="profile JSON to write (default: <model>.<behaviour>.json); the "
+                        "report card is written beside it (.md, .png), with the saved results (.build.json)")
+    parser.add_argument("--embed", action="store_true", help="also write the model with the profile embedded "
+                        "(the output path with .gguf)")
+    parser.add_argument("--fresh", action="store_true", help="start over instead of resuming a saved build")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads (default: half the cores)")
+    add_force(parser, "replace read-only outputs")

@@ -1,0 +1,123 @@
+"""The report card of a build: one Markdown page (and its Pareto plot) beside the profile it ships.
+
+It says first whether any method met the target, then the test table (the behaviour off and on with paired 95%
+intervals, fluency, harmless refusals, asking the model beside the steering methods), the plan and what it
+bought, the dev trials against their side effect, and a few replies off and on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .build import Build
+from .metrics import BEHAVIOURS
+from .tasks import GenerationTask
+
+SAMPLES = 4
+
+
+def write_card(result: Build, task: GenerationTask, path: Path, *, model: str, command: str,
+               plan: dict | None = None) -> Path:
+    """Write `path` (Markdown) and `path` with `.png` (the dev trials' Pareto plot); return the Markdown path."""
+    plot = path.with_suffix(".png")
+    plot_dev_trials(result, task, plot, model)
+    behaviour = BEHAVIOURS[task.behaviour]
+    lines = [f"# {task.name} on {model}", "", f"`{command}`: {result.seconds / 60:.1f} minutes.", "",
+             verdict(result, task), "", "## Test", "",
+             f"{len(next(iter(result.test_items.values()), []))} held-out prompts, each method's dev choice measured "
+             "once; intervals are paired bootstrap 95% intervals against unsteered on the same prompts.", "",
+             f"| method | dev choice | {behaviour} (unsteered -> on) | difference, 95% CI | relative improvement, "
+             "95% CI | perplexity x | distinct-2 on / off | harmless refusals on / off | target |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for method, c in result.comparisons.items():
+        low, high = c["difference_ci"]
+        rel_low, rel_high = c["relative_improvement_ci"]
+        lines.append(f"| {method}{' (ships)' if method == result.winner else ''} | {result.chosen[method]['setting']} "
+                     f"| {c['unsteered']:.3f} -> {c[task.behaviour]:.3f} | {c['difference']:+.3f} "
+                     f"({low:+.3f}..{high:+.3f}) | {percent(c['relative_improvement'])} ({percent(rel_low)}.."
+                     f"{percent(rel_high)}) | {c['perplexity_ratio']:.2f} | {c['distinct2']:.2f} / "
+                     f"{c['distinct2_unsteered']:.2f} | {c['harmless_refusals']:.2f} / "
+                     f"{c['harmless_refusals_unsteered']:.2f} | {'met' if c['meets_target'] else 'not met'} |")
+    for method in dict.fromkeys(trial["method"] for trial in result.dev):
+        if method not in result.chosen:
+            lines.append(f"| {method} | none: no dev trial kept fluency and refusals | | | | | | | not measured |")
+    lines += ["", f"Target: {behaviour} improved by at least {result.target:.0%} relative to unsteered, "
+              "perplexity of the replies within the fluency limit, distinct bigrams kept, harmless refusals not "
+              "risen."]
+    if plan:
+        measured = max((abs(h - c["difference"]) for c in result.comparisons.values() for h in c["difference_ci"]),
+                       default=float("nan"))
+        lines += ["", "## Plan", "", f"{plan.get('minutes', '?')} minutes asked: {result.pairs} training pairs "
+                  f"captured; {plan['dev_trials']} dev trials on {plan['dev_items']} prompts (KL budgets "
+                  f"{', '.join(f'{b:g}' for b in plan['kl_budgets'])}); {plan['test_items']} test prompts. Expected "
+                  f"half-width of the headline interval +-{plan['expected_half_width']:.3f}; measured (widest "
+                  f"method) +-{measured:.3f}."]
+    lines += ["", "## Dev trials", "", f"![{behaviour} against perplexity on dev]({plot.name})", "",
+              "| method | setting | " + behaviour + " | perplexity x | harmless refusals | admissible |",
+              "|---|---|---|---|---|---|"]
+    for trial in result.dev:
+        lines.append(f"| {trial['method']} | {trial['setting']} | {trial[task.behaviour]:.3f} | "
+                     f"{trial['perplexity_ratio']:.2f} | {trial['harmless_refusals']:.2f} | "
+                     f"{'yes' if trial['admissible'] else 'no'} |")
+    lines += ["", "## Replies", ""] + sample_lines(result)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def verdict(result: Build, task: GenerationTask) -> str:
+    met = [m for m, c in result.comparisons.items() if c["meets_target"]]
+    if result.winner is None:
+        return "**No profile**: no steering method was chosen on dev."
+    c = result.comparisons[result.winner]
+    low, high = c["relative_improvement_ci"]
+    effect = (f"{BEHAVIOURS[task.behaviour]} {c['unsteered']:.3f} -> {c[task.behaviour]:.3f} "
+              f"({percent(c['relative_improvement'])}, 95% CI {percent(low)}..{percent(high)}) at perplexity "
+              f"x{c['perplexity_ratio']:.2f}")
+    if low <= 0:
+        effect += "; the interval includes no change, so the effect is within noise on this many prompts"
+    if result.winner in met:
+        return f"**Target met by {', '.join(met)}.** The profile ships **{result.winner}**: {effect}."
+    return (f"**Nothing met the target.** The profile ships **{result.winner}**, the best method that keeps "
+            f"fluency and refusals (or the best at all when none does): {effect}. Treat it as weak.")
+
+
+def percent(value: float) -> str:
+    return f"{round(100 * value) + 0:+d}%"
+
+
+def sample_lines(result: Build) -> list[str]:
+    """Replies to the first test prompts where unsteered and the shipped method differ."""
+    if result.winner is None or "unsteered" not in result.test_items:
+        return ["(none)"]
+    lines = []
+    pairs = zip(result.test_items["unsteered"], result.test_items[result.winner])
+    for off, on in [(off, on) for off, on in pairs if off["reply"] != on["reply"]][:SAMPLES]:
+        lines += [f"> {_one_line(off['prompt'])}", "", f"- off: {_one_line(off['reply'])}",
+                  f"- on ({result.winner}): {_one_line(on['reply'])}", ""]
+    return lines or ["(every reply the same off and on)"]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")[:300]
+
+
+def plot_dev_trials(result: Build, task: GenerationTask, path: Path, model: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.2))
+    methods = list(dict.fromkeys(trial["method"] for trial in result.dev))
+    colors = plt.get_cmap("tab10")
+    for index, method in enumerate(methods):
+        own = [(t["perplexity_ratio"], t[task.behaviour]) for t in result.dev if t["method"] == method]
+        axis.plot(*zip(*own), "o-" if len(own) > 1 else "o", color=colors(index % 10), label=method, alpha=0.8)
+    axis.set_xlabel("perplexity of the replies / unsteered")
+    axis.set_ylabel(f"dev {BEHAVIOURS[task.behaviour]}")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="best")
+    axis.set_title(f"{model} / {task.name}: dev trials")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

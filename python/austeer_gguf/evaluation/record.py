@@ -1,0 +1,81 @@
+"""What a build has measured, saved as it goes: an interrupted `build` resumes from it, and a finished one keeps
+it as the per-item data behind its report card.
+
+Two files beside the profile `<name>.json`: `<name>.build.json` (what the build is of, its plan, and every
+trial's result with its items) and `<name>.evidence.npz` (the capture pass: momentum counts and the CAA mean
+difference).
+A record whose identity (model fingerprint, behaviour, time budget, methods) differs from the run's is not
+resumed: the run starts afresh and replaces it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..control_vector import ControlVector
+from ..ggufio.atomic import atomic_output, atomic_write_text
+from ..jsonfile import read_json_file
+from ..localization.reducers import MomentumCounts
+from ..sites import ModelShape
+from .methods import Evidence
+
+
+class BuildRecord:
+    def __init__(self, profile_path: Path, identity: dict[str, Any], *, fresh: bool = False) -> None:
+        self.path = profile_path.with_suffix(".build.json")
+        self.evidence_path = profile_path.with_suffix(".evidence.npz")
+        self.identity = identity
+        saved = read_json_file(self.path, "build record") if self.path.exists() and not fresh else None
+        self.resumed = isinstance(saved, dict) and saved.get("identity") == identity
+        self.plan: dict[str, Any] | None = saved.get("plan") if self.resumed else None
+        self.results: dict[str, dict] = saved.get("results", {}) if self.resumed else {}
+
+    def get(self, key: str) -> dict | None:
+        return self.results.get(key)
+
+    def put(self, key: str, result: dict) -> None:
+        self.results[key] = result
+        self.write()
+
+    def set_plan(self, plan: dict[str, Any]) -> None:
+        self.plan = plan
+        self.write()
+
+    def write(self, **extra: Any) -> None:
+        data = {"identity": self.identity, "plan": self.plan, **extra, "results": self.results}
+        atomic_write_text(self.path, json.dumps(data, default=float) + "\n")
+
+    # ---- the capture pass --------------------------------------------------------------------------------
+
+    def save_evidence(self, evidence: Evidence) -> None:
+        counts, control = evidence.counts, evidence.control
+        arrays = {"n_pairs": np.array(counts.n_pairs), "control_layers": np.array(control.layers, dtype=np.int64)}
+        for site in counts.sites:
+            arrays[f"positive_{site}"] = counts.positive[site]
+            arrays[f"negative_{site}"] = counts.negative[site]
+        if control.layers:
+            arrays["control"] = np.stack([control.directions[layer] for layer in control.layers])
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        with atomic_output(self.evidence_path) as (file, _):
+            file.write(buffer.getvalue())
+
+    def load_evidence(self, shape: ModelShape) -> Evidence | None:
+        """The saved capture pass of a resumed build (None: not saved, or not of this shape)."""
+        if not self.resumed or not self.evidence_path.is_file():
+            return None
+        with np.load(self.evidence_path) as data:
+            sites = [name[len("positive_"):] for name in data.files if name.startswith("positive_")]
+            if any(data[f"positive_{site}"].shape != (shape.n_layers, shape.widths.get(site, -1)) for site in sites):
+                return None
+            counts = MomentumCounts(shape.n_layers, {site: shape.widths[site] for site in sites}, int(data["n_pairs"]),
+                                    {site: data[f"positive_{site}"] for site in sites},
+                                    {site: data[f"negative_{site}"] for site in sites})
+            layers = [int(layer) for layer in data["control_layers"]]
+            directions = {layer: data["control"][i].astype(np.float32) for i, layer in enumerate(layers)}
+        return Evidence(counts, ControlVector(directions, shape.architecture, counts.n_pairs), shape)

@@ -1,0 +1,80 @@
+"""`python -m austeer_gguf build`: on the tiny model (whose replies mean nothing: these tests check the
+plumbing, not the behaviour), a build interrupted with Ctrl-C resumes from its saved results and writes a
+profile that fits the model, its report card and plot, and the per-item data; what it cannot build is refused
+before any model is loaded."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from austeer_gguf.formats.model_file import ModelFile
+from austeer_gguf.formats.profiles import read_profile
+
+
+def build(*args, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "austeer_gguf", "build", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def saved_results(path) -> int:
+    try:
+        return len(json.loads(path.read_text())["results"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0
+
+
+def test_an_interrupted_build_resumes_and_writes_a_profile_its_card_and_its_data(tiny_f32, tmp_path):
+    output = tmp_path / "tiny.detox.json"
+    command = (tiny_f32, "detox", "--minutes", "1", "-o", output, "--threads", "2")
+    first = build(*command)
+    record = tmp_path / "tiny.detox.build.json"
+    deadline = time.monotonic() + 300
+    while saved_results(record) < 3 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    first.send_signal(signal.SIGINT)
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 130, stderr[-2000:]
+    assert "results are saved in" in stderr and "run the same command to resume" in stderr
+    kept = saved_results(record)
+    assert kept >= 3 and not output.exists()
+
+    second = build(*command)
+    stdout, stderr = second.communicate(timeout=600)
+    assert second.returncode == 0, stderr[-3000:]
+    assert f"({kept} results kept)" in stderr
+    assert len(re.findall(r"\(saved\)$", stderr, flags=re.MULTILINE)) == kept  # none measured again
+    card = tmp_path / "tiny.detox.md"
+    assert stdout.split() == [str(card), str(output)]
+
+    profile = read_profile(output)
+    model = ModelFile.open(tiny_f32)
+    profile.check_model(model.shape, model.fingerprint)
+    assert profile.name == "detox" and profile.extra["task"] == "detox" and profile.extra["report"] == card.name
+    text = card.read_text()
+    assert text.startswith("# detox on tiny-f32.gguf") and "## Test" in text and "## Plan" in text
+    assert re.search(r"\*\*(Target met by|Nothing met the target)", text)
+    assert "| prompting" in text  # asking the model stands beside the steering methods, measured or not
+    assert (tmp_path / "tiny.detox.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads(record.read_text())
+    assert data["plan"]["dev_items"] >= 8 and data["plan"]["test_items"] >= 20
+    assert data["build"]["winner"] == profile.extra["method"]
+    assert all(len(items) == data["plan"]["test_items"] for items in data["build"]["test_items"].values())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["word-polarity"], "'word-polarity' is not a generation behaviour"),
+    (["politeness"], "unknown task 'politeness'"),
+    (["detox", "--minutes", "0.5"], "argument --minutes: must be a finite number in 1..1440, got 0.5"),
+])
+def test_what_build_cannot_make_is_refused_with_the_reason(tiny_f32, tmp_path, args, message):
+    done = subprocess.run([sys.executable, "-m", "austeer_gguf", "build", str(tiny_f32), *args, "-o",
+                           str(tmp_path / "p.json")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
