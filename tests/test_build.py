@@ -78,3 +78,15 @@ def test_what_build_cannot_make_is_refused_with_the_reason(tiny_f32, tmp_path, a
                            str(tmp_path / "p.json")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plan_only_says_what_the_minutes_buy_and_writes_no_profile(tiny_f32, tmp_path):
+    output = tmp_path / "p.json"
+    done = subprocess.run([sys.executable, "-m", "austeer_gguf", "build", str(tiny_f32), "detox", "--minutes", "2",
+                           "--plan", "-o", str(output)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.fullmatch(r"\d+ dev trials on \d+ items, each method's choice on \d+ test items; expected 95% interval "
+                        r"of the headline: \+-0\.\d+ \(\+-0\.1 would take about \d+ minutes\)\n", done.stdout)
+    assert not output.exists()
+    plan = json.loads((tmp_path / "p.build.json").read_text())["plan"]
+    assert plan["minutes"] == 2 and plan["test_items"] >= 20 and plan["pairs"] > 0

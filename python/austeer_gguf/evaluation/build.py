@@ -21,6 +21,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -105,12 +106,18 @@ def capture_evidence(float_model, task: GenerationTask, config: BuildConfig, sha
     return evidence, time.perf_counter() - started
 
 
-def trial_counts(methods: Sequence[Method], evidence: Evidence, config: BuildConfig) -> tuple[int, int]:
-    """How many dev trials `build` runs (at most: a budget no strength meets runs none), and how many build
-    points it calibrates."""
-    calibrates = [_calibrates(method, point, evidence) for method in methods
-                  for point in method.build_points(evidence, config)]
-    return len(calibrates) + sum(calibrates) * (len(config.kl_budgets) - 1), sum(calibrates)
+class TrialCounts(NamedTuple):
+    dev_trials: int  # at most: a budget no strength meets runs none
+    calibrated_points: int
+    methods: int  # methods in the build: each is measured once on test (at most)
+
+
+def trial_counts(methods: Sequence[Method], evidence: Evidence, config: BuildConfig) -> TrialCounts:
+    """What `build` will run."""
+    points = [(method, point) for method in methods for point in method.build_points(evidence, config)]
+    calibrates = sum(_calibrates(method, point, evidence) for method, point in points)
+    return TrialCounts(len(points) + calibrates * (len(config.kl_budgets) - 1), calibrates,
+                       len({method.name for method, _ in points}))
 
 
 def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: str,
@@ -125,7 +132,8 @@ def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: 
         log(f"{name}: captured {evidence.counts.n_pairs} pairs in {capture_seconds:.0f} s")
     dev_items = len(task.split("dev", config.dev_limit))
     test_items = len(task.split("test", config.test_limit))
-    progress = _Progress(trial_counts(methods, evidence, config)[0] * dev_items + len(methods) * test_items, log)
+    counts = trial_counts(methods, evidence, config)
+    progress = _Progress(counts.dev_trials * dev_items + counts.methods * test_items, log)
 
     def run(split: str, trial: BuildTrial) -> tuple[dict, str]:
         """The trial's result on the split, and " (saved)" when it comes from the record."""

@@ -51,13 +51,15 @@ class BuildPlan:
     dev_trials: int
     expected_half_width: float  # of the headline difference's 95% interval, in the behaviour's units
     seconds_per_item: float
+    minutes_for_tenth: float  # what an expected interval of +-0.1 would take
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def describe(self) -> str:
         return (f"{self.dev_trials} dev trials on {self.dev_items} items, each method's choice on {self.test_items} "
-                f"test items; expected 95% interval of the headline: +-{self.expected_half_width:.3f}")
+                f"test items; expected 95% interval of the headline: +-{self.expected_half_width:.3f} (+-0.1 would "
+                f"take about {self.minutes_for_tenth:.0f} minutes)")
 
 
 def kl_budgets_for(minutes: float, full: tuple[float, ...]) -> tuple[float, ...]:
@@ -96,4 +98,13 @@ def size(minutes: float, spent: float, probe: Probe, task: GenerationTask, *, de
     test_items = min(max(test_items, MIN_TEST), len(task.test))
     half_width = 1.96 * probe.item_spread / math.sqrt(test_items)
     return BuildPlan(minutes, CAPTURE_SHARE * total, tuple(kl_budgets), dev_items, test_items, dev_trials,
-                     half_width, probe.seconds_per_item)
+                     half_width, probe.seconds_per_item, minutes_for(0.1, probe, calibration=calibration,
+                                                                     test_runs=test_runs, spent=probe.seconds))
+
+
+def minutes_for(half_width: float, probe: Probe, *, calibration: float, test_runs: int, spent: float) -> float:
+    """The minutes a build needs for an expected headline interval of +-`half_width` (with the same shares: test
+    gets TEST_SHARE of what capture and calibration leave)."""
+    test_items = math.ceil((1.96 * probe.item_spread / half_width) ** 2)
+    left = test_runs * test_items * probe.seconds_per_item / TEST_SHARE
+    return (spent + calibration + left) / (1 - CAPTURE_SHARE) / 60

@@ -59,13 +59,16 @@ def cmd_build(args: argparse.Namespace) -> int:
             evidence, capture_seconds = capture_evidence(weights, task, config, llm.shape,
                                                          seconds=planning.CAPTURE_SHARE * args.minutes * 60)
             record.save_evidence(evidence)
-            trials, calibrated = trial_counts(METHODS, evidence, config)
-            sized = planning.size(args.minutes, time.perf_counter() - started, probe, task, dev_trials=trials,
-                                  calibrated_points=calibrated, test_runs=len(METHODS),
-                                  kl_budgets=config.kl_budgets)
+            counts = trial_counts(METHODS, evidence, config)
+            sized = planning.size(args.minutes, time.perf_counter() - started, probe, task,
+                                  dev_trials=counts.dev_trials, calibrated_points=counts.calibrated_points,
+                                  test_runs=counts.methods, kl_budgets=config.kl_budgets)
             plan = {**sized.to_dict(), "pairs": evidence.counts.n_pairs, "capture_seconds": capture_seconds}
             record.set_plan(plan)
             log(f"captured {evidence.counts.n_pairs} pairs in {capture_seconds:.0f} s; plan: {sized.describe()}")
+            if args.plan:
+                print(sized.describe())
+                return 0
         config = dataclasses.replace(config, kl_budgets=tuple(plan["kl_budgets"]), dev_limit=plan["dev_items"],
                                      test_limit=plan["test_items"])
         result = build(llm, weights, task, config, name=source.name, evidence=evidence, record=record, log=log)
@@ -107,5 +110,7 @@ def register(commands) -> None:
     parser.add_argument("--embed", action="store_true", help="also write the model with the profile embedded "
                         "(the output path with .gguf)")
     parser.add_argument("--fresh", action="store_true", help="start over instead of resuming a saved build")
+    parser.add_argument("--plan", action="store_true", help="only time a few prompts and the capture pass, and say "
+                        "what the minutes buy (the build resumes from there when run without --plan)")
     parser.add_argument("--threads", type=positive_int, help="CPU threads (default: half the cores)")
     add_force(parser, "replace read-only outputs")
