@@ -60,6 +60,7 @@ def test_an_interrupted_build_resumes_and_writes_a_profile_its_card_and_its_data
     text = card.read_text()
     assert text.startswith("# detox on tiny-f32.gguf") and "## Test" in text and "## Plan" in text
     assert re.search(r"\*\*(Target met by|Nothing met the target)", text)
+    assert text.index("Will it steer? Read from the capture pass alone") < text.index("## Test")
     assert "| prompting" in text  # asking the model stands beside the steering methods, measured or not
     assert (tmp_path / "tiny.detox.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads(record.read_text())
@@ -86,7 +87,9 @@ def test_plan_only_says_what_the_minutes_buy_and_writes_no_profile(tiny_f32, tmp
                            "--plan", "-o", str(output)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert re.fullmatch(r"\d+ dev trials on \d+ items, each method's choice on \d+ test items; expected 95% interval "
-                        r"of the headline: \+-0\.\d+ \(\+-0\.1 would take about \d+ minutes\)\n", done.stdout)
+                        r"of the headline: \+-0\.\d+ \(\+-0\.1 would take about \d+ minutes\)\n"
+                        r"will it steer\? \d+ pairs: the top 100 units agree in sign on \d+% of pairs .* at layer \d+ "
+                        r"\(0: no shared direction\)\n", done.stdout)
     assert not output.exists()
     plan = json.loads((tmp_path / "p.build.json").read_text())["plan"]
     assert plan["minutes"] == 2 and plan["test_items"] >= 20 and plan["pairs"] > 0

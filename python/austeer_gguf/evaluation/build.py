@@ -27,7 +27,8 @@ import numpy as np
 
 from ..formats.model_file import ModelFile
 from ..localization.capture import PairCapture
-from ..localization.reducers import MeanDifference, MomentumCounts
+from ..localization.pairs import Pair
+from ..localization.reducers import DirectionAgreement, MeanDifference, MomentumCounts
 from ..profile import Profile
 from ..setting import OFF, SteeringSetting
 from . import metrics
@@ -82,6 +83,7 @@ class Build:
     winner: str | None = None
     seconds: float = 0.0
     target: float = TARGET
+    reading: dict | None = None  # will it steer? (`steerability.Reading`), from the capture pass
     profiles: dict[str, Profile] = field(default_factory=dict, repr=False)  # method -> its chosen calibrated profile
 
     def to_dict(self) -> dict:
@@ -90,19 +92,20 @@ class Build:
         return data
 
 
-def capture_evidence(float_model, task: GenerationTask, config: BuildConfig, shape,
+def capture_evidence(float_model, pairs: Sequence[Pair], sites: Sequence[str], shape, *, threads: int | None = None,
                      seconds: float | None = None) -> tuple[Evidence, float]:
-    """One capture pass over the training pairs: the momentum counts of every site and the CAA mean difference
-    (with `seconds`: of the first pairs that pass takes)."""
+    """One capture pass over the training pairs on `float_model`: the momentum counts of `sites`, the CAA mean
+    difference and the pairs' direction agreement (with `seconds`: of the first pairs that pass takes). `shape`:
+    the model the methods' settings are for (the quantized file)."""
     started = time.perf_counter()
-    pairs = task.train[: config.pairs] if config.pairs else task.train
-    captured = tuple(dict.fromkeys([*config.sites, "layer"]))
-    with PairCapture(ModelFile.open(float_model), pairs, captured, n_threads=config.threads,
-                     progress=False) as capture:
-        counts = MomentumCounts.for_shape(capture.shape, config.sites)
+    captured = tuple(dict.fromkeys([*sites, "layer"]))
+    with PairCapture(ModelFile.open(float_model), pairs, captured, n_threads=threads, progress=False) as capture:
+        counts = MomentumCounts.for_shape(capture.shape, sites)
         difference = MeanDifference.for_shape(capture.shape, "layer")
-        capture.feed(counts, difference, seconds=seconds)
-    evidence = Evidence(counts, difference.control_vector(capture.shape.architecture), shape)
+        agreement = DirectionAgreement.for_shape(capture.shape, "layer")
+        capture.feed(counts, difference, agreement, seconds=seconds)
+    evidence = Evidence(counts, difference.control_vector(capture.shape.architecture), shape,
+                        agreement=agreement.agreement())
     return evidence, time.perf_counter() - started
 
 
@@ -128,7 +131,9 @@ def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: 
     started = time.perf_counter()
     capture_seconds = 0.0
     if evidence is None:
-        evidence, capture_seconds = capture_evidence(float_model, task, config, llm.shape)
+        pairs = task.train[: config.pairs] if config.pairs else task.train
+        evidence, capture_seconds = capture_evidence(float_model, pairs, config.sites, llm.shape,
+                                                     threads=config.threads)
         log(f"{name}: captured {evidence.counts.n_pairs} pairs in {capture_seconds:.0f} s")
     dev_items = len(task.split("dev", config.dev_limit))
     test_items = len(task.split("test", config.test_limit))
@@ -185,6 +190,8 @@ def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: 
                    test_items={m: r["items"] for m, r in test.items()}, comparisons=comparisons,
                    profiles={m: t.profile for m, t in chosen.items() if t.profile is not None},
                    target=config.target)
+    reading = evidence.reading()
+    result.reading = reading.to_dict() if reading is not None else None
     result.winner = choose_winner(comparisons, shippable)
     result.seconds = time.perf_counter() - started
     return result

@@ -1,14 +1,16 @@
 """The report card of a build: one Markdown page (and its Pareto plot) beside the profile it ships.
 
-It says first whether any method met the target, then the test table (the behaviour off and on with paired 95%
-intervals, fluency, harmless refusals, asking the model beside the steering methods), the plan and what it
-bought, the dev trials against their side effect, and a few replies off and on.
+It says first what the capture pass read (will it steer?) and whether any method met the target, then the test
+table (the behaviour off and on with paired 95% intervals, fluency, harmless refusals, asking the model beside
+the steering methods), the plan and what it bought, the dev trials against their side effect, and a few
+replies off and on.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..localization.steerability import Reading
 from .build import Build
 from .metrics import BEHAVIOURS
 from .tasks import GenerationTask
@@ -23,7 +25,7 @@ def write_card(result: Build, task: GenerationTask, path: Path, *, model: str, c
     plot_dev_trials(result, task, plot, model)
     behaviour = BEHAVIOURS[task.behaviour]
     lines = [f"# {task.name} on {model}", "", f"`{command}`: {result.seconds / 60:.1f} minutes.", "",
-             verdict(result, task), "", "## Test", "",
+             *before_generating(result), verdict(result, task), "", "## Test", "",
              f"{len(next(iter(result.test_items.values()), []))} held-out prompts, each method's dev choice measured "
              "once; intervals are paired bootstrap 95% intervals against unsteered on the same prompts.", "",
              f"| method | dev choice | {behaviour} (unsteered -> on) | difference, 95% CI | relative improvement, "
@@ -62,6 +64,13 @@ def write_card(result: Build, task: GenerationTask, path: Path, *, model: str, c
     lines += ["", "## Replies", ""] + sample_lines(result)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def before_generating(result: Build) -> list[str]:
+    """Will it steer? The capture pass's reading, before the measured answer."""
+    if result.reading is None:
+        return []
+    return [f"Will it steer? Read from the capture pass alone: {Reading(**result.reading).describe()}.", ""]
 
 
 def verdict(result: Build, task: GenerationTask) -> str:

@@ -21,7 +21,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..control_vector import ControlVector
+from ..localization import steerability
 from ..localization.reducers import MomentumCounts, rank_units
+from ..localization.steerability import Reading
 from ..profile import Profile, Unit
 from ..setting import OFF, SteeringSetting
 from ..sites import ModelShape
@@ -58,10 +60,15 @@ class Evidence:
     control: ControlVector
     shape: ModelShape
     best: Point | None = None  # the reference method's dev-best point, once it is known
+    agreement: np.ndarray | None = None  # [layers] the pairs' direction agreement (`reducers.DirectionAgreement`)
 
     @property
     def n_layers(self) -> int:
         return self.counts.n_layers
+
+    def reading(self) -> Reading | None:
+        """Will it steer? (None: a capture pass saved before the agreement was kept)"""
+        return None if self.agreement is None else steerability.read(self.counts, self.agreement)
 
 
 @dataclass

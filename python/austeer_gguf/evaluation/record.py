@@ -2,8 +2,8 @@
 it as the per-item data behind its report card.
 
 Two files beside the profile `<name>.json`: `<name>.build.json` (what the build is of, its plan, and every
-trial's result with its items) and `<name>.evidence.npz` (the capture pass: momentum counts and the CAA mean
-difference).
+trial's result with its items) and `<name>.evidence.npz` (the capture pass: momentum counts, the CAA mean
+difference and the pairs' direction agreement).
 A record whose identity (model fingerprint, behaviour, time budget, methods) differs from the run's is not
 resumed: the run starts afresh and replaces it.
 """
@@ -58,6 +58,8 @@ class BuildRecord:
         for site in counts.sites:
             arrays[f"positive_{site}"] = counts.positive[site]
             arrays[f"negative_{site}"] = counts.negative[site]
+        if evidence.agreement is not None:
+            arrays["agreement"] = evidence.agreement
         if control.layers:
             arrays["control"] = np.stack([control.directions[layer] for layer in control.layers])
         buffer = io.BytesIO()
@@ -78,4 +80,6 @@ class BuildRecord:
                                     {site: data[f"negative_{site}"] for site in sites})
             layers = [int(layer) for layer in data["control_layers"]]
             directions = {layer: data["control"][i].astype(np.float32) for i, layer in enumerate(layers)}
-        return Evidence(counts, ControlVector(directions, shape.architecture, counts.n_pairs), shape)
+            agreement = data["agreement"] if "agreement" in data.files else None
+        return Evidence(counts, ControlVector(directions, shape.architecture, counts.n_pairs), shape,
+                        agreement=agreement)

@@ -32,11 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import datasets
-from ..formats.model_file import ModelFile
-from ..localization.capture import PairCapture
-from ..localization.reducers import MeanDifference, MomentumCounts
 from . import metrics
 from .budgets import BUDGETS, Budget
+from .build import capture_evidence
 from .calibrate import PerplexityRatio
 from .evaluate import NeutralKL
 from .methods import METHODS, AxisConfig, Evidence, Method, Point, ordered, reference_of
@@ -213,13 +211,8 @@ class Sweeper:
 
     def _localize(self) -> None:
         """One capture pass over the train pairs: momentum counts of every site and the CAA mean difference."""
-        captured = tuple(dict.fromkeys([*self.config.sites, "layer"]))
-        model = ModelFile.open(self.float_model)
-        with PairCapture(model, self.task.train, captured, n_threads=self.config.threads, progress=False) as capture:
-            counts = MomentumCounts.for_shape(capture.shape, self.config.sites)
-            difference = MeanDifference.for_shape(capture.shape, "layer")
-            capture.feed(counts, difference)
-        self.evidence = Evidence(counts, difference.control_vector(capture.shape.architecture), self.llm.shape)
+        self.evidence, _ = capture_evidence(self.float_model, self.task.train, self.config.sites, self.llm.shape,
+                                            threads=self.config.threads)
 
     def _test(self, point: Point) -> dict:
         """The test result of a point, measured once however many budgets choose it."""

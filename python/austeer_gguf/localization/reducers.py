@@ -150,3 +150,38 @@ class MeanDifference:
             raise ValueError("a control vector is the mean difference of the residual stream (site 'layer')")
         mean = self.mean()
         return ControlVector({layer: mean[layer] for layer in range(1, len(mean))}, architecture, self.n_pairs)
+
+
+@dataclass
+class DirectionAgreement:
+    """How much the pairs agree on one direction: the mean cosine between the pairs' differences pos - neg at
+    one site, per layer, over every two pairs. For unit vectors u_1..u_m, the sum over ordered pairs i != j of
+    u_i . u_j is |u_1 + ... + u_m|^2 - m, so a running sum of the unit differences is all it keeps."""
+
+    site: str
+    total: np.ndarray  # [layers, width] sum of the unit-length differences
+    counted: np.ndarray  # [layers] pairs whose difference is not zero
+    n_pairs: int = 0
+
+    @classmethod
+    def for_shape(cls, shape: ModelShape, site: str = "layer") -> DirectionAgreement:
+        width = shape.widths[site]
+        return cls(site, np.zeros((shape.n_layers, width), dtype=np.float64), np.zeros(shape.n_layers, dtype=np.int64))
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return (self.site,)
+
+    def add_group(self, group: PairActivations) -> None:
+        difference = group.positive[self.site].astype(np.float64) - group.negative[self.site]
+        norms = np.linalg.norm(difference, axis=2, keepdims=True)
+        nonzero = norms > 0
+        self.total += np.where(nonzero, difference / np.where(nonzero, norms, 1.0), 0.0).sum(axis=0)
+        self.counted += nonzero[..., 0].sum(axis=0)
+        self.n_pairs += len(group.indices)
+
+    def agreement(self) -> np.ndarray:
+        """[layers] mean cosine between two pairs' differences (0 where fewer than two pairs differ)."""
+        m = self.counted.astype(np.float64)
+        squared = (self.total ** 2).sum(axis=1)
+        return np.where(m > 1, (squared - m) / np.maximum(m * (m - 1), 1.0), 0.0)
