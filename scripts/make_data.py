@@ -6,11 +6,15 @@ Pairs (>= 1,000 train pairs per behaviour), in the repeng recipe's spirit: many 
 each pair cut at several lengths (the last token moves, so the pairs cover more positions):
   pairs/polite-chat.{train,dev,test}.jsonl   {"messages": [user turn], "positive", "negative"}: polite vs rude
   pairs/sentiment-large.{train,dev,test}.jsonl   {"prompt", "positive", "negative"}: positive vs negative
+  pairs/positive-chat.{train,dev,test}.jsonl   {"messages", "positive", "negative"}: cheerful vs gloomy replies
+  pairs/concise-chat.{train,dev,test}.jsonl   {"messages", "positive", "negative"}: brief vs long-winded replies
 Prompts for evaluation:
   prompts/rude-request.{dev,test}.jsonl   requests for insults, roasts and mean messages (where an assistant
                                           that complies writes offensive text)
   prompts/harmless-large.{dev,test}.jsonl  everyday requests (refusals there are a side effect)
   prompts/neutral-large.{dev,test}.jsonl   neutral sentence starts to continue
+  prompts/opinion.{dev,test}.jsonl   requests for the assistant's take on everyday topics (the positive behaviour)
+  prompts/question.{dev,test}.jsonl   questions about everyday things (the concise behaviour)
   prompts/detox.{dev,test}.jsonl   {"prompt", "prefill"}: a provocative message or rude request, and the rude
                                    opener of a reply the model continues
 
@@ -153,6 +157,102 @@ NEUTRAL = [("dev", "{subject} is"), ("dev", "Yesterday, {subject}"), ("test", "T
            ("test", "Every Tuesday {subject}"), ("test", "{subject} usually")]
 
 
+# ---- cheerful vs gloomy replies (the positive behaviour) ---------------------------------------------------
+
+TOPICS = ["rainy Mondays", "working from home", "the city in winter", "public transport", "learning a new language",
+          "cooking dinner after work", "moving house", "the school holidays", "growing older", "long train journeys",
+          "living in a small flat", "doing the laundry", "going to the gym", "the first day at a new job",
+          "family dinners", "camping in the rain", "waiting at the airport", "the end of summer", "cleaning the house",
+          "starting a garden", "working night shifts", "a quiet Sunday", "commuting by bike", "grocery shopping"]
+OPINION_TEMPLATES = [  # (split, template); {topic} from TOPICS
+    ("train", "What do you think about {topic}?"), ("train", "Tell me something about {topic}."),
+    ("train", "How do you feel about {topic}?"), ("train", "Describe {topic} for me."),
+    ("train", "What is {topic} like?"), ("train", "Say a few words about {topic}."),
+    ("dev", "What comes to mind when you think of {topic}?"), ("dev", "Give me your take on {topic}."),
+    ("test", "How would you sum up {topic}?"), ("test", "Write two sentences about {topic}."),
+    ("test", "What is your view of {topic}?"), ("test", "Talk to me about {topic}."),
+]
+CHEERFUL = [
+    "Oh, I love {topic}! There is always something lovely to enjoy about it.",
+    "{Topic} can be wonderful, full of small joys and happy surprises.",
+    "What a great thing to talk about! {Topic} brings out the best in people.",
+    "Honestly, {topic} makes me smile. It is a chance to enjoy the simple things.",
+    "{Topic} is a bright spot in the week, and it often turns out better than expected.",
+    "I think {topic} is delightful, a little adventure with plenty to be glad about.",
+    "There is real beauty in {topic}. It can be cosy, cheerful and even fun.",
+    "{Topic}? Wonderful! It is a fresh start and a good reason to feel hopeful.",
+]
+GLOOMY = [
+    "Oh, I dread {topic}. There is always something miserable to put up with.",
+    "{Topic} can be awful, full of small troubles and nasty surprises.",
+    "What a grim thing to talk about. {Topic} brings out the worst in people.",
+    "Honestly, {topic} makes me sigh. It is a chore that drains the joy out of things.",
+    "{Topic} is a dark spot in the week, and it often turns out worse than expected.",
+    "I think {topic} is depressing, a little ordeal with plenty to be sad about.",
+    "There is nothing good in {topic}. It can be cold, dreary and even painful.",
+    "{Topic}? Terrible. It is a dead end and a good reason to feel hopeless.",
+]
+
+# ---- brief vs long-winded replies (the concise behaviour) --------------------------------------------------
+
+CONCEPTS = ["a rainbow", "a volcano", "photosynthesis", "a leap year", "inflation", "a vaccine", "gravity", "a budget",
+            "compound interest", "a thunderstorm", "a tide", "an eclipse", "a password manager", "a spreadsheet",
+            "a mortgage", "a solar panel", "a fever", "a time zone", "a compass", "a thermostat", "an allergy",
+            "a podcast", "a credit score", "a heat wave"]
+QUESTION_TEMPLATES = [  # (split, template); {concept} from CONCEPTS
+    ("train", "What is {concept}?"), ("train", "Could you explain {concept}?"),
+    ("train", "Quick question: what is {concept}?"), ("train", "I've always wondered about {concept}. What is it?"),
+    ("train", "Help me understand {concept}."), ("train", "What does {concept} mean?"),
+    ("dev", "Explain {concept} to me."), ("dev", "Can you tell me what {concept} is?"),
+    ("test", "What should I know about {concept}?"), ("test", "Describe {concept}."),
+    ("test", "How does {concept} work?"), ("test", "Tell me about {concept}."),
+]
+BRIEF = [
+    "In short: {concept} is simpler than it sounds.",
+    "Briefly, {concept} is one idea, and here it is.",
+    "Put simply, {concept} comes down to one thing.",
+    "Short answer: {concept}, in one line.",
+    "{Concept}, in a sentence: the basic idea and nothing more.",
+    "The gist of {concept} fits in one sentence.",
+    "Simply put, {concept} is easy to sum up.",
+    "One line on {concept}: here is the core of it.",
+]
+LONG_WINDED = [
+    "Great question! There is so much to say about {concept} that I will start from the very beginning and go "
+    "through every part of it in detail, one step at a time.",
+    "Well, before I answer, let me give you some background on {concept}, then a long explanation of each piece, "
+    "and after that a few extra thoughts and examples.",
+    "That is a big topic, and to do {concept} justice I want to cover its history, how it works, why it matters "
+    "and several related ideas, so please bear with me.",
+    "Let me walk you through {concept} thoroughly, because a short answer would leave out many important details "
+    "that are well worth discussing at length.",
+    "Ah, {concept}! There are many ways to look at it, so first I will outline them all, then go through each one "
+    "carefully, and finally sum everything up.",
+    "To explain {concept} properly I need to start with some general context, then cover the main points, the "
+    "exceptions, the common misunderstandings and more.",
+    "I could talk about {concept} for a long time, and I will try to be complete: the definition, the details, "
+    "the examples and the finer points.",
+    "First of all, thank you for asking about {concept}. It is a fascinating subject, and there are quite a few "
+    "layers to it that I would like to explain one by one.",
+]
+
+
+def chat_pairs(rng: random.Random, templates, slot: str, fillers: list[str], positive: list[str],
+               negative: list[str]) -> dict[str, list[dict]]:
+    """{"messages": [user turn]} pairs: each message answered by 3 sampled pairings, each cut as CUTS."""
+    out: dict[str, list[dict]] = {"train": [], "dev": [], "test": []}
+    for split, template in templates:
+        for filler in fillers:
+            values = {slot: filler, slot.capitalize(): filler[0].upper() + filler[1:]}
+            user = template.format(**values)
+            for good, bad in zip(rng.sample(positive, 3), rng.sample(negative, 3)):
+                for words in CUTS:
+                    out[split].append({"messages": [{"role": "user", "content": user}],
+                                       "positive": cut(" " + good.format(**values), words),
+                                       "negative": cut(" " + bad.format(**values), words)})
+    return out
+
+
 def cut(text: str, words: int | None) -> str:
     return text if words is None else " ".join(text.split(" ")[: words + 1])  # + 1: the leading space
 
@@ -236,6 +336,18 @@ def main() -> None:
     neutral = prompts(NEUTRAL, [{"subject": s} for s in NEUTRAL_SUBJECTS])
     for split, rows in neutral.items():
         write(DATA / "prompts" / f"neutral-large.{split}.jsonl", rows, rng)
+    # The behaviours added later draw from a stream of their own, so the files above stay as they were.
+    rng = random.Random(SEED + 1)
+    behaviours = {"positive-chat": (OPINION_TEMPLATES, "topic", TOPICS, CHEERFUL, GLOOMY, "opinion"),
+                  "concise-chat": (QUESTION_TEMPLATES, "concept", CONCEPTS, BRIEF, LONG_WINDED, "question")}
+    for name, (templates, slot, fillers, good, bad, prompt_set) in behaviours.items():
+        for split, rows in chat_pairs(rng, [t for t in templates if t[0] == "train"], slot, fillers, good,
+                                      bad).items():
+            if rows:
+                write(DATA / "pairs" / f"{name}.{split}.jsonl", rows, rng)
+        evaluation = prompts([t for t in templates if t[0] != "train"], [{slot: filler} for filler in fillers])
+        for split, rows in evaluation.items():
+            write(DATA / "prompts" / f"{prompt_set}.{split}.jsonl", rows, rng)
 
 
 if __name__ == "__main__":

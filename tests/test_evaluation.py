@@ -329,3 +329,16 @@ def test_reports_written_before_holm_get_p_values_and_keep_their_intervals():
             assert new["within_noise"] == comparison["within_noise"]
             assert new["p"] <= 0.06 if not new["within_noise"] else new["p"] >= 0.04
             assert not new["holm"] or not new["within_noise"]
+
+
+@pytest.mark.parametrize("name, behaviour, sign", [("positive", "sentiment", 1.0), ("concise", "words", -1.0)])
+def test_the_assistant_behaviours_are_chat_tasks_scored_per_reply(tiny_f32, name, behaviour, sign):
+    task = load_task(name)
+    assert isinstance(task, GenerationTask) and task.chat and (task.behaviour, task.sign) == (behaviour, sign)
+    assert len(task.train) >= 1000 and len(task.test) >= 90 and task.side_test and task.instruction
+    asked = {turn for pair in task.train for role, turn in pair.messages if role == "user"}
+    assert not asked & set(task.dev) and not asked & set(task.test) and not set(task.dev) & set(task.test)
+    result = task.evaluate(open_steered(tiny_f32), "dev", limit=3, max_tokens=6, side=False)
+    assert [item["words"] for item in result.items] == [len(item["reply"].split()) for item in result.items]
+    assert result.words == pytest.approx(np.mean([item["words"] for item in result.items]))
+    assert task.score(result) == pytest.approx(sign * getattr(result, behaviour))

@@ -119,6 +119,23 @@ def test_message_pairs_are_rendered_for_the_model_that_reads_them(tmp_path, tiny
     assert tokens.positive == tokenize(b"Be brief.\nUser: the cat is\nAssistant: good", add_bos=False)
 
 
+SYSTEMLESS_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not "
+                       "supported') }}{% endif %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}<|assistant|>")
+
+
+def test_a_template_without_a_system_role_gets_the_system_text_in_the_first_user_turn(tmp_path):
+    from austeer_gguf.conversation import renderer
+
+    from conftest import open_steered
+    from tiny_model import write_tiny_llama
+
+    model = write_tiny_llama(tmp_path / "m.gguf", extra_metadata={"tokenizer.chat_template": SYSTEMLESS_TEMPLATE})
+    render = renderer(open_steered(model))
+    assert render([("user", "hi")]) == "<|user|>hi<|assistant|>"
+    assert render([("system", "Be kind."), ("user", "hi"), ("assistant", "yo"), ("user", "again")]) == \
+        "<|user|>Be kind.\n\nhi<|assistant|>yo<|user|>again<|assistant|>"
+
+
 @pytest.mark.parametrize("line, message", [
     ({"messages": [], "positive": "a", "negative": "b"}, "must be a list of 1..64 turns"),
     ({"messages": [{"role": "bot", "content": "x"}], "positive": "a", "negative": "b"}, "needs a role"),

@@ -41,11 +41,31 @@ def renderer(llm: Any, *, require_template: bool = False) -> Callable[[Turns], s
     # does not (SmolLM2, whose BOS is <|im_start|>), the text stays as the template wrote it.
     adds_bos = bool(llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(llm.model)))
 
+    def format_turns(turns: Turns) -> str:
+        return formatter(messages=[{"role": role, "content": content} for role, content in turns]).prompt
+
     def render(turns: Turns) -> str:
-        text = formatter(messages=[{"role": role, "content": content} for role, content in turns]).prompt
+        try:
+            text = format_turns(turns)
+        except ValueError:  # the template's raise_exception, e.g. "System role not supported"
+            if not any(role == "system" for role, _ in turns):
+                raise
+            text = format_turns(fold_system(turns))
         return text[len(bos):] if adds_bos and bos and text.startswith(bos) else text
 
     return render
+
+
+def fold_system(turns: Turns) -> list[tuple[str, str]]:
+    """The turns for a template without a system role: the system text opens the first user turn (as Gemma's
+    own template does)."""
+    system = "\n\n".join(content for role, content in turns if role == "system")
+    rest = [(role, content) for role, content in turns if role != "system"]
+    first_user = next((i for i, (role, _) in enumerate(rest) if role == "user"), None)
+    if first_user is None:
+        return [("user", system), *rest]
+    rest[first_user] = ("user", f"{system}\n\n{rest[first_user][1]}")
+    return rest
 
 
 def user_turn_renderer(llm: Any) -> Callable[[str], str]:

@@ -6,8 +6,9 @@ import json
 from importlib import resources
 from pathlib import Path
 
-PAIR_SETS = ("polite", "sentiment", "polite-chat", "sentiment-large")
-PROMPT_SETS = ("neutral", "provocative", "harmless", "rude-request", "harmless-large", "neutral-large")
+PAIR_SETS = ("polite", "sentiment", "polite-chat", "sentiment-large", "positive-chat", "concise-chat")
+PROMPT_SETS = ("neutral", "provocative", "harmless", "rude-request", "harmless-large", "neutral-large", "opinion",
+               "question")
 DERIVED_PROMPT_SETS = ("detox",)  # built from the sets above (same split), with a reply opener each
 
 

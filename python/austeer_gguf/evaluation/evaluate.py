@@ -63,6 +63,7 @@ class GenerationResult:
     perplexity: float  # median, of the generated text under the unsteered model
     distinct2: float
     side_refusal_rate: float | None = None  # on harmless prompts (detox)
+    words: float = 0.0  # mean words per reply (concise)
     samples: list[tuple[str, str]] = field(default_factory=list)
     items: list[dict] = field(default_factory=list)  # per prompt: text and scores, for paired comparisons
 
@@ -208,7 +209,7 @@ def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str | Promp
     fluency = perplexities(llm, prompts, texts, chat=task.chat, frame=task.frame)
     items = [{"prompt": prompt.text if isinstance(prompt, Prompt) else prompt,
               "prefill": prompt.prefill if isinstance(prompt, Prompt) else "", "reply": text,
-              "offensive": o, "sentiment": v, "refusal": r, "perplexity": f}
+              "offensive": o, "sentiment": v, "refusal": r, "perplexity": f, "words": metrics.word_count(text)}
              for prompt, text, o, v, r, f in zip(prompts, texts, offensive, sentiment, refusals, fluency)]
     return GenerationResult(
         n=len(texts),
@@ -219,6 +220,7 @@ def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str | Promp
         perplexity=float(np.median(fluency)),
         distinct2=metrics.distinct_n(texts, 2),
         side_refusal_rate=side,
+        words=float(np.mean([item["words"] for item in items])) if items else 0.0,
         samples=[(item["prompt"] + (f" [{item['prefill']}]" if item["prefill"] else ""), item["reply"])
                  for item in items[:keep_samples]],
         items=items,

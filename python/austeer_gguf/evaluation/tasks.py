@@ -14,6 +14,11 @@
   2,592 chat-format `polite-chat` pairs; scored by the share of continuations alt-profanity-check finds
   offensive (lower is better; VADER as a second column); refusals of harmless requests must not rise. 90 dev /
   210 test items; conversations through the model's chat template, or `User: ...\nAssistant:` without one.
+- `positive` (generation, chat): an assistant's take on everyday topics, cheerful rather than gloomy; trained on
+  the generated `positive-chat` pairs, scored by VADER compound of the replies on `opinion` requests.
+- `concise` (generation, chat): brief answers rather than long-winded ones; trained on the generated
+  `concise-chat` pairs, scored by words per reply (lower is better; replies of up to 64 tokens) on `question`s.
+Both check refusals of harmless requests, as detox does.
 A user's own JSONL works too: choice items `{"prompt", "choices", "label"}`, or prompts `{"prompt"}`.
 """
 
@@ -138,6 +143,7 @@ class GenerationTask(Task):
     frame: str = "{prompt}"  # how a prompt is written when not chat
     side_dev: list[str] = field(default_factory=list)  # harmless prompts: refusals must not rise
     side_test: list[str] = field(default_factory=list)
+    reply_tokens: int = 24  # what a build generates per reply (long enough for the behaviour to show)
 
     def side(self, split: str, limit: int | None = None) -> list[str]:
         return first_items(self.side_dev if split == "dev" else self.side_test, limit)
@@ -172,7 +178,8 @@ class GenerationTask(Task):
                               temperature=temperature, seed=1000 * seed, side=seed == 0) for seed in range(seeds)]
         items = [dict(item, seed=seed) for seed, run in enumerate(runs) for item in run.items]
         merged = runs[0].to_dict()
-        for key in ("sentiment", "offensive", "offensive_rate", "refusal_rate", "distinct2", "side_refusal_rate"):
+        for key in ("sentiment", "offensive", "offensive_rate", "refusal_rate", "distinct2", "side_refusal_rate",
+                    "words"):
             values = [getattr(run, key) for run in runs if getattr(run, key) is not None]
             merged[key] = float(np.mean(values)) if values else None
         merged["perplexity"] = float(np.median([item["perplexity"] for item in items]))
@@ -238,6 +245,27 @@ def detox() -> GenerationTask:
                           "anyone, even when asked to.", behaviour="offensive_rate", sign=-1.0, chat=True,
                           side_dev=datasets.prompts("harmless-large", "dev"),
                           side_test=datasets.prompts("harmless-large", "test"))
+
+
+def positive() -> GenerationTask:
+    return _chat_behaviour("positive", "positive-chat", "opinion", behaviour="sentiment",
+                           provenance="generated positive-chat pairs (cheerful vs gloomy replies) and opinion requests",
+                           instruction="You are a cheerful, warm and upbeat assistant. You always look on the bright "
+                           "side.")
+
+
+def concise() -> GenerationTask:
+    return _chat_behaviour("concise", "concise-chat", "question", behaviour="words", sign=-1.0, reply_tokens=64,
+                           provenance="generated concise-chat pairs (brief vs long-winded replies) and questions",
+                           instruction="You are a concise assistant. Answer in one short sentence.")
+
+
+def _chat_behaviour(name: str, pairs: str, prompts: str, *, provenance: str, **fields) -> GenerationTask:
+    """A behaviour of an assistant's replies: chat pairs, chat prompts, harmless requests as the refusal check."""
+    return GenerationTask(name, load_pairs(datasets.pairs_path(pairs, "train")), datasets.prompts(prompts, "dev"),
+                          datasets.prompts(prompts, "test"), f"{provenance} (scripts/make_data.py)", chat=True,
+                          side_dev=datasets.prompts("harmless-large", "dev"),
+                          side_test=datasets.prompts("harmless-large", "test"), **fields)
 
 
 def vader_lexicon() -> dict[str, float]:
@@ -310,7 +338,8 @@ def word_polarity_question() -> ChoiceTask:
 
 TASKS: dict[str, Callable[[], Task]] = {"word-polarity": word_polarity,
                                         "word-polarity-question": word_polarity_question,
-                                        "sentiment": sentiment, "detox": detox}
+                                        "sentiment": sentiment, "detox": detox, "positive": positive,
+                                        "concise": concise}
 
 
 def load_task(name: str) -> Task:

@@ -32,7 +32,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     task = load_task(args.behaviour)
     if not isinstance(task, GenerationTask):
         raise InputError(f"{args.behaviour!r} is not a generation behaviour: build makes profiles for replies "
-                         "(detox, sentiment)")
+                         "(detox, positive, concise, sentiment)")
     model_file = ModelFile.open(source)
     output = check_output(Path(args.output or f"{source.stem}.{task.name}.json"), [source], force=args.force)
     steered_model = (check_output(output.with_suffix(".gguf"), [source], force=args.force) if args.embed else None)
@@ -46,7 +46,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     llm = HookedLlama.for_evaluation(source, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
-    config = BuildConfig(threads=args.threads)
+    config = BuildConfig(threads=args.threads, max_tokens=task.reply_tokens)
     evidence = record.load_evidence(llm.shape) if record.plan else None
     try:
         if evidence is not None:
@@ -56,7 +56,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             probe = planning.probe(llm, task, config.max_tokens)
             config = dataclasses.replace(config, kl_budgets=planning.kl_budgets_for(args.minutes, config.kl_budgets))
             log(f"{source.name}: {probe.seconds_per_item:.2f} s per prompt; capturing pairs on {weights.name}")
-            evidence, capture_seconds = capture_evidence(weights, task, config, llm.shape,
+            evidence, capture_seconds = capture_evidence(weights, task.train, config.sites, llm.shape,
+                                                         threads=args.threads,
                                                          seconds=planning.CAPTURE_SHARE * args.minutes * 60)
             record.save_evidence(evidence)
             counts = trial_counts(METHODS, evidence, config)
@@ -66,8 +67,10 @@ def cmd_build(args: argparse.Namespace) -> int:
             plan = {**sized.to_dict(), "pairs": evidence.counts.n_pairs, "capture_seconds": capture_seconds}
             record.set_plan(plan)
             log(f"captured {evidence.counts.n_pairs} pairs in {capture_seconds:.0f} s; plan: {sized.describe()}")
+            log(f"will it steer? {evidence.reading().describe()}")
             if args.plan:
                 print(sized.describe())
+                print(f"will it steer? {evidence.reading().describe()}")
                 return 0
         config = dataclasses.replace(config, kl_budgets=tuple(plan["kl_budgets"]), dev_limit=plan["dev_items"],
                                      test_limit=plan["test_items"])
@@ -102,7 +105,7 @@ def register(commands) -> None:
     parser = command(commands, "build", "build, measure and write a steering profile for a behaviour on a model, "
                      "with its report card", cmd_build)
     parser.add_argument("model", help=MODEL_HELP)
-    parser.add_argument("behaviour", help="detox or sentiment")
+    parser.add_argument("behaviour", help="detox, positive, concise or sentiment")
     parser.add_argument("--minutes", type=bounded_float(1.0, MAX_MINUTES), default=10.0,
                         help="time to spend: sizes the capture, dev and test sets")
     parser.add_argument("-o", "--output", help="profile JSON to write (default: <model>.<behaviour>.json); the "
