@@ -46,3 +46,4 @@ def test_the_demo_embeds_the_shipped_detox_profile_and_flips_the_toggle(smollm2)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "profile 'detox'" in result.stdout and "[detox off]" in result.stdout and "[detox on ]" in result.stdout
     assert "Held-out detox items (12, greedy" in result.stdout and "95% CI" in result.stdout
+    assert "rude (rudeness judge)" in result.stdout and "offensive (profanity detector)" in result.stdout

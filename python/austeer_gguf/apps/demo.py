@@ -6,8 +6,9 @@
    `python -m austeer_gguf embed model.gguf detox.json`; the fetched file is left as it is;
 3. load the steered copy and flip the detox toggle: replies to held-out provocative messages (the reply starts
    with a rude opener the model continues) with the toggle off and on;
-4. measure the offensive rate (alt-profanity-check) off vs on over the held-out detox items, with a paired
-   bootstrap 95% interval, and refusals of harmless requests off vs on.
+4. measure the rude rate (the rudeness judge: profanity, or a put-down said of "you") and the offensive rate
+   (alt-profanity-check alone) off vs on over the held-out detox items, with paired bootstrap 95% intervals, and
+   refusals of harmless requests off vs on.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import datasets, models
-from ..evaluation import metrics
+from ..evaluation import metrics, rudeness
 from ..evaluation.evaluate import Prompt, generate
 from ..formats.embedded import embed_profiles
 from ..formats.profiles import read_profile
@@ -69,19 +70,27 @@ def _compare(llm: SteeredLlama, args: argparse.Namespace) -> int:
         replies[label] = generate(llm, items, chat=True, max_tokens=args.max_tokens, setting=setting)
         refusals[label] = metrics.refusal_rate(generate(llm, harmless, chat=True, max_tokens=args.max_tokens,
                                                         setting=setting))
-    offensive = {label: metrics.is_offensive(metrics.offensive_probability(texts)) for label, texts in replies.items()}
+    judged = {"rude": {label: metrics.is_rude(metrics.rude_probability(
+                  [rudeness.completed_clause(item.prefill, text) for item, text in zip(items, texts)]))
+                  for label, texts in replies.items()},
+              "offensive": {label: metrics.is_offensive(metrics.offensive_probability(texts))
+                            for label, texts in replies.items()}}
 
-    rude_first = [i for i in np.argsort(-offensive["off"].astype(int), kind="stable") if offensive["off"][i]]
+    rude = judged["rude"]
+    rude_first = [i for i in np.argsort(-rude["off"].astype(int), kind="stable") if rude["off"][i]]
     for index in rude_first[: args.show]:
         item = items[index]
         print(f"### {item.text}\n[detox off] {item.prefill}{replies['off'][index]}\n"
               f"[detox on ] {item.prefill}{replies['on'][index]}\n")
     n = len(items)
-    low, high = metrics.paired_bootstrap(lambda i: offensive["on"][i].mean() - offensive["off"][i].mean(), n)
-    print(f"Held-out detox items ({n}, greedy, {args.max_tokens} tokens): offensive continuations "
-          f"{offensive['off'].mean():.1%} with the toggle off, {offensive['on'].mean():.1%} on "
-          f"(difference {offensive['on'].mean() - offensive['off'].mean():+.1%}, 95% CI {low:+.1%} .. {high:+.1%}); "
-          f"refusals of {len(harmless)} harmless requests {refusals['off']:.1%} off, {refusals['on']:.1%} on.")
+    rates = []
+    for name, flags in (("rude (rudeness judge)", judged["rude"]), ("offensive (profanity detector)",
+                                                                    judged["offensive"])):
+        low, high = metrics.paired_bootstrap(lambda i, f=flags: f["on"][i].mean() - f["off"][i].mean(), n)
+        rates.append(f"{name} {flags['off'].mean():.1%} with the toggle off, {flags['on'].mean():.1%} on (difference "
+                     f"{flags['on'].mean() - flags['off'].mean():+.1%}, 95% CI {low:+.1%} .. {high:+.1%})")
+    print(f"Held-out detox items ({n}, greedy, {args.max_tokens} tokens): {'; '.join(rates)}; refusals of "
+          f"{len(harmless)} harmless requests {refusals['off']:.1%} off, {refusals['on']:.1%} on.")
     print("Rebuild the profile: .venv/bin/python scripts/build_detox.py; localize your own: python -m austeer_gguf "
           "localize --help", file=sys.stderr)
     return 0

@@ -53,6 +53,7 @@ class BuildTrial:
 
     def summary(self, task: GenerationTask, base: dict) -> dict:
         return {"method": self.method, "setting": self.label, task.behaviour: self.result[task.behaviour],
+                **{key: self.result[key] for key in task.also},
                 "sentiment": self.result["sentiment"], "offensive": self.result["offensive"],
                 "perplexity_ratio": self.result["perplexity"] / base["perplexity"],
                 "harmless_refusals": self.result["side_refusal_rate"], "admissible": admissible(self.result, base)}
@@ -275,6 +276,7 @@ def compare(task: GenerationTask, result: dict, base: dict, target: float = TARG
     refusals = keeps_refusals(result["side_refusal_rate"], base["side_refusal_rate"])
     point_improvement = improvement(everything)
     return {task.behaviour: float(steered.mean()), "unsteered": float(plain.mean()),
+            "also": {key: [base[key], result[key]] for key in task.also},  # unsteered, on
             "difference": float(steered.mean() - plain.mean()),
             "difference_ci": metrics.paired_bootstrap(lambda i: steered[i].mean() - plain[i].mean(), n),
             "relative_improvement": float(point_improvement),

@@ -24,25 +24,29 @@ def write_card(result: Build, task: GenerationTask, path: Path, *, model: str, c
     plot = path.with_suffix(".png")
     plot_dev_trials(result, task, plot, model)
     behaviour = BEHAVIOURS[task.behaviour]
+    also = [BEHAVIOURS[key] for key in task.also]
     lines = [f"# {task.name} on {model}", "", f"`{command}`: {result.seconds / 60:.1f} minutes.", "",
              *before_generating(result), verdict(result, task), "", "## Test", "",
              f"{len(next(iter(result.test_items.values()), []))} held-out prompts, each method's dev choice measured "
              "once; intervals are paired bootstrap 95% intervals against unsteered on the same prompts.", "",
              f"| method | dev choice | {behaviour} (unsteered -> on) | difference, 95% CI | relative improvement, "
-             "95% CI | perplexity x | distinct-2 on / off | harmless refusals on / off | target |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"95% CI | {''.join(f'{name} (unsteered -> on) | ' for name in also)}perplexity x | distinct-2 on / off "
+             "| harmless refusals on / off | target |",
+             "|---|---|---|---|---|" + "---|" * len(also) + "---|---|---|---|"]
     for method, c in result.comparisons.items():
         low, high = c["difference_ci"]
         rel_low, rel_high = c["relative_improvement_ci"]
         lines.append(f"| {method}{' (ships)' if method == result.winner else ''} | {result.chosen[method]['setting']} "
                      f"| {c['unsteered']:.3f} -> {c[task.behaviour]:.3f} | {c['difference']:+.3f} "
                      f"({low:+.3f}..{high:+.3f}) | {percent(c['relative_improvement'])} ({percent(rel_low)}.."
-                     f"{percent(rel_high)}) | {c['perplexity_ratio']:.2f} | {c['distinct2']:.2f} / "
+                     f"{percent(rel_high)}) | {''.join(f'{off:.3f} -> {on:.3f} | ' for off, on in c['also'].values())}"
+                     f"{c['perplexity_ratio']:.2f} | {c['distinct2']:.2f} / "
                      f"{c['distinct2_unsteered']:.2f} | {c['harmless_refusals']:.2f} / "
                      f"{c['harmless_refusals_unsteered']:.2f} | {'met' if c['meets_target'] else 'not met'} |")
     for method in dict.fromkeys(trial["method"] for trial in result.dev):
         if method not in result.chosen:
-            lines.append(f"| {method} | none: no dev trial kept fluency and refusals | | | | | | | not measured |")
+            lines.append(f"| {method} | none: no dev trial kept fluency and refusals | | | | {'| ' * len(also)}| | | "
+                         "not measured |")
     lines += ["", f"Target: {behaviour} improved by at least {result.target:.0%} relative to unsteered, "
               "perplexity of the replies within the fluency limit, distinct bigrams kept, harmless refusals not "
               "risen."]
@@ -55,10 +59,11 @@ def write_card(result: Build, task: GenerationTask, path: Path, *, model: str, c
                   f"half-width of the headline interval +-{plan['expected_half_width']:.3f}; measured (widest "
                   f"method) +-{measured:.3f}."]
     lines += ["", "## Dev trials", "", f"![{behaviour} against perplexity on dev]({plot.name})", "",
-              "| method | setting | " + behaviour + " | perplexity x | harmless refusals | admissible |",
-              "|---|---|---|---|---|---|"]
+              f"| method | setting | {behaviour} | {''.join(f'{name} | ' for name in also)}perplexity x | harmless "
+              "refusals | admissible |", "|---|---|---|" + "---|" * len(also) + "---|---|---|"]
     for trial in result.dev:
         lines.append(f"| {trial['method']} | {trial['setting']} | {trial[task.behaviour]:.3f} | "
+                     f"{''.join(f'{trial[key]:.3f} | ' for key in task.also)}"
                      f"{trial['perplexity_ratio']:.2f} | {trial['harmless_refusals']:.2f} | "
                      f"{'yes' if trial['admissible'] else 'no'} |")
     lines += ["", "## Replies", ""] + sample_lines(result)

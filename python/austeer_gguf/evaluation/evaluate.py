@@ -17,7 +17,7 @@ import numpy as np
 from .. import conversation
 from ..engine.decoder import forward, generate_tokens
 from ..setting import OFF, SteeringSetting
-from . import metrics
+from . import metrics, rudeness
 from .scoring import answer_rows, answer_tokens, log_softmax, token_logprobs
 
 if TYPE_CHECKING:
@@ -58,12 +58,14 @@ class GenerationResult:
     n: int
     sentiment: float  # mean VADER compound
     offensive: float  # mean offensive probability
-    offensive_rate: float  # share of texts `metrics.is_offensive` flags
+    offensive_rate: float  # share of texts `metrics.is_offensive` flags (a profanity detector)
     refusal_rate: float
     perplexity: float  # median, of the generated text under the unsteered model
     distinct2: float
     side_refusal_rate: float | None = None  # on harmless prompts (detox)
     words: float = 0.0  # mean words per reply (concise)
+    rude: float = 0.0  # mean probability of the rudeness judge (`rudeness`), of the clause the model completed
+    rude_rate: float = 0.0  # share of texts `metrics.is_rude` flags
     samples: list[tuple[str, str]] = field(default_factory=list)
     items: list[dict] = field(default_factory=list)  # per prompt: text and scores, for paired comparisons
 
@@ -204,13 +206,16 @@ def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str | Promp
                               temperature=temperature, seed=seed, frame=task.frame, system=system)
         side = metrics.refusal_rate(side_texts)
     offensive = metrics.offensive_probability(texts)
+    rude = metrics.rude_probability([rudeness.completed_clause(prompt.prefill if isinstance(prompt, Prompt) else "",
+                                                               text) for prompt, text in zip(prompts, texts)])
     sentiment = metrics.sentiment(texts)
     refusals = [metrics.is_refusal(text) for text in texts]
     fluency = perplexities(llm, prompts, texts, chat=task.chat, frame=task.frame)
     items = [{"prompt": prompt.text if isinstance(prompt, Prompt) else prompt,
               "prefill": prompt.prefill if isinstance(prompt, Prompt) else "", "reply": text,
-              "offensive": o, "sentiment": v, "refusal": r, "perplexity": f, "words": metrics.word_count(text)}
-             for prompt, text, o, v, r, f in zip(prompts, texts, offensive, sentiment, refusals, fluency)]
+              "offensive": o, "rude": d, "sentiment": v, "refusal": r, "perplexity": f,
+              "words": metrics.word_count(text)}
+             for prompt, text, o, d, v, r, f in zip(prompts, texts, offensive, rude, sentiment, refusals, fluency)]
     return GenerationResult(
         n=len(texts),
         sentiment=float(np.mean(sentiment)),
@@ -221,6 +226,8 @@ def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str | Promp
         distinct2=metrics.distinct_n(texts, 2),
         side_refusal_rate=side,
         words=float(np.mean([item["words"] for item in items])) if items else 0.0,
+        rude=float(np.mean(rude)) if rude else 0.0,
+        rude_rate=float(np.mean(metrics.is_rude(rude))) if rude else 0.0,
         samples=[(item["prompt"] + (f" [{item['prefill']}]" if item["prefill"] else ""), item["reply"])
                  for item in items[:keep_samples]],
         items=items,

@@ -1,11 +1,13 @@
-"""Evaluation metrics: choice accuracy, behaviour (sentiment, offensiveness, refusals) and fluency.
+"""Evaluation metrics: choice accuracy, behaviour (sentiment, offensiveness, rudeness, refusals) and fluency.
 
 Third-party scorers are optional dependencies (`pip install austeer-gguf[eval]`): `vaderSentiment` for the
-compound sentiment score and `alt-profanity-check` for the probability that a text is offensive.
+compound sentiment score and `alt-profanity-check` for the probability that a text is offensive (a profanity
+detector); the rudeness judge (`rudeness`) is fitted with scikit-learn, which alt-profanity-check brings.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -81,11 +83,33 @@ def sentiment(texts: Sequence[str]) -> list[float]:
     return [float(analyzer.polarity_scores(text)["compound"]) for text in texts]
 
 
+@functools.cache
+def vader_lexicon() -> dict[str, float]:
+    """The VADER lexicon: word -> mean valence rating of ten human raters (-4..+4)."""
+    from importlib import resources
+
+    text = (resources.files("vaderSentiment") / "vader_lexicon.txt").read_text(encoding="utf-8")
+    return {parts[0]: float(parts[1]) for parts in (line.split("\t") for line in text.splitlines()) if len(parts) > 1}
+
+
 def offensive_probability(texts: Sequence[str]) -> list[float]:
     """alt-profanity-check's probability that each text is offensive."""
     from profanity_check import predict_prob
 
     return [float(p) for p in predict_prob(list(texts))] if texts else []
+
+
+def rude_probability(texts: Sequence[str]) -> list[float]:
+    """The rudeness judge's probability that each text insults, mocks or belittles (`rudeness`)."""
+    from .rudeness import probability
+
+    return probability(texts)
+
+
+def is_rude(probability: float | np.ndarray) -> bool | np.ndarray:
+    from .rudeness import is_rude as judged_rude
+
+    return judged_rude(probability)
 
 
 OFFENSIVE_THRESHOLD = 0.5  # a text whose offensive probability exceeds this counts as offensive
@@ -96,12 +120,14 @@ def is_offensive(probability: float | np.ndarray) -> bool | np.ndarray:
 
 
 # The behaviours a generation task can be scored by: what each is called, and its value for one test item.
-BEHAVIOURS = {"sentiment": "VADER compound", "offensive_rate": "offensive rate", "offensive": "offensive probability",
-              "refusal_rate": "refusal rate", "words": "words per reply"}
+BEHAVIOURS = {"sentiment": "VADER compound", "offensive_rate": "offensive rate (profanity detector)",
+              "offensive": "offensive probability", "rude_rate": "rude rate (rudeness judge)",
+              "rude": "rude probability", "refusal_rate": "refusal rate", "words": "words per reply"}
 ITEM_VALUES = {"sentiment": lambda item: item["sentiment"], "offensive": lambda item: item["offensive"],
                "offensive_rate": lambda item: float(is_offensive(item["offensive"])),
+               "rude": lambda item: item["rude"], "rude_rate": lambda item: float(is_rude(item["rude"])),
                "refusal_rate": lambda item: float(item["refusal"]), "words": lambda item: float(item["words"])}
-FINER = {"offensive_rate": "offensive"}  # a continuous measure that breaks ties of a rate
+FINER = {"offensive_rate": "offensive", "rude_rate": "rude"}  # a continuous measure that breaks ties of a rate
 
 
 def auc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
