@@ -81,6 +81,17 @@ def test_each_request_runs_under_its_own_setting_and_says_which(client):
     assert completion.model_extra["steering"]["enabled"] is False
 
 
+def test_both_servers_write_a_chat_as_the_package_does_and_stop_at_the_next_user_turn(client):
+    """The tiny model has no chat template: a chat is `User:`/`Assistant:` lines (conversation.py) in the
+    batched server and in the one-at-a-time one (llama-cpp-python would guess another format there), and the
+    reply ends where the model starts writing the user's next turn."""
+    text, _ = chat(client, {"enabled": False}, max_tokens=24)
+    completion = client.completions.create(model="tiny", prompt="User: the cat is\nAssistant:", max_tokens=24,
+                                           temperature=0, extra_body={"steering": {"enabled": False}})
+    assert text.strip() == completion.choices[0].text.split("\nUser:")[0].strip()
+    assert "\nUser:" not in text
+
+
 def test_concurrent_mixed_requests_never_leak_settings(client):
     alone = {json.dumps(s): chat(client, s)[0] for s in SETTINGS}
     jobs = [(SETTINGS[i % len(SETTINGS)], i % 3 == 0) for i in range(36)]

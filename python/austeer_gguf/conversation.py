@@ -68,6 +68,26 @@ def fold_system(turns: Turns) -> list[tuple[str, str]]:
     return rest
 
 
+def chat_stops(llm: Any) -> tuple[str, ...]:
+    """Where a reply ends besides the model's end-of-turn token: for a model without a template, where it starts
+    writing the user's next turn."""
+    return () if has_template(llm) else (FALLBACK_STOP,)
+
+
+def chat_handler(llm: Any) -> Callable[..., Any]:
+    """A chat handler for llama-cpp-python's `create_chat_completion` that writes the conversation as `renderer`
+    does and stops as `chat_stops` says (without it, llama-cpp-python guesses a format for a model without a
+    template, and a base model answers that with an empty reply)."""
+    from llama_cpp.llama_chat_format import ChatFormatterResponse, chat_formatter_to_chat_completion_handler
+
+    render, stops = renderer(llm), list(chat_stops(llm))
+
+    def format_chat(*, messages: list[dict[str, Any]], **_: Any) -> ChatFormatterResponse:
+        return ChatFormatterResponse(prompt=render([(m["role"], m["content"]) for m in messages]), stop=stops or None)
+
+    return chat_formatter_to_chat_completion_handler(format_chat)
+
+
 def user_turn_renderer(llm: Any) -> Callable[[str], str]:
     """Renders a prompt as one user turn through the model's own chat template, ready for the answer."""
     render = renderer(llm, require_template=True)

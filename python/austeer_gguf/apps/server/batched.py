@@ -24,14 +24,15 @@ from .types import ChatRequest, CompletionRequest
 def job_of(server, body: ChatRequest | CompletionRequest, setting: SteeringSetting) -> Job:
     """The scheduler job a request asks for (InputError for what it cannot run)."""
     llm = server.llm
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     if isinstance(body, ChatRequest):
         prompt = conversation.renderer(llm)([(m["role"], m["content"]) for m in body.messages])
+        stop += conversation.chat_stops(llm)
     else:
         prompt = str(body.prompt)
     tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
     limit = server.n_ctx - len(tokens)
     max_tokens = limit if body.max_tokens is None else min(body.max_tokens, limit)
-    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     return Job(tokens, setting, sampling_of(llm, body), max(max_tokens, 1), tuple(s for s in stop if s),
                streamed=bool(body.stream))
 

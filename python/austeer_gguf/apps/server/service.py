@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import llama_cpp
 
+from ... import conversation
 from ...engine import limits
 from ...engine.scheduler import Scheduler
 from ...errors import InputError
@@ -144,6 +145,7 @@ def open_server(model: str | Path, *, profiles: list[str] = (), default: str | N
         llama_kwargs.update(sequences=parallel, n_batch=min(512, n_ctx * parallel))
     llm = SteeredLlama(str(model), n_ctx=n_ctx * parallel, n_threads=threads, n_threads_batch=threads, verbose=False,
                        **llama_kwargs)
+    llm.chat_handler = conversation.chat_handler(llm)  # one-at-a-time chats are written as the batched ones
     server = SteeringServer(llm, Path(model).name, n_ctx)
     for path in profiles:
         try:
