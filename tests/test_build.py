@@ -5,6 +5,7 @@ before any model is loaded."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import signal
@@ -67,6 +68,7 @@ def test_an_interrupted_build_resumes_and_writes_a_profile_its_card_and_its_data
     assert data["plan"]["dev_items"] >= 8 and data["plan"]["test_items"] >= 20
     assert data["build"]["winner"] == profile.extra["method"]
     assert all(len(items) == data["plan"]["test_items"] for items in data["build"]["test_items"].values())
+    assert data["plan"]["test_items"] >= data["plan"].get("planned_test_items", data["plan"]["test_items"])
 
 
 @pytest.mark.parametrize("args, message", [
@@ -93,3 +95,17 @@ def test_plan_only_says_what_the_minutes_buy_and_writes_no_profile(tiny_f32, tmp
     assert not output.exists()
     plan = json.loads((tmp_path / "p.build.json").read_text())["plan"]
     assert plan["minutes"] == 2 and plan["test_items"] >= 20 and plan["pairs"] > 0
+
+
+def test_test_grows_into_the_time_dev_left_for_the_methods_it_chose():
+    from austeer_gguf.evaluation.build import BuildConfig, _grown_test_limit
+    from austeer_gguf.evaluation.tasks import load_task
+
+    task = load_task("detox")
+    assert _grown_test_limit(task, BuildConfig(test_limit=50), 2) is None  # no deadline: the plan's size
+    config = BuildConfig(test_limit=50, deadline=time.perf_counter() + 100.0, seconds_per_item=0.5)
+    assert _grown_test_limit(task, config, 2) in (89, 90)  # 90% of the 100 s left, 2 methods at 0.5 s an item
+    brisk = dataclasses.replace(config, seconds_per_item=0.1)
+    assert _grown_test_limit(task, brisk, 1) == len(task.test)  # never more items than the split has
+    late = BuildConfig(test_limit=50, deadline=time.perf_counter() - 1.0, seconds_per_item=0.5)
+    assert _grown_test_limit(task, late, 2) <= 0  # past the deadline: below the plan, so build keeps the plan

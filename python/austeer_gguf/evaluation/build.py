@@ -65,6 +65,10 @@ class BuildConfig(AxisConfig):
     max_tokens: int = 24
     dev_limit: int | None = None
     test_limit: int | None = None
+    # With both: once dev has chosen, test grows into the time left before `deadline` (time.perf_counter()),
+    # measuring the chosen methods only (the plan had to assume every method would reach test).
+    deadline: float | None = None
+    seconds_per_item: float | None = None
     pairs: int | None = None  # the first N train pairs (None: all)
     threads: int | None = None
     target: float = TARGET
@@ -141,9 +145,11 @@ def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: 
     counts = trial_counts(methods, evidence, config)
     progress = _Progress(counts.dev_trials * dev_items + counts.methods * test_items, log)
 
+    test_limit = config.test_limit
+
     def run(split: str, trial: BuildTrial) -> tuple[dict, str]:
         """The trial's result on the split, and " (saved)" when it comes from the record."""
-        limit = config.dev_limit if split == "dev" else config.test_limit
+        limit = config.dev_limit if split == "dev" else test_limit
         key = f"{split}|{trial.method}|{trial.label}|{limit}|{config.max_tokens}"
         result = record.get(key) if record is not None else None
         if result is not None:
@@ -177,6 +183,16 @@ def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: 
         if pick is not None:
             chosen[method.name] = pick
     baseline = next(m.name for m in methods if m.baseline)
+    grown = _grown_test_limit(task, config, len(chosen))
+    if grown is not None and grown > test_items:
+        progress.total += len(chosen) * (grown - test_items)
+        log(f"  test grows into the time left: {grown} items instead of {test_items}")
+        test_limit, test_items = grown, grown
+        if record is not None and record.plan is not None:
+            planned = record.plan.get("planned_test_items", record.plan["test_items"])
+            half_width = record.plan["expected_half_width"] * (record.plan["test_items"] / grown) ** 0.5
+            record.set_plan({**record.plan, "test_items": grown, "planned_test_items": planned,
+                             "expected_half_width": half_width})
     test = {}
     for method, trial in chosen.items():
         test[method], saved = run("test", trial)
@@ -196,6 +212,14 @@ def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: 
     result.winner = choose_winner(comparisons, shippable)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _grown_test_limit(task: GenerationTask, config: BuildConfig, chosen: int) -> int | None:
+    """The test items the chosen methods can be measured on before the deadline (None: no deadline)."""
+    if config.deadline is None or not config.seconds_per_item or chosen == 0:
+        return None
+    left = (config.deadline - time.perf_counter()) * 0.9  # the probe's pace is an estimate: keep a margin
+    return min(int(left / (chosen * config.seconds_per_item)), len(task.test))
 
 
 def _trials(llm, method: Method, point: Point, evidence: Evidence, config: BuildConfig,

@@ -48,8 +48,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     llm = HookedLlama.for_evaluation(source, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
     config = BuildConfig(threads=args.threads, max_tokens=task.reply_tokens)
     evidence = record.load_evidence(llm.shape) if record.plan else None
+    resuming = evidence is not None
     try:
-        if evidence is not None:
+        if resuming:
             plan = record.plan
             log(f"resuming the build saved in {record.path} ({len(record.results)} results kept)")
         else:
@@ -72,8 +73,11 @@ def cmd_build(args: argparse.Namespace) -> int:
                 print(sized.describe())
                 print(f"will it steer? {evidence.reading().describe()}")
                 return 0
+        # A fresh build lets test grow into the minutes dev leaves; a resumed one keeps the size its record has.
+        deadline = None if resuming else started + args.minutes * 60
         config = dataclasses.replace(config, kl_budgets=tuple(plan["kl_budgets"]), dev_limit=plan["dev_items"],
-                                     test_limit=plan["test_items"])
+                                     test_limit=plan["test_items"], deadline=deadline,
+                                     seconds_per_item=plan["seconds_per_item"])
         result = build(llm, weights, task, config, name=source.name, evidence=evidence, record=record, log=log)
     except KeyboardInterrupt:
         log(f"interrupted: {len(record.results)} results are saved in {record.path}; run the same command to "
