@@ -69,6 +69,7 @@ def test_an_interrupted_build_resumes_and_writes_a_profile_its_card_and_its_data
     assert data["build"]["winner"] == profile.extra["method"]
     assert all(len(items) == data["plan"]["test_items"] for items in data["build"]["test_items"].values())
     assert data["plan"]["test_items"] >= data["plan"].get("planned_test_items", data["plan"]["test_items"])
+    assert f"; {data['plan']['test_items']} test prompts." in text  # the card tells the size measured
 
 
 @pytest.mark.parametrize("args, message", [
@@ -109,3 +110,16 @@ def test_test_grows_into_the_time_dev_left_for_the_methods_it_chose():
     assert _grown_test_limit(task, brisk, 1) == len(task.test)  # never more items than the split has
     late = BuildConfig(test_limit=50, deadline=time.perf_counter() - 1.0, seconds_per_item=0.5)
     assert _grown_test_limit(task, late, 2) <= 0  # past the deadline: below the plan, so build keeps the plan
+
+
+def test_minutes_too_few_for_the_model_are_refused_with_the_minutes_it_would_take():
+    from austeer_gguf.errors import InputError
+    from austeer_gguf.evaluation.plan import Probe, minutes_for, size
+    from austeer_gguf.evaluation.tasks import load_task
+
+    slow = Probe(seconds_per_item=16.0, seconds_per_kl=46.0, item_spread=0.5, seconds=130.0)  # a 1.5B on 2 cores
+    needed = minutes_for(0.1, slow, calibration=4 * 3 * 6 * 46.0, test_runs=5, spent=130.0)
+    with pytest.raises(InputError, match=rf"give more --minutes \(about {needed:.0f} for a \+-0.1 interval\)"):
+        size(10, 336.0, slow, load_task("detox"), dev_trials=15, calibrated_points=4, test_runs=5,
+             kl_budgets=(0.05, 0.1, 0.2))
+    assert needed > 60  # hours, not minutes, on this machine

@@ -89,9 +89,11 @@ def size(minutes: float, spent: float, probe: Probe, task: GenerationTask, *, de
     calibration = calibrated_points * len(kl_budgets) * KL_STEPS_PER_BUDGET * probe.seconds_per_kl
     left = total - spent - calibration
     if left <= 0:
+        needed = minutes_for(0.1, probe, calibration=calibration, test_runs=test_runs, spent=probe.seconds)
         raise InputError(f"{minutes:g} minutes do not leave time to measure anything on this model (the probe and "
-                         f"capture took {spent / 60:.1f} min, calibration needs ~{calibration / 60:.1f}): give more "
-                         "--minutes")
+                         f"capture took {spent / 60:.1f} min, calibration needs ~{calibration / 60:.1f}; a prompt "
+                         f"takes {probe.seconds_per_item:.1f} s): give more --minutes (about {needed:.0f} for a "
+                         "+-0.1 interval)")
     dev_items = int(left * (1 - TEST_SHARE) / max(dev_trials, 1) / probe.seconds_per_item)
     test_items = int(left * TEST_SHARE / max(test_runs, 1) / probe.seconds_per_item)
     dev_items = min(max(dev_items, MIN_DEV), len(task.dev))

@@ -68,10 +68,11 @@ def cmd_build(args: argparse.Namespace) -> int:
             plan = {**sized.to_dict(), "pairs": evidence.counts.n_pairs, "capture_seconds": capture_seconds}
             record.set_plan(plan)
             log(f"captured {evidence.counts.n_pairs} pairs in {capture_seconds:.0f} s; plan: {sized.describe()}")
-            log(f"will it steer? {evidence.reading().describe()}")
+            reading = f"will it steer? {evidence.reading().describe()}"
+            log(reading)
             if args.plan:
                 print(sized.describe())
-                print(f"will it steer? {evidence.reading().describe()}")
+                print(reading)
                 return 0
         # A fresh build lets test grow into the minutes dev leaves; a resumed one keeps the size its record has.
         deadline = None if resuming else started + args.minutes * 60
@@ -88,7 +89,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     result.capture_seconds = plan["capture_seconds"]
     result.seconds = time.perf_counter() - started
     record.write(build=result.to_dict())
-    card = write_card(result, task, output.with_suffix(".md"), model=source.name, plan=plan,
+    card = write_card(result, task, output.with_suffix(".md"), model=source.name, plan=record.plan,
                       command=f"python -m austeer_gguf build {args.model} {args.behaviour} --minutes {args.minutes:g}")
     print(card)
     if result.winner is None or result.winner not in result.profiles:
