@@ -45,7 +45,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr, flush=True)
 
     started = time.perf_counter()
-    llm = HookedLlama.for_evaluation(source, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    def open_model() -> HookedLlama:
+        return HookedLlama.for_evaluation(source, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+
+    llm = open_model()
     config = BuildConfig(threads=args.threads, max_tokens=task.reply_tokens)
     evidence = record.load_evidence(llm.shape) if record.plan else None
     resuming = evidence is not None
@@ -57,9 +60,12 @@ def cmd_build(args: argparse.Namespace) -> int:
             probe = planning.probe(llm, task, config.max_tokens)
             config = dataclasses.replace(config, kl_budgets=planning.kl_budgets_for(args.minutes, config.kl_budgets))
             log(f"{source.name}: {probe.seconds_per_item:.2f} s per prompt; capturing pairs on {weights.name}")
-            evidence, capture_seconds = capture_evidence(weights, task.train, config.sites, llm.shape,
+            shape = llm.shape
+            llm.close()  # the capture pass opens the model itself: one copy in memory at a time (7B Q4: 4.4 GB)
+            evidence, capture_seconds = capture_evidence(weights, task.train, config.sites, shape,
                                                          threads=args.threads,
                                                          seconds=planning.CAPTURE_SHARE * args.minutes * 60)
+            llm = open_model()
             record.save_evidence(evidence)
             counts = trial_counts(METHODS, evidence, config)
             sized = planning.size(args.minutes, time.perf_counter() - started, probe, task,
