@@ -14,7 +14,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from tiny_model import vocabulary
+from tiny_model import add_vocabulary
 
 N_EMBD, N_HEAD, N_HEAD_KV, N_FF, N_LAYERS = 64, 4, 2, 128, 3
 HEAD_DIM = N_EMBD // N_HEAD
@@ -58,7 +58,6 @@ BLUEPRINTS = {
 def write_architecture(path: Path, name: str, *, seed: int = 0) -> Path:
     """Write the tiny model of BLUEPRINTS[name] (F32 weights) to `path`."""
     blueprint = BLUEPRINTS[name]
-    tokens, scores, types = vocabulary()
     arch = blueprint.architecture
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name("tiny random-weight test model")  # llama.cpp reads vocab rules from names
@@ -83,16 +82,8 @@ def write_architecture(path: Path, name: str, *, seed: int = 0) -> Path:
             writer.add_float32(key, value)
         else:
             writer.add_uint32(key, value)
-    writer.add_vocab_size(len(tokens))
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
-    writer.add_add_bos_token(False)
-    for tensor_name, value in weights(blueprint, len(tokens), seed).items():
+    n_vocab = add_vocabulary(writer)
+    for tensor_name, value in weights(blueprint, n_vocab, seed).items():
         writer.add_tensor(tensor_name, value)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -45,6 +45,21 @@ def vocabulary() -> tuple[list[str], list[float], list[int]]:
 LINEAR_WEIGHTS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 
+def add_vocabulary(writer: gguf.GGUFWriter) -> int:
+    """The tiny byte-level vocabulary and its special tokens (no BOS added by the tokenizer); returns its size."""
+    tokens, scores, types = vocabulary()
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(False)
+    return len(tokens)
+
+
 def random_weights(config: TinyConfig, n_vocab: int, seed: int) -> dict[str, np.ndarray]:
     """Float32 weights in numpy layout (rows = outputs), keyed by GGUF tensor name."""
     rng = np.random.default_rng(seed)
@@ -77,8 +92,7 @@ def random_weights(config: TinyConfig, n_vocab: int, seed: int) -> dict[str, np.
 def write_tiny_llama(path: Path, *, seed: int = 0, weight_type: str = "F32",
                      config: TinyConfig = TinyConfig(), extra_metadata: dict[str, str] | None = None) -> Path:
     """Write the model; `weight_type` F32, F16, Q8_0 or Q4_0 applies to the linear weights and the output."""
-    tokens, scores, types = vocabulary()
-    weights = random_weights(config, len(tokens), seed)
+    weights = random_weights(config, len(vocabulary()[0]), seed)
     quant = gguf.GGMLQuantizationType[weight_type]
 
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -92,15 +106,7 @@ def write_tiny_llama(path: Path, *, seed: int = 0, weight_type: str = "F32",
     writer.add_rope_dimension_count(config.head_dim)
     writer.add_rope_freq_base(config.rope_base)
     writer.add_layer_norm_rms_eps(config.rms_eps)
-    writer.add_vocab_size(len(tokens))
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
-    writer.add_add_bos_token(False)
+    add_vocabulary(writer)
     for key, value in (extra_metadata or {}).items():
         writer.add_string(key, value)
     for name, value in weights.items():
