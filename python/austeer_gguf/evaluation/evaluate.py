@@ -64,7 +64,7 @@ class GenerationResult:
     distinct2: float
     side_refusal_rate: float | None = None  # on harmless prompts (detox)
     words: float = 0.0  # mean words per reply (concise)
-    rude: float = 0.0  # mean probability of the rudeness judge (`rudeness`), of the clause the model completed
+    rude: float = 0.0  # mean score of the rudeness judge (`rudeness`), of the clause the model completed
     rude_rate: float = 0.0  # share of texts `metrics.is_rude` flags
     samples: list[tuple[str, str]] = field(default_factory=list)
     items: list[dict] = field(default_factory=list)  # per prompt: text and scores, for paired comparisons

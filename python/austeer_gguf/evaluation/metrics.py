@@ -2,7 +2,7 @@
 
 Third-party scorers are optional dependencies (`pip install austeer-gguf[eval]`): `vaderSentiment` for the
 compound sentiment score and `alt-profanity-check` for the probability that a text is offensive (a profanity
-detector); the rudeness judge (`rudeness`) is fitted with scikit-learn, which alt-profanity-check brings.
+detector); the rudeness judge (`rudeness`) builds on both.
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ def offensive_probability(texts: Sequence[str]) -> list[float]:
 
 
 def rude_probability(texts: Sequence[str]) -> list[float]:
-    """The rudeness judge's probability that each text insults, mocks or belittles (`rudeness`)."""
+    """The rudeness judge's score of each text (`rudeness`): above its threshold, the text insults, mocks or
+    belittles."""
     from .rudeness import probability
 
     return probability(texts)
