@@ -74,7 +74,7 @@ def test_an_interrupted_build_resumes_and_writes_a_profile_its_card_and_its_data
 
 @pytest.mark.parametrize("args, message", [
     (["word-polarity"], "'word-polarity' is not a generation behaviour"),
-    (["politeness"], "unknown task 'politeness'"),
+    (["politeness"], "unknown behaviour 'politeness': use detox, positive, concise, sentiment, or your own pairs"),
     (["detox", "--minutes", "0.5"], "argument --minutes: must be a finite number in 1..1440, got 0.5"),
 ])
 def test_what_build_cannot_make_is_refused_with_the_reason(tiny_f32, tmp_path, args, message):

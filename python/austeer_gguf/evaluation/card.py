@@ -26,7 +26,7 @@ def write_card(result: Build, task: GenerationTask, path: Path, *, model: str, c
     behaviour = BEHAVIOURS[task.behaviour]
     also = [BEHAVIOURS[key] for key in task.also]
     lines = [f"# {task.name} on {model}", "", f"`{command}`: {result.seconds / 60:.1f} minutes.", "",
-             *before_generating(result), verdict(result, task), "", "## Test", "",
+             f"Data: {task.provenance}.", "", *before_generating(result), verdict(result, task), "", "## Test", "",
              f"{len(next(iter(result.test_items.values()), []))} held-out prompts, each method's dev choice measured "
              "once; intervals are paired bootstrap 95% intervals against unsteered on the same prompts.", "",
              f"| method | dev choice | {behaviour} (unsteered -> on) | difference, 95% CI | relative improvement, "

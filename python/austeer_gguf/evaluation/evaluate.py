@@ -66,6 +66,8 @@ class GenerationResult:
     words: float = 0.0  # mean words per reply (concise)
     rude: float = 0.0  # mean score of the rudeness judge (`rudeness`), of the clause the model completed
     rude_rate: float = 0.0  # share of texts `metrics.is_rude` flags
+    unwanted: float | None = None  # mean score of the task's own judge (a user's pairs: `pairjudge`), if it has one
+    unwanted_rate: float | None = None  # share of texts `metrics.is_unwanted` flags
     samples: list[tuple[str, str]] = field(default_factory=list)
     items: list[dict] = field(default_factory=list)  # per prompt: text and scores, for paired comparisons
 
@@ -211,11 +213,15 @@ def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str | Promp
     sentiment = metrics.sentiment(texts)
     refusals = [metrics.is_refusal(text) for text in texts]
     fluency = perplexities(llm, prompts, texts, chat=task.chat, frame=task.frame)
+    unwanted = task.judge(texts) if task.judge is not None else None
     items = [{"prompt": prompt.text if isinstance(prompt, Prompt) else prompt,
               "prefill": prompt.prefill if isinstance(prompt, Prompt) else "", "reply": text,
               "offensive": o, "rude": d, "sentiment": v, "refusal": r, "perplexity": f,
               "words": metrics.word_count(text)}
              for prompt, text, o, d, v, r, f in zip(prompts, texts, offensive, rude, sentiment, refusals, fluency)]
+    if unwanted is not None:
+        for item, u in zip(items, unwanted):
+            item["unwanted"] = u
     return GenerationResult(
         n=len(texts),
         sentiment=float(np.mean(sentiment)),
@@ -228,6 +234,8 @@ def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str | Promp
         words=float(np.mean([item["words"] for item in items])) if items else 0.0,
         rude=float(np.mean(rude)) if rude else 0.0,
         rude_rate=float(np.mean(metrics.is_rude(rude))) if rude else 0.0,
+        unwanted=float(np.mean(unwanted)) if unwanted else None,
+        unwanted_rate=float(np.mean(metrics.is_unwanted(unwanted))) if unwanted else None,
         samples=[(item["prompt"] + (f" [{item['prefill']}]" if item["prefill"] else ""), item["reply"])
                  for item in items[:keep_samples]],
         items=items,

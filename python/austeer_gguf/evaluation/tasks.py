@@ -146,6 +146,7 @@ class GenerationTask(Task):
     side_test: list[str] = field(default_factory=list)
     reply_tokens: int = 24  # what a build generates per reply (long enough for the behaviour to show)
     also: tuple[str, ...] = ()  # other measures of the behaviour, reported beside it (detox: the profanity detector)
+    judge: Callable[[list[str]], list[float]] | None = None  # the task's own judge (`unwanted`): a user's pairs
 
     def side(self, split: str, limit: int | None = None) -> list[str]:
         return first_items(self.side_dev if split == "dev" else self.side_test, limit)
@@ -181,7 +182,7 @@ class GenerationTask(Task):
         items = [dict(item, seed=seed) for seed, run in enumerate(runs) for item in run.items]
         merged = runs[0].to_dict()
         for key in ("sentiment", "offensive", "offensive_rate", "rude", "rude_rate", "refusal_rate", "distinct2",
-                    "side_refusal_rate", "words"):
+                    "side_refusal_rate", "words", "unwanted", "unwanted_rate"):
             values = [getattr(run, key) for run in runs if getattr(run, key) is not None]
             merged[key] = float(np.mean(values)) if values else None
         merged["perplexity"] = float(np.median([item["perplexity"] for item in items]))
@@ -263,6 +264,46 @@ def concise() -> GenerationTask:
     return _chat_behaviour("concise", "concise-chat", "question", behaviour="words", sign=-1.0, reply_tokens=64,
                            provenance="generated concise-chat pairs (brief vs long-winded replies) and questions",
                            instruction="You are a concise assistant. Answer in one short sentence.")
+
+
+MIN_USER_PROMPTS = 12
+USER_METRICS = {"judge": ("unwanted_rate", -1.0), "sentiment": ("sentiment", 1.0), "rude": ("rude_rate", -1.0),
+                "words": ("words", -1.0)}  # --metric: the behaviour field, and its sign (higher is better)
+
+
+def user_behaviour(pairs_path: Path, prompts_path: Path, *, instruction: str, metric: str = "judge") -> GenerationTask:
+    """A behaviour from a user's own files: the pairs (as `localize` takes them: `positive` is the wanted
+    side) and prompts to evaluate on (`{"prompt"}` a line, none of them a pair's own prompt), split a third
+    dev and two thirds test by a seeded shuffle. Scored by the pairs' own judge (`pairjudge`) or a built-in
+    `metric`; `instruction` is how a user would ask the model for it (the asking-the-model baseline)."""
+    from .pairjudge import PairJudge
+
+    if metric not in USER_METRICS:
+        raise InputError(f"unknown metric {metric!r}: use {', '.join(USER_METRICS)}")
+    if not instruction.strip():
+        raise InputError("a behaviour of your own needs --instruction: one sentence asking the model for it (the "
+                         "build compares steering with simply asking)")
+    pairs = load_pairs(pairs_path)
+    prompts = [_prompt(where, data) for where, data in read_jsonl_objects(prompts_path, "prompt")]
+    seen = {pair.prompt for pair in pairs} | {content for pair in pairs for _, content in pair.messages}
+    reused = sum(prompt in seen for prompt in prompts)
+    if reused:
+        raise InputError(f"{reused} of the prompts in {prompts_path} are prompts of the pairs: evaluate on prompts "
+                         "the pairs do not contain, or the measurement rewards memorising them")
+    if len(set(prompts)) < MIN_USER_PROMPTS:
+        raise InputError(f"{prompts_path} has {len(set(prompts))} distinct prompts; the build needs at least "
+                         f"{MIN_USER_PROMPTS} (a third for dev, the rest for test); 150 or more give usable intervals")
+    prompts = random.Random(SEED).sample(sorted(set(prompts)), len(set(prompts)))
+    n_dev = len(prompts) // 3
+    behaviour, sign = USER_METRICS[metric]
+    judge = PairJudge.fit(pairs) if metric == "judge" else None
+    scored = judge.describe() if judge is not None else metrics.BEHAVIOURS[behaviour]
+    return GenerationTask(pairs_path.stem, pairs, prompts[:n_dev], prompts[n_dev:],
+                          f"{len(pairs)} pairs from {pairs_path.name}, {len(prompts)} prompts from "
+                          f"{prompts_path.name} ({n_dev} dev); scored by {scored}", instruction=instruction,
+                          behaviour=behaviour, sign=sign, chat=any(pair.messages for pair in pairs), judge=judge,
+                          side_dev=datasets.prompts("harmless-large", "dev"),
+                          side_test=datasets.prompts("harmless-large", "test"))
 
 
 def _chat_behaviour(name: str, pairs: str, prompts: str, *, provenance: str, **fields) -> GenerationTask:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from ...errors import InputError
 from .common import MODEL_HELP, add_force, bounded_float, command, positive_int
 
 MAX_MINUTES = 24 * 60
+BUILT_IN = ("detox", "positive", "concise", "sentiment")
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -22,23 +24,22 @@ def cmd_build(args: argparse.Namespace) -> int:
     from ...evaluation.card import write_card
     from ...evaluation.methods import METHODS
     from ...evaluation.record import BuildRecord
-    from ...evaluation.tasks import GenerationTask, load_task
     from ...formats.embedded import embed_profiles
     from ...formats.model_file import ModelFile
     from ...formats.profiles import fingerprint_to_dict, write_profile
     from ...ggufio.atomic import check_output
 
     source = models.resolve(args.model)
-    task = load_task(args.behaviour)
-    if not isinstance(task, GenerationTask):
-        raise InputError(f"{args.behaviour!r} is not a generation behaviour: build makes profiles for replies "
-                         "(detox, positive, concise, sentiment)")
+    task, own = behaviour_task(args)
     model_file = ModelFile.open(source)
     output = check_output(Path(args.output or f"{source.stem}.{task.name}.json"), [source], force=args.force)
     steered_model = (check_output(output.with_suffix(".gguf"), [source], force=args.force) if args.embed else None)
     weights = models.float_copy(args.model) if args.model in models.MODELS else source
     identity = {"model": fingerprint_to_dict(model_file.fingerprint), "behaviour": task.name,
                 "minutes": args.minutes, "methods": [method.name for method in METHODS]}
+    if own:  # a build resumes only from the same files, metric and instruction
+        identity["own"] = {"files": [file_digest(Path(path)) for path in (args.behaviour, args.prompts)],
+                           "metric": args.metric, "instruction": args.instruction}
     record = BuildRecord(output, identity, fresh=args.fresh)
 
     def log(line: str) -> None:
@@ -96,7 +97,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     result.seconds = time.perf_counter() - started
     record.write(build=result.to_dict())
     card = write_card(result, task, output.with_suffix(".md"), model=source.name, plan=record.plan,
-                      command=f"python -m austeer_gguf build {args.model} {args.behaviour} --minutes {args.minutes:g}")
+                      command=f"python -m austeer_gguf build {args.model} {args.behaviour} --minutes {args.minutes:g}"
+                      + (f" --prompts {args.prompts} --metric {args.metric}" if own else ""))
     print(card)
     if result.winner is None or result.winner not in result.profiles:
         log(f"no profile written: {result.winner or 'no method'} has none to ship (see {card})")
@@ -112,11 +114,48 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def behaviour_task(args: argparse.Namespace):
+    """The task a build measures, and whether it is the user's own (pairs JSONL + --prompts)."""
+    from ...evaluation.tasks import TASKS, GenerationTask, load_task, user_behaviour
+
+    own_flags = [flag for flag, value in (("--prompts", args.prompts), ("--instruction", args.instruction))
+                 if value is not None]
+    if args.behaviour in TASKS:
+        if own_flags or args.metric != "judge":
+            raise InputError(f"{', '.join(own_flags) or '--metric'} is for a behaviour of your own (pairs JSONL); "
+                             f"{args.behaviour!r} has its own prompts and metric")
+        task = load_task(args.behaviour)
+        if not isinstance(task, GenerationTask):
+            raise InputError(f"{args.behaviour!r} is not a generation behaviour: build makes profiles for replies "
+                             f"({', '.join(BUILT_IN)}, or your own pairs)")
+        return task, False
+    if not Path(args.behaviour).is_file():
+        raise InputError(f"unknown behaviour {args.behaviour!r}: use {', '.join(BUILT_IN)}, or your own pairs JSONL "
+                         "with --prompts FILE and --instruction TEXT")
+    if args.prompts is None:
+        raise InputError("a behaviour of your own needs --prompts FILE: requests to evaluate replies on, one "
+                         '{"prompt": ...} a line, none of them in the pairs')
+    return user_behaviour(Path(args.behaviour), Path(args.prompts), instruction=args.instruction or "",
+                          metric=args.metric), True
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def register(commands) -> None:
     parser = command(commands, "build", "build, measure and write a steering profile for a behaviour on a model, "
                      "with its report card", cmd_build)
     parser.add_argument("model", help=MODEL_HELP)
-    parser.add_argument("behaviour", help="detox, positive, concise or sentiment")
+    parser.add_argument("behaviour", help="detox, positive, concise or sentiment; or your own pairs JSONL "
+                        "(positive = the wanted reply), with --prompts and --instruction")
+    parser.add_argument("--prompts", help="your own behaviour: JSONL of requests to evaluate on ({\"prompt\": ...} "
+                        "a line; a third dev, the rest test)")
+    parser.add_argument("--instruction", help="your own behaviour: one sentence asking the model for it (the "
+                        "asking-the-model baseline)")
+    parser.add_argument("--metric", default="judge", choices=("judge", "sentiment", "rude", "words"),
+                        help="your own behaviour: how replies are scored: an n-gram judge fitted on the pairs "
+                        "(default), VADER sentiment (higher), the rudeness judge or words per reply (lower)")
     parser.add_argument("--minutes", type=bounded_float(1.0, MAX_MINUTES), default=10.0,
                         help="time to spend: sizes the capture, dev and test sets")
     parser.add_argument("-o", "--output", help="profile JSON to write (default: <model>.<behaviour>.json); the "
