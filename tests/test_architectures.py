@@ -131,3 +131,29 @@ def test_inspect_names_each_sites_graph_tensor(tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "graph tensors: attn = kqv_out-L, ffn = ffn_moe_out-L, layer = l_out-L (4 experts per FFN)" in done.stdout
+
+
+def test_build_measures_a_behaviour_on_a_mixture_of_experts_and_writes_its_card(tmp_path):
+    """`build` on another architecture than the built-in models': every step runs on the MoE graph (its FFN
+    site is the experts' summed output) and the card says what was measured."""
+    import json
+    import subprocess
+    import sys
+
+    from austeer_gguf.formats.model_file import ModelFile
+    from austeer_gguf.formats.profiles import read_profile
+
+    path = write_architecture(tmp_path / "qwen3moe.gguf", "qwen3moe")
+    output = tmp_path / "moe.positive.json"
+    done = subprocess.run([sys.executable, "-m", "austeer_gguf", "build", str(path), "positive", "--minutes", "1",
+                           "--threads", str(THREADS), "-o", str(output)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    card = output.with_suffix(".md").read_text()
+    assert card.startswith("# positive on qwen3moe.gguf") and "## Test" in card and "| caa-range" in card
+    record = json.loads(output.with_suffix(".build.json").read_text())
+    assert record["build"]["pairs"] > 0 and record["build"]["test_items"]["unsteered"]
+    if output.exists():
+        model = ModelFile.open(path)
+        read_profile(output).check_model(model.shape, model.fingerprint)
+    else:  # the winner may steer nothing on random weights; the build says so
+        assert "no profile written" in done.stderr

@@ -308,6 +308,9 @@ def test_the_detox_profile_ships_the_method_that_meets_the_target_else_the_one_t
     assert winner(comparison(0.23, 0.92, 0.05), comparison(0.3, 1.0)) == "caa-range"
     assert winner(comparison(0.23, 0.92, distinct2=0.2), comparison(0.08, 1.19)) == "caa-range"
     assert winner(comparison(0.3, 1.5), comparison(0.25, 1.4)) == "caa-range"
+    # a method that did not improve the behaviour never ships, however fluent
+    assert winner(comparison(0.45, 1.0), comparison(0.3, 1.5)) == "caa-range"
+    assert winner(comparison(0.4, 1.0), comparison(0.5, 1.0)) is None
     assert choose_winner({}, []) is None
 
 
@@ -342,3 +345,21 @@ def test_the_assistant_behaviours_are_chat_tasks_scored_per_reply(tiny_f32, name
     assert [item["words"] for item in result.items] == [len(item["reply"].split()) for item in result.items]
     assert result.words == pytest.approx(np.mean([item["words"] for item in result.items]))
     assert task.score(result) == pytest.approx(sign * getattr(result, behaviour))
+
+
+def test_a_builds_relative_improvement_is_the_share_of_the_way_to_the_behaviours_best_value():
+    from austeer_gguf.evaluation.build import compare
+    from austeer_gguf.evaluation.tasks import GenerationTask
+
+    def result(values, key):
+        items = [{key: v, "perplexity": 5.0, "rude": float(v), "offensive": 0.0} for v in values]
+        return {"items": items, "distinct2": 0.5, "side_refusal_rate": 0.0}
+
+    positive = GenerationTask("positive", [], [], [], "test", behaviour="sentiment")
+    # VADER compound 0.0 -> 0.5 covers half the way to +1 (not an infinite share of a mean of 0)
+    c = compare(positive, result([0.5, 0.5, 0.5, 0.5], "sentiment"), result([0.0, 0.0, 0.0, 0.0], "sentiment"))
+    assert c["relative_improvement"] == pytest.approx(0.5) and c["meets_target"]
+    detox = GenerationTask("detox", [], [], [], "test", behaviour="rude_rate", sign=-1.0)
+    # a rude rate 0.5 -> 0.25 removes half the rude replies
+    c = compare(detox, result([1, 0, 0, 0], "sentiment"), result([1, 1, 0, 0], "sentiment"))
+    assert c["relative_improvement"] == pytest.approx(0.5) and c["rude_rate"] == pytest.approx(0.25)

@@ -11,7 +11,7 @@
    (`compare`).
 5. The shipping rule (`choose_winner`): a method that meets the target (the behaviour improved by `target`
    relative to unsteered, fluency and refusals kept), fine-grained methods first; else the best of those that
-   keep fluency and refusals; else the best.
+   keep fluency and refusals; else the best; never one that did not improve the behaviour on test.
 The rules (budgets, refusal slack, what counts as offensive) are those of the sweep (`budgets`, `metrics`).
 """
 
@@ -282,8 +282,9 @@ def choose(trials: list[BuildTrial], base: dict, task: GenerationTask) -> BuildT
 
 def compare(task: GenerationTask, result: dict, base: dict, target: float = TARGET) -> dict:
     """Paired bootstrap 95% intervals of `result` against `base` on the same test items: the behaviour's
-    difference and its relative improvement (`sign * (on - off) / off`: detox, the share of offensive replies
-    removed), the perplexity ratio; whether fluency and refusals are kept and the target is met."""
+    difference and its relative improvement (the share of the way from unsteered to the behaviour's best value
+    that steering covers, `metrics.BEST`: detox, the share of rude replies removed; positive, of the way to a
+    VADER compound of +1), the perplexity ratio; whether fluency and refusals are kept and the target is met."""
     value = metrics.ITEM_VALUES[task.behaviour]
     steered = np.array([value(item) for item in result["items"]], dtype=float)
     plain = np.array([value(item) for item in base["items"]], dtype=float)
@@ -291,8 +292,11 @@ def compare(task: GenerationTask, result: dict, base: dict, target: float = TARG
     ppl_b = np.array([item["perplexity"] for item in base["items"]])
     n = len(steered)
 
+    best = metrics.BEST.get(task.behaviour, 0.0)
+
     def improvement(index) -> float:
-        return task.sign * (steered[index].mean() - plain[index].mean()) / max(abs(plain[index].mean()), 1e-9)
+        off = plain[index].mean()
+        return task.sign * (steered[index].mean() - off) / max(abs(best - off), 1e-9)
 
     everything = np.arange(n)
     ratio = float(np.median(ppl_s) / np.median(ppl_b))
@@ -315,8 +319,10 @@ def compare(task: GenerationTask, result: dict, base: dict, target: float = TARG
 def choose_winner(comparisons: dict[str, dict], shippable: Sequence[Method]) -> str | None:
     """The method a profile ships: one that meets the target on test (fine-grained methods first); when none
     does, the best behaviour among those that keep fluency and refusals on test (a toggle that breaks fluency
-    is worse than a weaker one), and only if none keeps them the best behaviour."""
-    candidates = sorted(shippable, key=lambda m: not m.fine_grained)
+    is worse than a weaker one), and only if none keeps them the best behaviour. None when no method improved
+    the behaviour on test: a toggle that does nothing or the opposite does not ship."""
+    candidates = [m for m in sorted(shippable, key=lambda m: not m.fine_grained)
+                  if comparisons[m.name]["relative_improvement"] > 0]
     meeting = [m.name for m in candidates if comparisons[m.name]["meets_target"]]
     if meeting:
         return meeting[0]

@@ -81,7 +81,8 @@ def before_generating(result: Build) -> list[str]:
 def verdict(result: Build, task: GenerationTask) -> str:
     met = [m for m, c in result.comparisons.items() if c["meets_target"]]
     if result.winner is None:
-        return "**No profile**: no steering method was chosen on dev."
+        return ("**No profile**: no steering method improved the behaviour on test (or none was chosen on dev), "
+                "so none ships.")
     c = result.comparisons[result.winner]
     low, high = c["relative_improvement_ci"]
     effect = (f"{BEHAVIOURS[task.behaviour]} {c['unsteered']:.3f} -> {c[task.behaviour]:.3f} "

@@ -138,6 +138,9 @@ ITEM_VALUES = {"sentiment": lambda item: item["sentiment"], "offensive": lambda 
                "refusal_rate": lambda item: float(item["refusal"]), "words": lambda item: float(item["words"]),
                "unwanted": lambda item: item["unwanted"],
                "unwanted_rate": lambda item: float(is_unwanted(item["unwanted"]))}
+# The best value a behaviour can take, where it is not 0 (rates and counts): a build's relative improvement is the
+# share of the way from unsteered to it.
+BEST = {"sentiment": 1.0}
 # A continuous measure that breaks ties of a rate.
 FINER = {"offensive_rate": "offensive", "rude_rate": "rude", "unwanted_rate": "unwanted"}
 
