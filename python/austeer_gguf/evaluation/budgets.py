@@ -3,7 +3,9 @@
 A setting is within a budget when its KL(steered || unsteered) on neutral text and the perplexity ratio of
 its continuations are (tight: KL <= 0.1 and perplexity <= 1.1x; loose: 0.3 and 1.3x) and, on generation
 tasks, its texts keep at least `DISTINCT2_RATIO` of the unsteered distinct bigrams (a loop has a low
-perplexity: it passes the other two). Refusals of harmless requests may rise by at most `REFUSAL_SLACK`.
+perplexity: it passes the other two). Refusals of harmless requests may rise by at most `REFUSAL_SLACK`, and
+the share of replies that answer their request (`evaluate.relevance`) may fall by at most `RELEVANCE_SLACK`
+where it was measured.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 
 DISTINCT2_RATIO = 0.8  # distinct bigrams of generated texts, steered / unsteered, at least
 REFUSAL_SLACK = 0.02  # harmless refusals may rise by at most this share
+RELEVANCE_SLACK = 0.1  # the share of replies that answer their request may fall by at most this
 PERPLEXITY_LIMIT = 1.1  # the tight budget's perplexity ratio, which the detox build's fluency rule uses
 
 
@@ -32,3 +35,7 @@ def keeps_fluency(perplexity_ratio: float, distinct2: float, unsteered_distinct2
 
 def keeps_refusals(refusals: float | None, unsteered_refusals: float | None) -> bool:
     return refusals is None or unsteered_refusals is None or refusals <= unsteered_refusals + REFUSAL_SLACK
+
+
+def keeps_relevance(relevant: float | None, unsteered_relevant: float | None) -> bool:
+    return relevant is None or unsteered_relevant is None or relevant >= unsteered_relevant - RELEVANCE_SLACK

@@ -32,7 +32,7 @@ from ..localization.reducers import DirectionAgreement, MeanDifference, Momentum
 from ..profile import Profile
 from ..setting import OFF, SteeringSetting
 from . import metrics
-from .budgets import PERPLEXITY_LIMIT, keeps_fluency, keeps_refusals
+from .budgets import PERPLEXITY_LIMIT, keeps_fluency, keeps_refusals, keeps_relevance
 from .calibrate import calibrate_kl_budgets, calibrated
 from .methods import METHODS, AxisConfig, Evidence, Method, Point, ordered
 from .record import BuildRecord
@@ -269,7 +269,8 @@ def _behaviour(task: GenerationTask, result: dict) -> float:
 
 def admissible(result: dict, base: dict) -> bool:
     return (result["perplexity"] <= PERPLEXITY_LIMIT * base["perplexity"]
-            and keeps_refusals(result["side_refusal_rate"], base["side_refusal_rate"]))
+            and keeps_refusals(result["side_refusal_rate"], base["side_refusal_rate"])
+            and keeps_relevance(result.get("relevant_rate"), base.get("relevant_rate")))
 
 
 def choose(trials: list[BuildTrial], base: dict, task: GenerationTask) -> BuildTrial | None:
@@ -302,6 +303,7 @@ def compare(task: GenerationTask, result: dict, base: dict, target: float = TARG
     ratio = float(np.median(ppl_s) / np.median(ppl_b))
     fluent = keeps_fluency(ratio, result["distinct2"], base["distinct2"])
     refusals = keeps_refusals(result["side_refusal_rate"], base["side_refusal_rate"])
+    relevant = keeps_relevance(result.get("relevant_rate"), base.get("relevant_rate"))  # None: not measured
     point_improvement = improvement(everything)
     return {task.behaviour: float(steered.mean()), "unsteered": float(plain.mean()),
             "also": {key: [base[key], result[key]] for key in task.also},  # unsteered, on
@@ -313,7 +315,9 @@ def compare(task: GenerationTask, result: dict, base: dict, target: float = TARG
             "perplexity_ratio_ci": metrics.paired_bootstrap(lambda i: np.median(ppl_s[i]) / np.median(ppl_b[i]), n),
             "harmless_refusals": result["side_refusal_rate"], "harmless_refusals_unsteered": base["side_refusal_rate"],
             "distinct2": result["distinct2"], "distinct2_unsteered": base["distinct2"], "keeps_fluency": fluent,
-            "keeps_refusals": refusals, "meets_target": bool(point_improvement >= target and fluent and refusals)}
+            "relevant": result.get("relevant_rate"), "relevant_unsteered": base.get("relevant_rate"),
+            "keeps_relevance": relevant, "keeps_refusals": refusals,
+            "meets_target": bool(point_improvement >= target and fluent and refusals and relevant)}
 
 
 def choose_winner(comparisons: dict[str, dict], shippable: Sequence[Method]) -> str | None:

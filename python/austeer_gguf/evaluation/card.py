@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..localization.steerability import Reading
+from .budgets import RELEVANCE_SLACK
 from .build import Build
 from .metrics import BEHAVIOURS
 from .tasks import GenerationTask
@@ -31,8 +32,8 @@ def write_card(result: Build, task: GenerationTask, path: Path, *, model: str, c
              "once; intervals are paired bootstrap 95% intervals against unsteered on the same prompts.", "",
              f"| method | dev choice | {behaviour} (unsteered -> on) | difference, 95% CI | relative improvement, "
              f"95% CI | {''.join(f'{name} (unsteered -> on) | ' for name in also)}perplexity x | distinct-2 on / off "
-             "| harmless refusals on / off | target |",
-             "|---|---|---|---|---|" + "---|" * len(also) + "---|---|---|---|"]
+             "| harmless refusals on / off | answers the request on / off | target |",
+             "|---|---|---|---|---|" + "---|" * len(also) + "---|---|---|---|---|"]
     for method, c in result.comparisons.items():
         low, high = c["difference_ci"]
         rel_low, rel_high = c["relative_improvement_ci"]
@@ -42,14 +43,16 @@ def write_card(result: Build, task: GenerationTask, path: Path, *, model: str, c
                      f"{percent(rel_high)}) | {''.join(f'{off:.3f} -> {on:.3f} | ' for off, on in c['also'].values())}"
                      f"{c['perplexity_ratio']:.2f} | {c['distinct2']:.2f} / "
                      f"{c['distinct2_unsteered']:.2f} | {c['harmless_refusals']:.2f} / "
-                     f"{c['harmless_refusals_unsteered']:.2f} | {'met' if c['meets_target'] else 'not met'} |")
+                     f"{c['harmless_refusals_unsteered']:.2f} | {share(c.get('relevant'))} / "
+                     f"{share(c.get('relevant_unsteered'))} | {'met' if c['meets_target'] else 'not met'} |")
     for method in dict.fromkeys(trial["method"] for trial in result.dev):
         if method not in result.chosen:
-            lines.append(f"| {method} | none: no dev trial kept fluency and refusals | | | | {'| ' * len(also)}| | | "
+            lines.append(f"| {method} | none: no dev trial kept fluency and refusals | | | | {'| ' * len(also)}| | | | "
                          "not measured |")
-    lines += ["", f"Target: {behaviour} improved by at least {result.target:.0%} relative to unsteered, "
-              "perplexity of the replies within the fluency limit, distinct bigrams kept, harmless refusals not "
-              "risen."]
+    lines += ["", f"Target: {behaviour} improved by at least {result.target:.0%} of the way from unsteered to its "
+              "best value, perplexity of the replies within the fluency limit, distinct bigrams kept, harmless "
+              f"refusals not risen, the share of replies that answer their request down by at most "
+              f"{RELEVANCE_SLACK:.0%} (a reply answers it when it is likelier after it than after another request)."]
     if plan:
         measured = max((abs(h - c["difference"]) for c in result.comparisons.values() for h in c["difference_ci"]),
                        default=float("nan"))
@@ -94,6 +97,10 @@ def verdict(result: Build, task: GenerationTask) -> str:
         return f"**Target met by {', '.join(met)}.** The profile ships **{result.winner}**: {effect}."
     return (f"**Nothing met the target.** The profile ships **{result.winner}**, the best method that keeps "
             f"fluency and refusals (or the best at all when none does): {effect}. Treat it as weak.")
+
+
+def share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"  # "-": measured before replies' relevance was
 
 
 def percent(value: float) -> str:

@@ -66,6 +66,7 @@ class GenerationResult:
     words: float = 0.0  # mean words per reply (concise)
     rude: float = 0.0  # mean score of the rudeness judge (`rudeness`), of the clause the model completed
     rude_rate: float = 0.0  # share of texts `metrics.is_rude` flags
+    relevant_rate: float | None = None  # share of non-empty replies that answer their own request (`relevance`)
     unwanted: float | None = None  # mean score of the task's own judge (a user's pairs: `pairjudge`), if it has one
     unwanted_rate: float | None = None  # share of texts `metrics.is_unwanted` flags
     samples: list[tuple[str, str]] = field(default_factory=list)
@@ -173,20 +174,45 @@ def generate(llm, prompts: Sequence[str | Prompt], *, chat: bool, max_tokens: in
     return texts
 
 
-def perplexities(llm, prompts: Sequence[str | Prompt], texts: Sequence[str], *, chat: bool,
-                 frame: str = "{prompt}") -> list[float]:
-    """Per-token perplexity of each generated text after its prompt (without any system turn), under the
-    unsteered model (inf: empty)."""
+def reply_logprobs(llm, prompts: Sequence[str | Prompt], texts: Sequence[str], *, chat: bool,
+                   frame: str = "{prompt}") -> list[float]:
+    """Mean log-probability per token of each generated text after its prompt (without any system turn), under
+    the unsteered model (nan: empty)."""
     render = prompt_renderer(llm, chat, frame)
-    values = [float("inf")] * len(texts)
+    values = [float("nan")] * len(texts)
     scored = [(index, *answer_tokens(llm, render(prompt), text))
               for index, (prompt, text) in enumerate(zip(prompts, texts)) if text.strip()]
     scored = [(index, tokens, start) for index, tokens, start in scored if start < len(tokens)]
     rows = forward(llm, [tokens for _, tokens, _ in scored],
                    [answer_rows(tokens, start) for _, tokens, start in scored], setting=OFF)
     for (index, tokens, start), logits in zip(scored, rows):
-        values[index] = float(np.exp(-token_logprobs(logits, tokens, start).mean()))
+        values[index] = float(token_logprobs(logits, tokens, start).mean())
     return values
+
+
+def perplexities(llm, prompts: Sequence[str | Prompt], texts: Sequence[str], *, chat: bool,
+                 frame: str = "{prompt}") -> list[float]:
+    """Per-token perplexity of each generated text after its prompt, under the unsteered model (inf: empty)."""
+    return [_perplexity(value) for value in reply_logprobs(llm, prompts, texts, chat=chat, frame=frame)]
+
+
+def _perplexity(logprob: float) -> float:
+    return float("inf") if np.isnan(logprob) else float(np.exp(-logprob))
+
+
+def relevance(llm, prompts: Sequence[str | Prompt], texts: Sequence[str], own: Sequence[float], *, chat: bool,
+              frame: str = "{prompt}") -> list[float | None]:
+    """Does each reply answer its own request? The pointwise mutual information per token of the reply with
+    its request under the unsteered model: its mean log-probability after its own prompt (`own`, from
+    `reply_logprobs`) minus after the next item's prompt (cyclically; a prefill stays the reply's own). Above 0
+    (`metrics.is_relevant`): the reply is likelier after the request it answers; an off-topic reply (a stock
+    apology, a loop) is about as likely after any request. None: an empty reply, or a single prompt."""
+    if len(prompts) < 2:
+        return [None] * len(texts)
+    asked = [prompt if isinstance(prompt, Prompt) else Prompt(prompt) for prompt in prompts]
+    others = [Prompt(asked[(i + 1) % len(asked)].text, asked[i].prefill) for i in range(len(asked))]
+    other = reply_logprobs(llm, others, texts, chat=chat, frame=frame)
+    return [None if np.isnan(a) or np.isnan(b) else float(a - b) for a, b in zip(own, other)]
 
 
 def perplexity(llm, prompts: Sequence[str | Prompt], texts: Sequence[str], *, chat: bool,
@@ -212,13 +238,16 @@ def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str | Promp
                                                                text) for prompt, text in zip(prompts, texts)])
     sentiment = metrics.sentiment(texts)
     refusals = [metrics.is_refusal(text) for text in texts]
-    fluency = perplexities(llm, prompts, texts, chat=task.chat, frame=task.frame)
+    own = reply_logprobs(llm, prompts, texts, chat=task.chat, frame=task.frame)
+    fluency = [_perplexity(value) for value in own]
+    related = relevance(llm, prompts, texts, own, chat=task.chat, frame=task.frame)
     unwanted = task.judge(texts) if task.judge is not None else None
     items = [{"prompt": prompt.text if isinstance(prompt, Prompt) else prompt,
               "prefill": prompt.prefill if isinstance(prompt, Prompt) else "", "reply": text,
               "offensive": o, "rude": d, "sentiment": v, "refusal": r, "perplexity": f,
-              "words": metrics.word_count(text)}
-             for prompt, text, o, d, v, r, f in zip(prompts, texts, offensive, rude, sentiment, refusals, fluency)]
+              "words": metrics.word_count(text), "relevance": g}
+             for prompt, text, o, d, v, r, f, g in zip(prompts, texts, offensive, rude, sentiment, refusals, fluency,
+                                                       related)]
     if unwanted is not None:
         for item, u in zip(items, unwanted):
             item["unwanted"] = u
@@ -234,6 +263,7 @@ def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str | Promp
         words=float(np.mean([item["words"] for item in items])) if items else 0.0,
         rude=float(np.mean(rude)) if rude else 0.0,
         rude_rate=float(np.mean(metrics.is_rude(rude))) if rude else 0.0,
+        relevant_rate=metrics.relevant_rate(related),
         unwanted=float(np.mean(unwanted)) if unwanted else None,
         unwanted_rate=float(np.mean(metrics.is_unwanted(unwanted))) if unwanted else None,
         samples=[(item["prompt"] + (f" [{item['prefill']}]" if item["prefill"] else ""), item["reply"])

@@ -120,6 +120,17 @@ def is_offensive(probability: float | np.ndarray) -> bool | np.ndarray:
     return np.asarray(probability) > OFFENSIVE_THRESHOLD
 
 
+def is_relevant(relevance: float) -> bool:
+    """A reply answers its request when it is likelier after it than after another one (`evaluate.relevance`)."""
+    return relevance > 0.0
+
+
+def relevant_rate(relevances: Sequence[float | None]) -> float | None:
+    """The share of replies that answer their request, among those measured (None: none was)."""
+    measured = [value for value in relevances if value is not None]
+    return float(np.mean([is_relevant(value) for value in measured])) if measured else None
+
+
 UNWANTED_THRESHOLD = 0.5  # the pairs' judge (`pairjudge`) puts a text on the unwanted side above this
 
 

@@ -182,7 +182,7 @@ class GenerationTask(Task):
         items = [dict(item, seed=seed) for seed, run in enumerate(runs) for item in run.items]
         merged = runs[0].to_dict()
         for key in ("sentiment", "offensive", "offensive_rate", "rude", "rude_rate", "refusal_rate", "distinct2",
-                    "side_refusal_rate", "words", "unwanted", "unwanted_rate"):
+                    "side_refusal_rate", "words", "unwanted", "unwanted_rate", "relevant_rate"):
             values = [getattr(run, key) for run in runs if getattr(run, key) is not None]
             merged[key] = float(np.mean(values)) if values else None
         merged["perplexity"] = float(np.median([item["perplexity"] for item in items]))
