@@ -92,3 +92,50 @@ def test_caa_points_become_control_vectors_on_their_layers(tiny_f32):
     setting = CaaRange().setting(Point("caa-range", layers=(1, 1), multiplier=2.0), evidence)
     assert setting.units is None and sorted(setting.control_directions) == [1]
     assert np.allclose(setting.control_directions[1], 2.0 * evidence.control.directions[1])
+
+
+def test_additive_units_move_the_top_residual_units_by_their_score_times_their_magnitude(tiny_f32):
+    from austeer_gguf.evaluation.methods import AdditiveUnits
+    from austeer_gguf.localization.reducers import rank_units
+
+    llm = open_steered(tiny_f32)
+    evidence = evidence_of(llm)
+    evidence.magnitude = np.random.default_rng(1).uniform(0.5, 2.0, (llm.shape.n_layers, llm.shape.widths["layer"]))
+    setting = AdditiveUnits().setting(Point("additive-units", "layer", 6, 3.0), evidence)
+    assert setting.units is None  # nothing is scaled: it adds
+    expected = [u for u in rank_units(evidence.counts.only("layer"), 10_000) if u.layer >= 1][:6]
+    added = {(layer, dim): float(value) for layer, direction in setting.control_directions.items()
+             for dim, value in enumerate(direction) if value != 0}
+    assert added == {(u.layer, u.dim): np.float32(3.0 * u.score * evidence.magnitude[u.layer, u.dim])
+                     for u in expected}
+    assert AdditiveUnits().axis(dataclasses.replace(evidence, magnitude=None), AxisConfig()) == []
+
+
+def test_generation_scope_austeer_steers_only_replies_and_is_calibrated_on_austeers_axis(tiny_f32):
+    from austeer_gguf.evaluation.evaluate import NeutralKL
+    from austeer_gguf.evaluation.methods import AUSteerGeneration
+
+    llm = open_steered(tiny_f32)
+    evidence = evidence_of(llm)
+    point = Point("austeer", "attn", 8, 20.0)
+    everywhere = AUSteer().setting(point, evidence)
+    replies_only = AUSteerGeneration().setting(dataclasses.replace(point, method="austeer-generation"), evidence)
+    assert replies_only.scope == "generation"
+    assert all(np.array_equal(a, b) for a, b in zip(replies_only.units, everywhere.units))
+    kl = NeutralKL(llm, ["the cat is happy and the dog was sad", "I like this day"])
+    assert kl(replies_only) == kl(everywhere) > 0  # the same strength axis, not 0 on a text that is all prompt
+
+
+def test_the_typical_magnitude_is_the_root_mean_square_over_both_texts_of_every_pair():
+    from austeer_gguf.localization.capture import PairActivations
+    from austeer_gguf.sites import ModelShape
+
+    rng = np.random.default_rng(2)
+    positive, negative = rng.normal(size=(7, 3, 5)).astype(np.float32), rng.normal(size=(7, 3, 5)).astype(np.float32)
+    difference = MeanDifference.for_shape(ModelShape("llama", 3, {"layer": 5}))
+    for part in (slice(0, 4), slice(4, 7)):
+        difference.add_group(PairActivations(list(range(7))[part], {"layer": positive[part]},
+                                             {"layer": negative[part]}))
+    both = np.concatenate([positive, negative]).astype(np.float64)
+    assert np.allclose(difference.magnitude(), np.sqrt((both ** 2).mean(axis=0)), rtol=1e-6)
+    assert np.allclose(difference.mean(), (positive - negative).mean(axis=0), atol=1e-6)

@@ -110,7 +110,7 @@ def capture_evidence(float_model, pairs: Sequence[Pair], sites: Sequence[str], s
         agreement = DirectionAgreement.for_shape(capture.shape, "layer")
         capture.feed(counts, difference, agreement, seconds=seconds)
     evidence = Evidence(counts, difference.control_vector(capture.shape.architecture), shape,
-                        agreement=agreement.agreement())
+                        agreement=agreement.agreement(), magnitude=difference.magnitude())
     return evidence, time.perf_counter() - started
 
 
@@ -199,7 +199,8 @@ def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: 
         progress.step(test_items, f"test {method:18} {task.behaviour} {test[method][task.behaviour]:.3f}{saved}")
     comparisons = {method: compare(task, test[method], test[baseline], config.target)
                    for method in test if method != baseline}
-    shippable = [m for m in methods if not m.baseline and not m.prompted and m.name in chosen]
+    # A profile file has no token scope: a method steering generated tokens only is measured, not shipped.
+    shippable = [m for m in methods if not m.baseline and not m.prompted and m.scope == "all" and m.name in chosen]
     result = Build(name, task.name, evidence.counts.n_pairs, capture_seconds,
                    dev=[t.summary(task, base) for t in trials],
                    chosen={m: t.summary(task, base) for m, t in chosen.items()},
@@ -237,7 +238,7 @@ def _trials(llm, method: Method, point: Point, evidence: Evidence, config: Build
         if calibration.strength <= 0:
             continue
         steered = calibrated(profile, calibration)
-        setting = SteeringSetting.make(llm.shape, llm.fingerprint, profiles=[(steered, 1.0)])
+        setting = SteeringSetting.make(llm.shape, llm.fingerprint, profiles=[(steered, 1.0)], scope=method.scope)
         label = f"{point.label()} KL {budget:g} (strength {calibration.strength:.3g})"
         out.append(BuildTrial(method.name, label, {}, setting, steered, method.prompted))
     return out

@@ -8,6 +8,7 @@ same model under `OFF`. Many sequences go through each decode when the model's c
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, ClassVar
@@ -276,7 +277,9 @@ def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str | Promp
 
 class NeutralKL:
     """KL(steered || unsteered) of next-token distributions over every position of neutral texts, under a
-    setting; the unsteered log-probabilities are computed once."""
+    setting; the unsteered log-probabilities are computed once. Every position counts as steered: a setting of
+    scope "generation" is measured as if the whole text were generated under it (its strength axis is the same
+    as scope "all"'s; otherwise it would read 0 on a text that is all prompt)."""
 
     def __init__(self, llm, texts: Sequence[str]) -> None:
         self.llm = llm
@@ -287,6 +290,8 @@ class NeutralKL:
         return forward(self.llm, self.tokens, [range(len(tokens)) for tokens in self.tokens], setting=setting)
 
     def __call__(self, setting: SteeringSetting | None = None) -> float:
+        setting = self.llm.current_setting() if setting is None else setting
+        setting = dataclasses.replace(setting, scope="all") if setting.active else setting
         return float(np.mean([metrics.kl_from_log_probs(logits, reference)
                               for logits, reference in zip(self._logits(setting), self.reference)]))
 

@@ -61,6 +61,7 @@ class Evidence:
     shape: ModelShape
     best: Point | None = None  # the reference method's dev-best point, once it is known
     agreement: np.ndarray | None = None  # [layers] the pairs' direction agreement (`reducers.DirectionAgreement`)
+    magnitude: np.ndarray | None = None  # [layers, n_embd] each residual unit's typical magnitude (RMS over pairs)
 
     @property
     def n_layers(self) -> int:
@@ -82,6 +83,7 @@ class AxisConfig:
     multipliers: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
     caa_layer_step: int = 3
     random_seeds: tuple[int, ...] = (0,)
+    additive_alphas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # in units of each unit's magnitude
     build_k: int = 100  # units of an AUSteer profile the detox build calibrates
     build_alpha: float = 10.0
 
@@ -96,6 +98,7 @@ class Method:
     fine_grained: ClassVar[bool] = False  # steers atomic units (the shipping rule prefers these)
     prompted: ClassVar[bool] = False  # asks the model
     after_reference: ClassVar[bool] = False  # its axis is built around the reference method's dev-best point
+    scope: ClassVar[str] = "all"  # the token scope its settings steer (`setting.SCOPES`)
 
     def axis(self, evidence: Evidence, config: AxisConfig) -> list[Point]:
         """The sweep's points, weakest first."""
@@ -113,7 +116,7 @@ class Method:
         profile = self.profile(point, evidence)
         if profile is None:
             return OFF
-        return SteeringSetting.make(evidence.shape, profiles=[(profile, 1.0)], strength=strength)
+        return SteeringSetting.make(evidence.shape, profiles=[(profile, 1.0)], strength=strength, scope=self.scope)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "color": self.color, "fine_grained": self.fine_grained,
@@ -152,6 +155,50 @@ class AUSteer(Method):
 
     def profile(self, point: Point, evidence: Evidence) -> Profile:
         return Profile(self.name, point.alpha, top_units(evidence.counts, point.site, point.k))
+
+
+class AUSteerGeneration(AUSteer):
+    """AUSteer on generated tokens only: the prompt, and its KV cache, are computed unsteered (as CAA's paper
+    steers only positions after the prompt; steering the prompt contaminates its cache). Its strength axis is
+    AUSteer's (KL on neutral text measures every position as steered); its side effects on replies are measured
+    in its own scope."""
+
+    name = "austeer-generation"
+    color = "tab:brown"
+    reference = False
+    scope = "generation"
+
+    def axis(self, evidence: Evidence, config: AxisConfig) -> list[Point]:
+        return [Point(self.name, site, config.build_k, alpha) for site in config.sites for alpha in config.alphas]
+
+
+class AdditiveUnits(Method):
+    """The top-k residual-stream units (site `layer`) by momentum, each moved by its score times its typical
+    magnitude: ``x_j + alpha * s_j * sigma_j`` at `l_out`, a sparse control vector. Scaling (AUSteer) does
+    nothing where x_j is near 0 and pushes the wrong way where x_j has the other sign; an addition does
+    neither. Layer 0 cannot take a control vector, so its units are passed over."""
+
+    name = "additive-units"
+    color = "darkgoldenrod"
+    fine_grained = True
+
+    def axis(self, evidence: Evidence, config: AxisConfig) -> list[Point]:
+        if evidence.magnitude is None:
+            return []
+        return [Point(self.name, "layer", k, alpha) for k in config.ks for alpha in config.additive_alphas]
+
+    def build_points(self, evidence: Evidence, config: AxisConfig) -> list[Point]:
+        return [] if evidence.magnitude is None else [Point(self.name, "layer", config.build_k, 1.0)]
+
+    def profile(self, point: Point, evidence: Evidence) -> Profile:
+        width = evidence.shape.widths["layer"]
+        ranked = rank_units(evidence.counts.only("layer"), point.k + width)
+        directions: dict[int, np.ndarray] = {}
+        for unit in [u for u in ranked if u.layer >= 1][: point.k]:
+            direction = directions.setdefault(unit.layer, np.zeros(width, dtype=np.float32))
+            direction[unit.dim] = point.alpha * unit.score * evidence.magnitude[unit.layer, unit.dim]
+        vector = ControlVector(directions, evidence.shape.architecture, evidence.counts.n_pairs)
+        return Profile(self.name, 1.0, [], control=vector)
 
 
 class SingleUnit(AUSteer):
@@ -283,8 +330,8 @@ class PromptingAUSteer(AUSteer):
 
 
 # In the order reports show them.
-METHODS: tuple[Method, ...] = (Unsteered(), AUSteer(), SingleUnit(), WholeLayer(), RandomUnits(), CaaLayer(),
-                               CaaRange(), Prompting(), PromptingAUSteer())
+METHODS: tuple[Method, ...] = (Unsteered(), AUSteer(), AUSteerGeneration(), AdditiveUnits(), SingleUnit(),
+                               WholeLayer(), RandomUnits(), CaaLayer(), CaaRange(), Prompting(), PromptingAUSteer())
 
 
 def ordered(methods: Sequence[Method]) -> list[Method]:

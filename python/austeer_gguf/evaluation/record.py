@@ -60,6 +60,8 @@ class BuildRecord:
             arrays[f"negative_{site}"] = counts.negative[site]
         if evidence.agreement is not None:
             arrays["agreement"] = evidence.agreement
+        if evidence.magnitude is not None:
+            arrays["magnitude"] = evidence.magnitude
         if control.layers:
             arrays["control"] = np.stack([control.directions[layer] for layer in control.layers])
         buffer = io.BytesIO()
@@ -81,5 +83,6 @@ class BuildRecord:
             layers = [int(layer) for layer in data["control_layers"]]
             directions = {layer: data["control"][i].astype(np.float32) for i, layer in enumerate(layers)}
             agreement = data["agreement"] if "agreement" in data.files else None
+            magnitude = data["magnitude"] if "magnitude" in data.files else None
         return Evidence(counts, ControlVector(directions, shape.architecture, counts.n_pairs), shape,
-                        agreement=agreement)
+                        agreement=agreement, magnitude=magnitude)

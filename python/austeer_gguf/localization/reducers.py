@@ -121,23 +121,34 @@ def _flatten(counts: MomentumCounts) -> tuple[np.ndarray, ...]:
 
 @dataclass
 class MeanDifference:
-    """The mean over pairs of pos - neg at one site, per layer (float64 sums)."""
+    """The mean over pairs of pos - neg at one site, per layer (float64 sums), and each unit's typical
+    magnitude: its root mean square over both texts of every pair."""
 
     site: str
     total: np.ndarray  # [layers, width]
+    squares: np.ndarray  # [layers, width] sum of pos^2 + neg^2
     n_pairs: int = 0
 
     @classmethod
     def for_shape(cls, shape: ModelShape, site: str = "layer") -> MeanDifference:
-        return cls(site, np.zeros((shape.n_layers, shape.widths[site]), dtype=np.float64))
+        zeros = np.zeros((shape.n_layers, shape.widths[site]), dtype=np.float64)
+        return cls(site, zeros, zeros.copy())
 
     @property
     def sites(self) -> tuple[str, ...]:
         return (self.site,)
 
     def add_group(self, group: PairActivations) -> None:
-        self.total += (group.positive[self.site].astype(np.float64) - group.negative[self.site]).sum(axis=0)
+        positive, negative = group.positive[self.site].astype(np.float64), group.negative[self.site]
+        self.total += (positive - negative).sum(axis=0)
+        self.squares += (positive ** 2 + negative.astype(np.float64) ** 2).sum(axis=0)
         self.n_pairs += len(group.indices)
+
+    def magnitude(self) -> np.ndarray:
+        """[layers, width] each unit's root mean square over both texts of every pair."""
+        if self.n_pairs <= 0:
+            raise ValueError("no pairs were captured")
+        return np.sqrt(self.squares / (2 * self.n_pairs)).astype(np.float32)
 
     def mean(self) -> np.ndarray:
         if self.n_pairs <= 0:
