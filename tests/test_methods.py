@@ -139,3 +139,20 @@ def test_the_typical_magnitude_is_the_root_mean_square_over_both_texts_of_every_
     both = np.concatenate([positive, negative]).astype(np.float64)
     assert np.allclose(difference.magnitude(), np.sqrt((both ** 2).mean(axis=0)), rtol=1e-6)
     assert np.allclose(difference.mean(), (positive - negative).mean(axis=0), atol=1e-6)
+
+
+def test_austeer_plus_caa_is_one_profile_whose_units_and_control_vector_one_strength_scales(tiny_f32):
+    from austeer_gguf.evaluation.calibrate import Calibration, calibrated
+    from austeer_gguf.evaluation.methods import AUSteerCaa
+
+    llm = open_steered(tiny_f32)
+    evidence = evidence_of(llm)
+    config = AxisConfig(sites=("attn", "layer"), build_k=5)
+    (point,) = AUSteerCaa().build_points(evidence, config)
+    profile = AUSteerCaa().profile(point, evidence)
+    assert len(profile.units) == 5 and {u.site for u in profile.units} == {point.site}
+    assert profile.control.layers == list(range(1, llm.shape.n_layers))
+    half = calibrated(profile, Calibration("kl", 0.1, 0.5, 0.1, 0.05))
+    assert half.alpha == profile.alpha / 2
+    assert all(np.allclose(half.control.directions[layer], profile.control.directions[layer] / 2)
+               for layer in profile.control.layers)

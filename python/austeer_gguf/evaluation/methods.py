@@ -201,6 +201,35 @@ class AdditiveUnits(Method):
         return Profile(self.name, 1.0, [], control=vector)
 
 
+class AUSteerCaa(Method):
+    """AUSteer's top-k units of one site and the CAA directions of every layer in one profile, calibrated
+    together (one strength scales alpha and the control vector). The site is the one whose top-k units
+    separate the pairs most (mean |s|), read from the capture pass, not from dev."""
+
+    name = "austeer+caa"
+    color = "indigo"  # not fine-grained: its control vector moves every residual dim
+
+    def strongest_site(self, evidence: Evidence, config: AxisConfig) -> str:
+        def mean_strength(site: str) -> float:
+            return float(np.mean([abs(u.score) for u in top_units(evidence.counts, site, config.build_k)]))
+
+        return max(config.sites, key=mean_strength)
+
+    def axis(self, evidence: Evidence, config: AxisConfig) -> list[Point]:
+        site = self.strongest_site(evidence, config)
+        return [Point(self.name, site, config.build_k, alpha, multiplier=alpha / config.build_alpha)
+                for alpha in config.alphas]
+
+    def build_points(self, evidence: Evidence, config: AxisConfig) -> list[Point]:
+        return [Point(self.name, self.strongest_site(evidence, config), config.build_k, config.build_alpha,
+                      multiplier=1.0)]
+
+    def profile(self, point: Point, evidence: Evidence) -> Profile:
+        vector = evidence.control.restricted(1, evidence.n_layers - 1)
+        control = dataclasses.replace(vector, directions=vector.scaled(point.multiplier))
+        return Profile(self.name, point.alpha, top_units(evidence.counts, point.site, point.k), control=control)
+
+
 class SingleUnit(AUSteer):
     """The best unit of a site alone."""
 
@@ -330,8 +359,9 @@ class PromptingAUSteer(AUSteer):
 
 
 # In the order reports show them.
-METHODS: tuple[Method, ...] = (Unsteered(), AUSteer(), AUSteerGeneration(), AdditiveUnits(), SingleUnit(),
-                               WholeLayer(), RandomUnits(), CaaLayer(), CaaRange(), Prompting(), PromptingAUSteer())
+METHODS: tuple[Method, ...] = (Unsteered(), AUSteer(), AUSteerGeneration(), AdditiveUnits(), AUSteerCaa(),
+                               SingleUnit(), WholeLayer(), RandomUnits(), CaaLayer(), CaaRange(), Prompting(),
+                               PromptingAUSteer())
 
 
 def ordered(methods: Sequence[Method]) -> list[Method]:
