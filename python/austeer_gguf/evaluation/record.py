@@ -73,7 +73,12 @@ class BuildRecord:
         """The saved capture pass of a resumed build (None: not saved, or not of this shape)."""
         if not self.resumed or not self.evidence_path.is_file():
             return None
-        with np.load(self.evidence_path) as data:
+        return self.read_evidence(self.evidence_path, shape)
+
+    @staticmethod
+    def read_evidence(path: Path, shape: ModelShape) -> Evidence | None:
+        """A build's saved capture pass (`<profile>.evidence.npz`; None: not of this shape)."""
+        with np.load(path) as data:
             sites = [name[len("positive_"):] for name in data.files if name.startswith("positive_")]
             if any(data[f"positive_{site}"].shape != (shape.n_layers, shape.widths.get(site, -1)) for site in sites):
                 return None
