@@ -68,7 +68,8 @@ def diagnose(name: str, evidence_path: Path, behaviour: str, threads: int) -> li
         last = capture.last_tokens(prompts, sites)
     lines = [f"## {name} / {behaviour}", "",
              f"{len(prompts)} test prompts, {len(sequences)} positions; {evidence.counts.n_pairs} training pairs.", "",
-             "| site | units | RMS / site | near 0 | x > 0 | push | last-token x > 0 |", "|---|---|---|---|---|---|---|"]
+             "| site | units | RMS / site | near 0 | x > 0 | push | last-token x > 0 |",
+             "|---|---|---|---|---|---|---|"]
     rng = np.random.default_rng(RANDOM_SEED)
     lens = []
     for site in sites:
