@@ -7,7 +7,7 @@ card) and `.build.json` (every per-item result; a rerun resumes from it, `--fres
 is copied to python/austeer_gguf/data/profiles/detox-<model>.json with the card's path in its `report` field.
 When the build writes no profile (its winner steers nothing), the shipped one is left as it is and this says so.
 
-    .venv/bin/python scripts/build_detox.py                        # both models, 20 minutes each
+    .venv/bin/python scripts/build_detox.py                        # both models, 25 minutes each
     .venv/bin/python scripts/build_detox.py --models smollm2 --minutes 10
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 
 from austeer_gguf.apps.cli import main as cli
@@ -28,7 +29,7 @@ REPORTS = ROOT / "reports" / "detox"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="smollm2,gemma3")
-    parser.add_argument("--minutes", default="20")
+    parser.add_argument("--minutes", default="25")
     parser.add_argument("--threads", default="2")
     parser.add_argument("--fresh", action="store_true")
     args = parser.parse_args()
@@ -39,7 +40,8 @@ def main() -> None:
                       "--force", *(["--fresh"] if args.fresh else [])])
         if status != 0:
             raise SystemExit(status)
-        if not built.exists():
+        winner = json.loads(built.with_suffix(".build.json").read_text())["build"]["winner"]
+        if winner is None or not built.exists():
             print(f"{name}: the build shipped nothing (see {built.with_suffix('.md')}); the shipped profile is kept")
             continue
         profile = read_profile(built)

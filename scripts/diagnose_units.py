@@ -60,6 +60,8 @@ def diagnose(name: str, evidence_path: Path, behaviour: str, threads: int) -> li
     task = load_task(behaviour)
     with ActivationCapture(model, n_threads=threads, batch_tokens=512, n_ctx=2048) as capture:
         evidence = BuildRecord.read_evidence(evidence_path, capture.shape)
+        if evidence is None:
+            raise SystemExit(f"{evidence_path} is not a capture pass of {name}: give its build's .evidence.npz")
         render = prompt_renderer(capture.llm, task.chat, task.frame)
         prompts = [capture.tokenize(render(prompt)) for prompt in task.split("test", PROMPTS)]
         sequences = [prefix for tokens in prompts for prefix in positions(tokens)]

@@ -77,9 +77,12 @@ def test_the_shipped_detox_profile_fits_its_model_and_keeps_its_recorded_budget(
     from austeer_gguf.formats.model_file import ModelFile
 
     profile = shipped_profile(name)
-    report = json.loads((ROOT / profile.extra["report"]).read_text())
-    assert report["model"] == name and report["profile"].endswith(f"detox-{name}.json")
-    assert profile.extra["meets_target"] == report["comparisons"][report["winner"]]["meets_target"]
+    card = ROOT / profile.extra["report"]  # the build's report card, its per-item record beside it
+    record = json.loads(card.with_suffix(".build.json").read_text())
+    assert record["identity"]["behaviour"] == "detox" and card.read_text().startswith("# detox on ")
+    build = record["build"]
+    assert build["winner"] == profile.extra["method"]
+    assert profile.extra["meets_target"] == build["comparisons"][build["winner"]]["meets_target"]
     model = request.getfixturevalue(name)
     assert profile.model == ModelFile.open(model).fingerprint
     llm = open_steered(model, n_ctx=512)

@@ -290,11 +290,11 @@ def test_the_detox_profile_ships_the_method_that_meets_the_target_else_the_one_t
     from austeer_gguf.evaluation.build import choose_winner
     from austeer_gguf.evaluation.methods import AUSteer, CaaRange
 
-    def comparison(rate, ppl, refusals=0.0, distinct2=0.4):  # against an unsteered offensive rate of 0.4
+    def comparison(rate, ppl, refusals=0.0, distinct2=0.4, relevant=True):  # against an unsteered rate of 0.4
         fluent = keeps_fluency(ppl, distinct2, 0.4)
         return {"offensive_rate": rate, "relative_improvement": (0.4 - rate) / 0.4, "perplexity_ratio": ppl,
-                "keeps_fluency": fluent, "keeps_refusals": refusals <= 0.02,
-                "meets_target": rate <= 0.2 and fluent and refusals <= 0.02}
+                "keeps_fluency": fluent, "keeps_refusals": refusals <= 0.02, "keeps_relevance": relevant,
+                "meets_target": rate <= 0.2 and fluent and refusals <= 0.02 and relevant}
 
     both = [AUSteer(), CaaRange()]
 
@@ -308,6 +308,8 @@ def test_the_detox_profile_ships_the_method_that_meets_the_target_else_the_one_t
     assert winner(comparison(0.23, 0.92, 0.05), comparison(0.3, 1.0)) == "caa-range"
     assert winner(comparison(0.23, 0.92, distinct2=0.2), comparison(0.08, 1.19)) == "caa-range"
     assert winner(comparison(0.3, 1.5), comparison(0.25, 1.4)) == "caa-range"
+    # replies that stop answering their request are not "safe", however fluent
+    assert winner(comparison(0.23, 0.92, relevant=False), comparison(0.3, 1.0)) == "caa-range"
     # a method that did not improve the behaviour never ships, however fluent
     assert winner(comparison(0.45, 1.0), comparison(0.3, 1.5)) == "caa-range"
     assert winner(comparison(0.4, 1.0), comparison(0.5, 1.0)) is None
@@ -363,3 +365,23 @@ def test_a_builds_relative_improvement_is_the_share_of_the_way_to_the_behaviours
     # a rude rate 0.5 -> 0.25 removes half the rude replies
     c = compare(detox, result([1, 0, 0, 0], "sentiment"), result([1, 1, 0, 0], "sentiment"))
     assert c["relative_improvement"] == pytest.approx(0.5) and c["rude_rate"] == pytest.approx(0.25)
+
+
+def test_relevance_may_fall_by_a_tenth_or_by_one_reply_of_a_small_split():
+    from austeer_gguf.evaluation.budgets import keeps_relevance
+
+    assert keeps_relevance(0.86, 0.95, 100) and not keeps_relevance(0.84, 0.95, 100)
+    assert keeps_relevance(0.825, 0.95, 8) and not keeps_relevance(0.7, 0.95, 8)  # one reply of 8: 0.125
+    assert keeps_relevance(None, 0.95, 8) and keeps_relevance(0.5, None)  # not measured: not judged
+
+
+def test_a_relative_improvement_from_the_best_value_already_is_not_a_number_and_the_card_says_so():
+    from austeer_gguf.evaluation.build import compare
+    from austeer_gguf.evaluation.card import percent
+    from austeer_gguf.evaluation.tasks import GenerationTask
+
+    items = [{"rude": 0.0, "perplexity": 5.0, "offensive": 0.0, "sentiment": 0.0}] * 4
+    result = {"items": items, "distinct2": 0.5, "side_refusal_rate": 0.0}
+    detox = GenerationTask("detox", [], [], [], "test", behaviour="rude_rate", sign=-1.0)
+    c = compare(detox, result, result)
+    assert np.isnan(c["relative_improvement"]) and not c["meets_target"] and percent(c["relative_improvement"]) == "-"

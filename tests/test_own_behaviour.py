@@ -60,7 +60,7 @@ def as_pairs(rows: list[dict]) -> list[Pair]:
 
 def test_the_pairs_judge_learns_sides_that_differ_in_words_and_is_checked_on_pairs_it_never_saw():
     judge = PairJudge.fit(as_pairs(own_pairs()))
-    assert judge.held_out_accuracy >= 0.9 and judge.n_held_out == 13 and judge.n_train == 51
+    assert judge.held_out_accuracy >= 0.9 and judge.n_held_out == 13 and judge.n_train == 51  # 64 pairs
     unwanted = judge(["Certainly. I would be pleased to describe the harbour.", "lol ok whatever man, the harbour"])
     assert unwanted[0] < 0.5 < unwanted[1]
     assert "balanced accuracy" in judge.describe()
@@ -69,7 +69,7 @@ def test_the_pairs_judge_learns_sides_that_differ_in_words_and_is_checked_on_pai
 def test_pairs_whose_sides_do_not_differ_consistently_are_refused():
     with pytest.raises(InputError, match=rf"balanced accuracy 0\.\d+ \(< {MIN_ACCURACY}\).*built-in --metric"):
         PairJudge.fit(as_pairs(own_pairs(shuffled=True, n=200)))
-    with pytest.raises(InputError, match="at least 20 pairs, got 10"):
+    with pytest.raises(InputError, match="at least 40 pairs, got 10"):
         PairJudge.fit(as_pairs(own_pairs(n=10)))
 
 
@@ -117,6 +117,7 @@ def test_a_build_of_an_own_behaviour_scores_replies_by_its_judge_and_says_so(tin
     pairs = write_jsonl(tmp_path / "formal.jsonl", own_pairs())
     listed = write_jsonl(tmp_path / "p.jsonl", prompts(30))
     output = tmp_path / "tiny.formal.json"
+    output.write_text("an earlier build's profile")  # must not pass for this build's
     done = subprocess.run([sys.executable, "-m", "austeer_gguf", "build", str(tiny_f32), str(pairs), "--prompts",
                            str(listed), "--instruction", "Answer formally.", "--minutes", "1", "--threads", "2",
                            "-o", str(output)], capture_output=True, text=True, timeout=600)
@@ -124,7 +125,8 @@ def test_a_build_of_an_own_behaviour_scores_replies_by_its_judge_and_says_so(tin
     card = output.with_suffix(".md").read_text()
     assert card.startswith("# formal on tiny-f32.gguf")
     assert "scored by an n-gram judge fitted on the replies of 51 of the pairs" in card
-    assert "unwanted rate (the pairs' judge)" in card and "--prompts" in card
+    assert "unwanted rate (the pairs' judge)" in card
+    assert f"--prompts {listed} --metric judge --instruction 'Answer formally.'" in card  # the command reruns it
     data = json.loads(output.with_suffix(".build.json").read_text())
     assert data["identity"]["own"]["metric"] == "judge" and len(data["identity"]["own"]["files"]) == 2
     items = [item for method in data["build"]["test_items"].values() for item in method]

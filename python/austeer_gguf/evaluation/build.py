@@ -6,12 +6,14 @@
    as it is; asking + the dev-best AUSteer trial), each steering point calibrated to every KL budget on neutral
    text (`calibrate`), measured on the dev split.
 3. Per method, the dev trial with the best behaviour among the admissible ones: perplexity of the replies
-   within `budgets.PERPLEXITY_LIMIT` of unsteered, harmless refusals risen by at most `budgets.REFUSAL_SLACK`.
+   within `budgets.PERPLEXITY_LIMIT` of unsteered, harmless refusals risen by at most `budgets.REFUSAL_SLACK`,
+   the share of replies that answer their request fallen by at most `budgets.relevance_slack`.
 4. Each chosen trial measured once on test, per item, with paired bootstrap 95% intervals against unsteered
    (`compare`).
 5. The shipping rule (`choose_winner`): a method that meets the target (the behaviour improved by `target`
-   relative to unsteered, fluency and refusals kept), fine-grained methods first; else the best of those that
-   keep fluency and refusals; else the best; never one that did not improve the behaviour on test.
+   of the way from unsteered to its best value, fluency, refusals and relevance kept), fine-grained methods
+   first; else the best of those that keep fluency, refusals and relevance; else the best; never one that
+   did not improve the behaviour on test, nor one that steers generated tokens only (a profile has no scope).
 The rules (budgets, refusal slack, what counts as offensive) are those of the sweep (`budgets`, `metrics`).
 """
 
@@ -39,7 +41,7 @@ from .record import BuildRecord
 from .tasks import GenerationTask
 
 KL_BUDGETS = (0.025, 0.05, 0.1, 0.2, 0.4)
-TARGET = 0.5  # the behaviour improved by half relative to unsteered (detox: the offensive rate halved)
+TARGET = 0.5  # half the way from unsteered to the behaviour's best value (detox: the rude rate halved)
 
 
 @dataclass
@@ -271,7 +273,7 @@ def _behaviour(task: GenerationTask, result: dict) -> float:
 def admissible(result: dict, base: dict) -> bool:
     return (result["perplexity"] <= PERPLEXITY_LIMIT * base["perplexity"]
             and keeps_refusals(result["side_refusal_rate"], base["side_refusal_rate"])
-            and keeps_relevance(result.get("relevant_rate"), base.get("relevant_rate")))
+            and keeps_relevance(result.get("relevant_rate"), base.get("relevant_rate"), result.get("n")))
 
 
 def choose(trials: list[BuildTrial], base: dict, task: GenerationTask) -> BuildTrial | None:
@@ -298,13 +300,15 @@ def compare(task: GenerationTask, result: dict, base: dict, target: float = TARG
 
     def improvement(index) -> float:
         off = plain[index].mean()
-        return task.sign * (steered[index].mean() - off) / max(abs(best - off), 1e-9)
+        if abs(best - off) < 1e-9:  # unsteered is already at the best value: no share of the way to take
+            return float("nan")
+        return task.sign * (steered[index].mean() - off) / abs(best - off)
 
     everything = np.arange(n)
     ratio = float(np.median(ppl_s) / np.median(ppl_b))
     fluent = keeps_fluency(ratio, result["distinct2"], base["distinct2"])
     refusals = keeps_refusals(result["side_refusal_rate"], base["side_refusal_rate"])
-    relevant = keeps_relevance(result.get("relevant_rate"), base.get("relevant_rate"))  # None: not measured
+    relevant = keeps_relevance(result.get("relevant_rate"), base.get("relevant_rate"), n)  # None: not measured
     point_improvement = improvement(everything)
     return {task.behaviour: float(steered.mean()), "unsteered": float(plain.mean()),
             "also": {key: [base[key], result[key]] for key in task.also},  # unsteered, on
@@ -325,7 +329,7 @@ def choose_winner(comparisons: dict[str, dict], shippable: Sequence[Method]) -> 
     """The method a profile ships: one that meets the target on test (fine-grained methods first); when none
     does, the best behaviour among those that keep fluency and refusals on test (a toggle that breaks fluency
     is worse than a weaker one), and only if none keeps them the best behaviour. None when no method improved
-    the behaviour on test: a toggle that does nothing or the opposite does not ship."""
+    the behaviour on test: a toggle that does nothing or the opposite does not ship."""  # NaN > 0 is False
     candidates = [m for m in sorted(shippable, key=lambda m: not m.fine_grained)
                   if comparisons[m.name]["relative_improvement"] > 0]
     meeting = [m.name for m in candidates if comparisons[m.name]["meets_target"]]
@@ -333,6 +337,6 @@ def choose_winner(comparisons: dict[str, dict], shippable: Sequence[Method]) -> 
         return meeting[0]
     if not candidates:
         return None
-    safe = [m.name for m in candidates
-            if comparisons[m.name]["keeps_fluency"] and comparisons[m.name]["keeps_refusals"]]
+    safe = [m.name for m in candidates if comparisons[m.name]["keeps_fluency"] and comparisons[m.name]["keeps_refusals"]
+            and comparisons[m.name].get("keeps_relevance", True)]
     return max(safe or [m.name for m in candidates], key=lambda name: comparisons[name]["relative_improvement"])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from ..localization.steerability import Reading
 from .budgets import RELEVANCE_SLACK
 from .build import Build
@@ -47,8 +49,8 @@ def write_card(result: Build, task: GenerationTask, path: Path, *, model: str, c
                      f"{share(c.get('relevant_unsteered'))} | {'met' if c['meets_target'] else 'not met'} |")
     for method in dict.fromkeys(trial["method"] for trial in result.dev):
         if method not in result.chosen:
-            lines.append(f"| {method} | none: no dev trial kept fluency and refusals | | | | {'| ' * len(also)}| | | | "
-                         "not measured |")
+            lines.append(f"| {method} | none: no dev trial kept fluency, refusals and relevance | | | | "
+                         f"{'| ' * len(also)}| | | | not measured |")
     lines += ["", f"Target: {behaviour} improved by at least {result.target:.0%} of the way from unsteered to its "
               "best value, perplexity of the replies within the fluency limit, distinct bigrams kept, harmless "
               f"refusals not risen, the share of replies that answer their request down by at most "
@@ -84,8 +86,8 @@ def before_generating(result: Build) -> list[str]:
 def verdict(result: Build, task: GenerationTask) -> str:
     met = [m for m, c in result.comparisons.items() if c["meets_target"]]
     if result.winner is None:
-        return ("**No profile**: no steering method improved the behaviour on test (or none was chosen on dev), "
-                "so none ships.")
+        return ("**No profile**: no shippable steering method improved the behaviour on test (or none was chosen "
+                "on dev), so none ships.")
     c = result.comparisons[result.winner]
     low, high = c["relative_improvement_ci"]
     effect = (f"{BEHAVIOURS[task.behaviour]} {c['unsteered']:.3f} -> {c[task.behaviour]:.3f} "
@@ -96,7 +98,7 @@ def verdict(result: Build, task: GenerationTask) -> str:
     if result.winner in met:
         return f"**Target met by {', '.join(met)}.** The profile ships **{result.winner}**: {effect}."
     return (f"**Nothing met the target.** The profile ships **{result.winner}**, the best method that keeps "
-            f"fluency and refusals (or the best at all when none does): {effect}. Treat it as weak.")
+            f"fluency, refusals and relevance (or the best at all when none does): {effect}. Treat it as weak.")
 
 
 def share(value: float | None) -> str:
@@ -104,7 +106,7 @@ def share(value: float | None) -> str:
 
 
 def percent(value: float) -> str:
-    return f"{round(100 * value) + 0:+d}%"
+    return f"{round(100 * value) + 0:+d}%" if np.isfinite(value) else "-"  # "-": unsteered was at the best value
 
 
 def sample_lines(result: Build) -> list[str]:

@@ -182,13 +182,17 @@ class AdditiveUnits(Method):
     color = "darkgoldenrod"
     fine_grained = True
 
+    def applies(self, evidence: Evidence) -> bool:
+        """A capture pass with magnitudes and momentum of the residual stream, on a model with layers past 0."""
+        return evidence.magnitude is not None and "layer" in evidence.counts.widths and evidence.n_layers > 1
+
     def axis(self, evidence: Evidence, config: AxisConfig) -> list[Point]:
-        if evidence.magnitude is None:
+        if not self.applies(evidence):
             return []
         return [Point(self.name, "layer", k, alpha) for k in config.ks for alpha in config.additive_alphas]
 
     def build_points(self, evidence: Evidence, config: AxisConfig) -> list[Point]:
-        return [] if evidence.magnitude is None else [Point(self.name, "layer", config.build_k, 1.0)]
+        return [Point(self.name, "layer", config.build_k, 1.0)] if self.applies(evidence) else []
 
     def profile(self, point: Point, evidence: Evidence) -> Profile:
         width = evidence.shape.widths["layer"]

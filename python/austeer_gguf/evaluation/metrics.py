@@ -181,7 +181,7 @@ def paired_bootstrap_test(statistic, n_items: int, *, resamples: int = 2000,
     up to how percentiles interpolate)."""
     rng = np.random.default_rng(seed)
     values = np.array([statistic(rng.integers(0, n_items, n_items)) for _ in range(resamples)])
-    low, high = np.percentile(values, [2.5, 97.5])
+    low, high = np.nanpercentile(values, [2.5, 97.5]) if not np.isnan(values).all() else (np.nan, np.nan)
     far_side = min(np.mean(values <= 0), np.mean(values >= 0))
     return float(low), float(high), float(min(1.0, max(2 * far_side, 1 / resamples)))
 

@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..localization.pairs import Pair
 from . import metrics
 
-MIN_PAIRS = 20
+MIN_PAIRS = 40  # 8 held out: 16 replies to check the judge on
 HELD_OUT_SHARE = 0.2
 MIN_ACCURACY = 0.75
 
@@ -44,7 +44,11 @@ class PairJudge:
         order = np.random.default_rng(seed).permutation(len(pairs))
         n_held_out = max(4, round(HELD_OUT_SHARE * len(pairs)))
         held_out, train = order[:n_held_out], order[n_held_out:]
-        model = _pipeline().fit(*_replies(pairs, train))
+        try:
+            model = _pipeline().fit(*_replies(pairs, train))
+        except ValueError as error:  # e.g. replies with no words at all
+            raise InputError(f"the pairs' judge cannot be fitted on these replies ({error}): give replies in words, "
+                             "or choose a built-in --metric") from None
         texts, labels = _replies(pairs, held_out)
         predicted = (~metrics.is_unwanted(model.predict_proba(texts)[:, 0])).astype(int)
         accuracy = metrics.balanced_accuracy(labels, predicted)
@@ -70,6 +74,11 @@ def _replies(pairs: Sequence[Pair], index: np.ndarray) -> tuple[list[str], list[
 
 
 def _pipeline():
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        raise InputError("the pairs' judge needs scikit-learn: pip install 'austeer-gguf[eval]', or choose a "
+                         "built-in --metric") from None
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline, make_union

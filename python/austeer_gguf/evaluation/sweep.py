@@ -3,8 +3,9 @@
 For one model and one task:
 1. One capture pass over the task's train pairs (>= 1,000) on the float model gives the momentum counts of
    every site and the CAA mean difference of the residual stream.
-2. Every method (`methods.METHODS`: AUSteer, a single unit, a whole layer, random units, CAA on one layer and on
-   layer ranges, asking the model, asking + AUSteer) has a strength axis that runs from no effect to breakage.
+2. Every method (`methods.METHODS`: AUSteer, AUSteer on generated tokens only (generation tasks), additive
+   units, AUSteer + CAA, a single unit, a whole layer, random units, CAA on one layer and on layer ranges,
+   asking the model, asking + AUSteer) has a strength axis that runs from no effect to breakage.
    Every setting on the axis is screened by its side effect on neutral text (KL(steered || unsteered) of
    next-token distributions, cheap). From the settings within `screen_kl`, `trials` spread evenly by KL are
    measured on dev: the task's score and the perplexity ratio of greedy neutral continuations (generations
@@ -109,6 +110,8 @@ class Sweeper:
         self.float_model = Path(float_model)
         self.task = task
         self.config = config
+        if task.kind != "generation":  # a choice is scored on prompt positions only: generated tokens never come
+            methods = [method for method in methods if method.scope == "all"]
         self.shown = list(methods)  # in the order reports show them
         self.methods = ordered(methods)  # in the order they are measured
         self.reference = reference_of(methods)

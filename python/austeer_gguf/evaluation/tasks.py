@@ -302,6 +302,7 @@ def user_behaviour(pairs_path: Path, prompts_path: Path, *, instruction: str, me
                           f"{len(pairs)} pairs from {pairs_path.name}, {len(prompts)} prompts from "
                           f"{prompts_path.name} ({n_dev} dev); scored by {scored}", instruction=instruction,
                           behaviour=behaviour, sign=sign, chat=any(pair.messages for pair in pairs), judge=judge,
+                          reply_tokens=64 if metric == "words" else 24,  # as `concise`: room for a long reply
                           side_dev=datasets.prompts("harmless-large", "dev"),
                           side_test=datasets.prompts("harmless-large", "test"))
 

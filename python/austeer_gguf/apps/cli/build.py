@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -97,10 +98,15 @@ def cmd_build(args: argparse.Namespace) -> int:
     result.seconds = time.perf_counter() - started
     record.write(build=result.to_dict())
     card = write_card(result, task, output.with_suffix(".md"), model=source.name, plan=record.plan,
-                      command=f"python -m austeer_gguf build {args.model} {args.behaviour} --minutes {args.minutes:g}"
-                      + (f" --prompts {args.prompts} --metric {args.metric}" if own else ""))
+                      command=shlex.join(["python", "-m", "austeer_gguf", "build", str(args.model), args.behaviour,
+                                          "--minutes", f"{args.minutes:g}", *(
+                                              ["--prompts", args.prompts, "--metric", args.metric, "--instruction",
+                                               args.instruction] if own else [])]))
     print(card)
     if result.winner is None or result.winner not in result.profiles:
+        for stale in (output, steered_model):  # an earlier build's profile must not pass for this one's
+            if stale is not None:
+                stale.unlink(missing_ok=True)
         log(f"no profile written: {result.winner or 'no method'} has none to ship (see {card})")
         return 0
     comparison = result.comparisons[result.winner]
