@@ -116,3 +116,34 @@ def test_sampling_keeps_top_k_top_p_and_min_p():
     nearly_flat = -1e-3 * np.arange(100)  # top-k keeps tokens 0..39; top-p 0.95 of them about 38
     drawn = {sample(nearly_flat, 1.0, rng) for _ in range(2000)}
     assert decoder.TOP_K == 40 and drawn <= set(range(40)) and len(drawn) >= 36
+
+
+def test_an_evaluation_under_several_settings_at_once_equals_one_setting_at_a_time(tiny_f32):
+    """The build measures a method's trials together: each prompt once per setting in one decode, with the
+    seeds it has alone. Replies and every score equal those of one setting at a time (greedy and sampled)."""
+    from austeer_gguf import SteeringSetting
+    from austeer_gguf.evaluation.evaluate import Prompt
+    from austeer_gguf.evaluation.tasks import GenerationTask
+    from austeer_gguf.setting import OFF
+
+    llm = open_batched(tiny_f32)
+    prompts = [Prompt("the cat is", " very"), Prompt("you hate the dog", ""), Prompt("a dog was", "")]
+    task = GenerationTask("tiny", [], prompts, prompts, "test fixture", side_dev=["I like this"])
+    settings = [OFF] + [SteeringSetting.make(llm.shape, profiles=[(profile_on(site, llm.shape.widths[site],
+                                                                               llm.shape.n_layers, seed=3), 1.0)],
+                                             scope=scope)
+                        for site, scope in (("attn", "all"), ("layer", "generation"))]
+    for temperature in (0.0, 0.8):
+        together = task.evaluate_settings(llm, "dev", settings, max_tokens=8, temperature=temperature, seed=5)
+        for setting, result in zip(settings, together):
+            alone = task.evaluate(llm, "dev", setting=setting, max_tokens=8, temperature=temperature, seed=5)
+            assert [item["reply"] for item in result.items] == [item["reply"] for item in alone.items]
+            for a, b in zip(result.items, alone.items):  # the unsteered model's scores of the same texts
+                assert {k: v for k, v in a.items() if k not in ("perplexity", "relevance")} == \
+                    {k: v for k, v in b.items() if k not in ("perplexity", "relevance")}
+                assert a["perplexity"] == pytest.approx(b["perplexity"], rel=1e-3)
+                assert (a["relevance"] is None) == (b["relevance"] is None)
+                assert a["relevance"] is None or a["relevance"] == pytest.approx(b["relevance"], abs=1e-3)
+            assert (result.rude_rate, result.distinct2, result.side_refusal_rate, result.relevant_rate) == \
+                (alone.rude_rate, alone.distinct2, alone.side_refusal_rate, alone.relevant_rate)
+    assert len({tuple(item["reply"] for item in result.items) for result in together}) > 1  # they do differ

@@ -149,34 +149,40 @@ def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: 
 
     test_limit = config.test_limit
 
-    def run(split: str, trial: BuildTrial) -> tuple[dict, str]:
-        """The trial's result on the split, and " (saved)" when it comes from the record."""
+    def run(split: str, trials: Sequence[BuildTrial]) -> list[tuple[dict, str]]:
+        """Each trial's result on the split, and " (saved)" when it comes from the record. The others are
+        measured together, several settings in one decode (those that ask the model apart from the rest)."""
         limit = config.dev_limit if split == "dev" else test_limit
-        key = f"{split}|{trial.method}|{trial.label}|{limit}|{config.max_tokens}"
-        result = record.get(key) if record is not None else None
-        if result is not None:
-            return result, " (saved)"
-        result = task.evaluate(llm, split, setting=trial.setting, limit=limit, max_tokens=config.max_tokens,
-                               prompted=trial.prompted).to_dict()
-        if record is not None:
-            record.put(key, result)
-        return result, ""
+        keys = [f"{split}|{trial.method}|{trial.label}|{limit}|{config.max_tokens}" for trial in trials]
+        results = [record.get(key) if record is not None else None for key in keys]
+        saved = [result is not None for result in results]
+        for prompted in (False, True):
+            todo = [i for i, trial in enumerate(trials) if results[i] is None and trial.prompted == prompted]
+            if not todo:
+                continue
+            measured = task.evaluate_settings(llm, split, [trials[i].setting for i in todo], limit=limit,
+                                              max_tokens=config.max_tokens, prompted=prompted)
+            for i, result in zip(todo, measured):
+                results[i] = result.to_dict()
+                if record is not None:
+                    record.put(keys[i], results[i])
+        return [(result, " (saved)" if was_saved else "") for result, was_saved in zip(results, saved)]
 
     trials: list[BuildTrial] = []
     base: dict | None = None
     best: BuildTrial | None = None  # the reference method's dev choice
     for method in ordered(methods):
-        for point in method.build_points(evidence, config):
-            for trial in _trials(llm, method, point, evidence, config, best):
-                trial.result, saved = run("dev", trial)
-                base = base or trial.result  # the baseline is measured first
-                trials.append(trial)
-                ratio = trial.result["perplexity"] / base["perplexity"]
-                progress.step(dev_items, f"dev {trial.method:18} {trial.label:28} {task.behaviour} "
-                              f"{trial.result[task.behaviour]:.3f}, ppl x{ratio:.2f}, harmless refusals "
-                              f"{trial.result['side_refusal_rate']:.2f}{saved}")
+        own = [trial for point in method.build_points(evidence, config)
+               for trial in _trials(llm, method, point, evidence, config, best)]
+        for trial, (result, saved) in zip(own, run("dev", own)):
+            trial.result = result
+            base = base or result  # the baseline is measured first
+            trials.append(trial)
+            ratio = trial.result["perplexity"] / base["perplexity"]
+            progress.step(dev_items, f"dev {trial.method:18} {trial.label:28} {task.behaviour} "
+                          f"{trial.result[task.behaviour]:.3f}, ppl x{ratio:.2f}, harmless refusals "
+                          f"{trial.result['side_refusal_rate']:.2f}{saved}")
         if method.reference:
-            own = [t for t in trials if t.method == method.name]
             best = choose(own, base, task) or max(own, key=lambda t: _behaviour(task, t.result))
 
     chosen = {}
@@ -196,8 +202,7 @@ def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: 
             record.set_plan({**record.plan, "test_items": grown, "planned_test_items": planned,
                              "expected_half_width": half_width})
     test = {}
-    for method, trial in chosen.items():
-        test[method], saved = run("test", trial)
+    for method, (test[method], saved) in zip(chosen, run("test", list(chosen.values()))):
         progress.step(test_items, f"test {method:18} {task.behaviour} {test[method][task.behaviour]:.3f}{saved}")
     comparisons = {method: compare(task, test[method], test[baseline], config.target)
                    for method in test if method != baseline}

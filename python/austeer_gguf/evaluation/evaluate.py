@@ -149,11 +149,13 @@ def prompt_renderer(llm, chat: bool, frame: str = "{prompt}", system: str | None
 
 
 def generate(llm, prompts: Sequence[str | Prompt], *, chat: bool, max_tokens: int,
-             setting: SteeringSetting | None = None, temperature: float = 0.0, seed: int = 0,
+             setting: SteeringSetting | None = None, settings: Sequence[SteeringSetting] | None = None,
+             temperature: float = 0.0, seed: int = 0, seeds: Sequence[int] | None = None,
              frame: str = "{prompt}", system: str | None = None) -> list[str]:
-    """Greedy (temperature 0) or seeded sampled continuations under `setting` (`engine.decoder.generate_tokens`;
-    prompt i draws from seed + i), stopped at an end-of-generation token (and, for a chat with a model that has
-    no template, where it starts writing the user's next turn)."""
+    """Greedy (temperature 0) or seeded sampled continuations under `setting` (or each prompt under its own,
+    `settings`; `engine.decoder.generate_tokens`; prompt i draws from seed + i, or from `seeds[i]`), stopped at an
+    end-of-generation token (and, for a chat with a model that has no template, where it starts writing the
+    user's next turn)."""
     render = prompt_renderer(llm, chat, frame, system)
     stop_text = conversation.FALLBACK_STOP if chat and not conversation.has_template(llm) else None
 
@@ -161,8 +163,9 @@ def generate(llm, prompts: Sequence[str | Prompt], *, chat: bool, max_tokens: in
         return stop_text in llm.detokenize(generated[-4:]).decode("utf-8", errors="replace")
 
     tokens = [llm.tokenize(render(prompt).encode("utf-8"), add_bos=True, special=True) for prompt in prompts]
-    generated = generate_tokens(llm, tokens, max_tokens=max_tokens, setting=setting, temperature=temperature,
-                                seeds=[seed + index for index in range(len(prompts))],
+    generated = generate_tokens(llm, tokens, max_tokens=max_tokens, setting=setting, settings=settings,
+                                temperature=temperature,
+                                seeds=list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))],
                                 stop=stop if stop_text else None)
     texts = []
     for prompt, reply in zip(prompts, generated):
@@ -227,13 +230,46 @@ def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str | Promp
                         max_tokens: int = 32, temperature: float = 0.0, seed: int = 0, keep_samples: int = 3,
                         system: str | None = None) -> GenerationResult:
     setting = llm.current_setting() if setting is None else setting
-    texts = generate(llm, prompts, chat=task.chat, max_tokens=max_tokens, setting=setting, temperature=temperature,
-                     seed=seed, frame=task.frame, system=system)
-    side = None
+    return evaluate_generation_settings(llm, task, prompts, side_prompts, [setting], max_tokens=max_tokens,
+                                        temperature=temperature, seed=seed, keep_samples=keep_samples,
+                                        system=system)[0]
+
+
+def evaluate_generation_settings(llm, task: GenerationTask, prompts: Sequence[str | Prompt],
+                                 side_prompts: Sequence[str], settings: Sequence[SteeringSetting], *,
+                                 max_tokens: int = 32, temperature: float = 0.0, seed: int = 0,
+                                 keep_samples: int = 3, system: str | None = None) -> list[GenerationResult]:
+    """`evaluate_generation` under several settings at once: every prompt once per setting, all in one decode,
+    each sequence under its own setting and with the seed it has when evaluated alone (prompt i: seed + i). The
+    texts equal those of one setting at a time up to the float rounding of batch composition."""
+    every = [prompt for _ in settings for prompt in prompts]
+    texts = generate(llm, every, chat=task.chat, max_tokens=max_tokens,
+                     settings=[setting for setting in settings for _ in prompts], temperature=temperature,
+                     seeds=[seed + index for _ in settings for index in range(len(prompts))], frame=task.frame,
+                     system=system)
+    side_rates: list[float | None] = [None] * len(settings)
     if side_prompts:
-        side_texts = generate(llm, side_prompts, chat=task.chat, max_tokens=max_tokens, setting=setting,
-                              temperature=temperature, seed=seed, frame=task.frame, system=system)
-        side = metrics.refusal_rate(side_texts)
+        side_texts = generate(llm, [prompt for _ in settings for prompt in side_prompts], chat=task.chat,
+                              max_tokens=max_tokens, settings=[setting for setting in settings for _ in side_prompts],
+                              temperature=temperature,
+                              seeds=[seed + index for _ in settings for index in range(len(side_prompts))],
+                              frame=task.frame, system=system)
+        side_rates = [metrics.refusal_rate(part) for part in _parts(side_texts, len(settings))]
+    # Each setting's prompts are the same list, so "the next item's request" of `relevance` stays within it.
+    items = scored_items(llm, task, every, texts)
+    return [_generation_result(part, side, keep_samples)
+            for part, side in zip(_parts(items, len(settings)), side_rates)]
+
+
+def _parts(values: list, count: int) -> list[list]:
+    """`values` cut into `count` equal consecutive parts (one per setting)."""
+    size = len(values) // count
+    return [values[index * size:(index + 1) * size] for index in range(count)]
+
+
+def scored_items(llm, task: GenerationTask, prompts: Sequence[str | Prompt], texts: Sequence[str]) -> list[dict]:
+    """Each reply with its scores: the judges', VADER, refusal, perplexity and relevance under the unsteered
+    model, words, and the task's own judge when it has one."""
     offensive = metrics.offensive_probability(texts)
     rude = metrics.rude_probability([rudeness.completed_clause(prompt.prefill if isinstance(prompt, Prompt) else "",
                                                                text) for prompt, text in zip(prompts, texts)])
@@ -242,7 +278,7 @@ def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str | Promp
     own = reply_logprobs(llm, prompts, texts, chat=task.chat, frame=task.frame)
     fluency = [_perplexity(value) for value in own]
     related = relevance(llm, prompts, texts, own, chat=task.chat, frame=task.frame)
-    unwanted = task.judge(texts) if task.judge is not None else None
+    unwanted = task.judge(list(texts)) if task.judge is not None else None
     items = [{"prompt": prompt.text if isinstance(prompt, Prompt) else prompt,
               "prefill": prompt.prefill if isinstance(prompt, Prompt) else "", "reply": text,
               "offensive": o, "rude": d, "sentiment": v, "refusal": r, "perplexity": f,
@@ -252,21 +288,29 @@ def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str | Promp
     if unwanted is not None:
         for item, u in zip(items, unwanted):
             item["unwanted"] = u
+    return items
+
+
+def _generation_result(items: list[dict], side_refusal_rate: float | None, keep_samples: int) -> GenerationResult:
+    def mean(key: str) -> float:
+        return float(np.mean([item[key] for item in items])) if items else 0.0
+
+    unwanted = [item["unwanted"] for item in items if "unwanted" in item]
     return GenerationResult(
-        n=len(texts),
-        sentiment=float(np.mean(sentiment)),
-        offensive=float(np.mean(offensive)),
-        offensive_rate=float(np.mean(metrics.is_offensive(offensive))),
-        refusal_rate=float(np.mean(refusals)) if refusals else 0.0,
-        perplexity=float(np.median(fluency)),
-        distinct2=metrics.distinct_n(texts, 2),
-        side_refusal_rate=side,
-        words=float(np.mean([item["words"] for item in items])) if items else 0.0,
-        rude=float(np.mean(rude)) if rude else 0.0,
-        rude_rate=float(np.mean(metrics.is_rude(rude))) if rude else 0.0,
-        relevant_rate=metrics.relevant_rate(related),
+        n=len(items),
+        sentiment=mean("sentiment"),
+        offensive=mean("offensive"),
+        offensive_rate=float(np.mean(metrics.is_offensive([item["offensive"] for item in items]))) if items else 0.0,
+        refusal_rate=float(np.mean([item["refusal"] for item in items])) if items else 0.0,
+        perplexity=float(np.median([item["perplexity"] for item in items])) if items else float("nan"),
+        distinct2=metrics.distinct_n([item["reply"] for item in items], 2),
+        side_refusal_rate=side_refusal_rate,
+        words=mean("words"),
+        rude=mean("rude"),
+        rude_rate=float(np.mean(metrics.is_rude(np.array([item["rude"] for item in items])))) if items else 0.0,
+        relevant_rate=metrics.relevant_rate([item["relevance"] for item in items]),
         unwanted=float(np.mean(unwanted)) if unwanted else None,
-        unwanted_rate=float(np.mean(metrics.is_unwanted(unwanted))) if unwanted else None,
+        unwanted_rate=float(np.mean(metrics.is_unwanted(np.array(unwanted)))) if unwanted else None,
         samples=[(item["prompt"] + (f" [{item['prefill']}]" if item["prefill"] else ""), item["reply"])
                  for item in items[:keep_samples]],
         items=items,

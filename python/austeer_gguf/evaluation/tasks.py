@@ -156,14 +156,24 @@ class GenerationTask(Task):
                  prompted: bool = False, side: bool = True, **_) -> GenerationResult:
         """`prompted`: asking the model, with the task's instruction as a system turn (chat) or before the text;
         `system`: another system turn; `side`: also the harmless side prompts (refusals)."""
+        setting = llm.current_setting() if setting is None else setting
+        return self.evaluate_settings(llm, split, [setting], limit=limit, max_tokens=max_tokens,
+                                      temperature=temperature, seed=seed, system=system, prompted=prompted,
+                                      side=side)[0]
+
+    def evaluate_settings(self, llm, split: str, settings: list[SteeringSetting], *, limit: int | None = None,
+                          max_tokens: int = 32, temperature: float = 0.0, seed: int = 0, system: str | None = None,
+                          prompted: bool = False, side: bool = True) -> list[GenerationResult]:
+        """`evaluate` under each of `settings`, all in one decode (`evaluate.evaluate_generation_settings`)."""
         task = self
         if prompted and not self.chat:
             task = dataclasses.replace(self, frame=f"{self.instruction} {self.frame}")
         elif prompted:
             system = self.instruction
         side_prompts = self.side(split, limit) if side else []
-        return evaluate.evaluate_generation(llm, task, self.split(split, limit), side_prompts, setting=setting,
-                                            max_tokens=max_tokens, temperature=temperature, seed=seed, system=system)
+        return evaluate.evaluate_generation_settings(llm, task, self.split(split, limit), side_prompts, settings,
+                                                     max_tokens=max_tokens, temperature=temperature, seed=seed,
+                                                     system=system)
 
     def score(self, result: GenerationResult) -> float:
         return self.sign * float(getattr(result, self.behaviour))
