@@ -67,6 +67,10 @@ def test_an_interrupted_build_resumes_and_writes_a_profile_its_card_and_its_data
     data = json.loads(record.read_text())
     assert data["plan"]["dev_items"] >= 8 and data["plan"]["test_items"] >= 20
     assert data["build"]["winner"] == profile.extra["method"]
+    # the card gives the time of both runs; the resumed run reused the calibrations, not only the results
+    assert data["runs"] == 2 and " minutes over 2 runs." in text.splitlines()[2]
+    assert data["calibrations"] and all(len(found) == len(data["plan"]["kl_budgets"])
+                                        for found in data["calibrations"].values())
     assert all(len(items) == data["plan"]["test_items"] for items in data["build"]["test_items"].values())
     assert data["plan"]["test_items"] >= data["plan"].get("planned_test_items", data["plan"]["test_items"])
     assert f"; {data['plan']['test_items']} test prompts." in text  # the card tells the size measured

@@ -35,7 +35,7 @@ from ..profile import Profile
 from ..setting import OFF, SteeringSetting
 from . import metrics
 from .budgets import PERPLEXITY_LIMIT, keeps_fluency, keeps_refusals, keeps_relevance
-from .calibrate import calibrate_kl_budgets, calibrated
+from .calibrate import Calibration, calibrate_kl_budgets, calibrated
 from .methods import METHODS, AxisConfig, Evidence, Method, Point, ordered
 from .record import BuildRecord
 from .tasks import GenerationTask
@@ -89,6 +89,7 @@ class Build:
     comparisons: dict[str, dict] = field(default_factory=dict)
     winner: str | None = None
     seconds: float = 0.0
+    runs: int = 1  # a build resumed after an interruption took more than one run
     target: float = TARGET
     reading: dict | None = None  # will it steer? (`steerability.Reading`), from the capture pass
     profiles: dict[str, Profile] = field(default_factory=dict, repr=False)  # method -> its chosen calibrated profile
@@ -173,7 +174,7 @@ def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: 
     best: BuildTrial | None = None  # the reference method's dev choice
     for method in ordered(methods):
         own = [trial for point in method.build_points(evidence, config)
-               for trial in _trials(llm, method, point, evidence, config, best)]
+               for trial in _trials(llm, method, point, evidence, config, best, record)]
         for trial, (result, saved) in zip(own, run("dev", own)):
             trial.result = result
             base = base or result  # the baseline is measured first
@@ -231,7 +232,7 @@ def _grown_test_limit(task: GenerationTask, config: BuildConfig, chosen: int) ->
 
 
 def _trials(llm, method: Method, point: Point, evidence: Evidence, config: BuildConfig,
-            best: BuildTrial | None) -> list[BuildTrial]:
+            best: BuildTrial | None, record: BuildRecord | None = None) -> list[BuildTrial]:
     """The trials of one build point: on top of the reference's dev choice (`best`) for a method built around
     it; as it is when it steers nothing; else its profile calibrated to each KL budget."""
     if method.after_reference:
@@ -241,7 +242,7 @@ def _trials(llm, method: Method, point: Point, evidence: Evidence, config: Build
     if profile is None:
         return [BuildTrial(method.name, "system turn" if method.prompted else "-", {}, OFF, None, method.prompted)]
     out = []
-    for budget, calibration in zip(config.kl_budgets, calibrate_kl_budgets(llm, profile, config.kl_budgets)):
+    for budget, calibration in zip(config.kl_budgets, _calibrations(llm, profile, point, config, record)):
         if calibration.strength <= 0:
             continue
         steered = calibrated(profile, calibration)
@@ -249,6 +250,20 @@ def _trials(llm, method: Method, point: Point, evidence: Evidence, config: Build
         label = f"{point.label()} KL {budget:g} (strength {calibration.strength:.3g})"
         out.append(BuildTrial(method.name, label, {}, setting, steered, method.prompted))
     return out
+
+
+def _calibrations(llm, profile: Profile, point: Point, config: BuildConfig,
+                  record: BuildRecord | None) -> list[Calibration]:
+    """The point's profile calibrated to each KL budget, kept in the record: a resumed build does not search
+    again."""
+    key = f"{point.label()}|{','.join(f'{budget:g}' for budget in config.kl_budgets)}"
+    saved = record.calibrations.get(key) if record is not None else None
+    if saved is not None:
+        return [Calibration(**calibration) for calibration in saved]
+    calibrations = calibrate_kl_budgets(llm, profile, config.kl_budgets)
+    if record is not None:
+        record.put_calibrations(key, [dataclasses.asdict(calibration) for calibration in calibrations])
+    return calibrations
 
 
 def _calibrates(method: Method, point: Point, evidence: Evidence) -> bool:

@@ -28,7 +28,8 @@ def write_card(result: Build, task: GenerationTask, path: Path, *, model: str, c
     plot_dev_trials(result, task, plot, model)
     behaviour = BEHAVIOURS[task.behaviour]
     also = [BEHAVIOURS[key] for key in task.also]
-    lines = [f"# {task.name} on {model}", "", f"`{command}`: {result.seconds / 60:.1f} minutes.", "",
+    lines = [f"# {task.name} on {model}", "", f"`{command}`: {result.seconds / 60:.1f} minutes"
+             f"{f' over {result.runs} runs' if result.runs > 1 else ''}.", "",
              f"Data: {task.provenance}.", "", *before_generating(result), verdict(result, task), "", "## Test", "",
              f"{len(next(iter(result.test_items.values()), []))} held-out prompts, each method's dev choice measured "
              "once; intervals are paired bootstrap 95% intervals against unsteered on the same prompts.", "",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,17 @@ class BuildRecord:
         self.resumed = isinstance(saved, dict) and saved.get("identity") == identity
         self.plan: dict[str, Any] | None = saved.get("plan") if self.resumed else None
         self.results: dict[str, dict] = saved.get("results", {}) if self.resumed else {}
+        self.calibrations: dict[str, list] = saved.get("calibrations", {}) if self.resumed else {}
+        self.opened = time.perf_counter()
+        # Time the earlier runs of this build took (a record written before it was kept: its finished build's).
+        self.earlier_seconds = float(saved.get("seconds", saved.get("build", {}).get("seconds", 0.0))) \
+            if self.resumed else 0.0
+        self.runs = int(saved.get("runs", 1)) + 1 if self.resumed else 1
+
+    @property
+    def seconds(self) -> float:
+        """The time this build has taken, over every run so far."""
+        return self.earlier_seconds + time.perf_counter() - self.opened
 
     def get(self, key: str) -> dict | None:
         return self.results.get(key)
@@ -42,12 +54,17 @@ class BuildRecord:
         self.results[key] = result
         self.write()
 
+    def put_calibrations(self, key: str, calibrations: list[dict]) -> None:
+        self.calibrations[key] = calibrations
+        self.write()
+
     def set_plan(self, plan: dict[str, Any]) -> None:
         self.plan = plan
         self.write()
 
     def write(self, **extra: Any) -> None:
-        data = {"identity": self.identity, "plan": self.plan, **extra, "results": self.results}
+        data = {"identity": self.identity, "plan": self.plan, "seconds": self.seconds, "runs": self.runs, **extra,
+                "calibrations": self.calibrations, "results": self.results}
         atomic_write_text(self.path, json.dumps(data, default=float) + "\n")
 
     # ---- the capture pass --------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     finally:
         llm.close()
     result.capture_seconds = plan["capture_seconds"]
-    result.seconds = time.perf_counter() - started
+    result.seconds, result.runs = record.seconds, record.runs
     record.write(build=result.to_dict())
     card = write_card(result, task, output.with_suffix(".md"), model=source.name, plan=record.plan,
                       command=shlex.join(["python", "-m", "austeer_gguf", "build", str(args.model), args.behaviour,
