@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from austeer_gguf.formats.model_file import ModelFile
@@ -76,6 +77,25 @@ def test_an_interrupted_build_resumes_and_writes_a_profile_its_card_and_its_data
     assert all(len(items) == data["plan"]["test_items"] for items in data["build"]["test_items"].values())
     assert data["plan"]["test_items"] >= data["plan"].get("planned_test_items", data["plan"]["test_items"])
     assert f"; {data['plan']['test_items']} test prompts." in text  # the card tells the size measured
+    assert any(key.startswith("dev|austeer-pooled|") for key in data["results"])
+
+    # A record saved before pooling (its identity listed the methods; no pooled counts; no pooled trials)
+    # resumes: the same pairs are captured again, and only the method that needs them is measured.
+    data["identity"]["methods"] = ["unsteered", "austeer"]
+    data["results"] = {key: value for key, value in data["results"].items() if "|austeer-pooled|" not in key}
+    record.write_text(json.dumps(data))
+    evidence = tmp_path / "tiny.detox.evidence.npz"
+    with np.load(evidence) as saved:
+        arrays = {name: saved[name] for name in saved.files if not name.startswith("pooled_")}
+    np.savez(evidence, **arrays)
+    third = build(*command)
+    _, stderr = third.communicate(timeout=600)
+    assert third.returncode == 0, stderr[-3000:]
+    assert re.search(r"captured the same \d+ pairs again, position-pooled too", stderr)
+    assert re.search(r"^  \[.*\] dev austeer-pooled .*\d$", stderr, flags=re.MULTILINE)  # measured, not saved
+    assert not re.search(r"^  \[.*\] dev austeer .*\d$", stderr, flags=re.MULTILINE)  # the rest is kept
+    with np.load(evidence) as saved:
+        assert any(name.startswith("pooled_positive_") for name in saved.files)
 
 
 @pytest.mark.parametrize("args, message", [

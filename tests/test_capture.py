@@ -74,6 +74,31 @@ def test_pair_capture_matches_the_reference(tiny, share_prefix):
     errors.check()
 
 
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_pooled_capture_is_the_mean_over_each_tail_and_keeps_the_last_token(tiny, share_prefix):
+    """Position-pooled momentum's input: per text, the mean of every position after the prefix the two texts
+    share (the reference averages its own per-position activations), beside the last token as before."""
+    kind, path, reference = tiny
+    pairs = random_pairs(9, seed=6)
+    with ActivationCapture(path, batch_tokens=64, n_ctx=256, n_seq_max=8, n_threads=2) as capture:
+        groups = list(capture.pairs(pairs, SITES, share_prefix=share_prefix, pooled=True))
+    assert len(groups) > 1
+    errors = Errors(kind)
+    for group in groups:
+        for slot, index in enumerate(group.indices):
+            pair = pairs[index]
+            for side, tokens in (("positive", pair.positive), ("negative", pair.negative)):
+                expected = reference.forward(tokens).activations
+                for site in SITES:
+                    for layer in range(reference.n_layers):
+                        where = f"pair {index} {side} {site} layer {layer}"
+                        errors.add(getattr(group, f"{side}_mean")[site][slot, layer],
+                                   expected[(site, layer)][len(pair.shared):].mean(axis=0), f"mean of {where}")
+                        errors.add(getattr(group, side)[site][slot, layer], expected[(site, layer)][-1],
+                                   f"last of {where}")
+    errors.check()
+
+
 def test_pairs_that_share_a_preamble_share_its_cells_and_match_the_reference(tiny):
     """Consecutive pairs with a common preamble (a chat template, an instruction) hold it once per group."""
     kind, path, reference = tiny

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from austeer_gguf import Profile, Unit
@@ -64,6 +65,21 @@ def test_localize_embed_inspect_generate_strip(tiny_f32, pairs_file, tmp_path):
     result = run("embed", str(model), str(profile_path), "--name", "calm", "--in-place")
     assert result.returncode == 0, result.stderr
     assert list(read_profiles(model)) == ["calm"]
+
+
+def test_localize_pooled_ranks_units_by_the_replies_means(tiny_f32, pairs_file, tmp_path):
+    from austeer_gguf.localization.localize import localize
+
+    result = run("localize", str(tiny_f32), str(pairs_file), "--site", "ffn", "--k", "9", "--pooled",
+                 "-o", str(tmp_path / "pooled.json"))
+    assert result.returncode == 0, result.stderr
+    profile = read_profile(tmp_path / "pooled.json")
+    assert profile.extra["pooled"] is True and profile.k == 9
+    at_last = localize(tiny_f32, pairs_file, sites="ffn", k=9, n_threads=2, progress=False)
+    pooled = localize(tiny_f32, pairs_file, sites="ffn", k=9, n_threads=2, progress=False, pooled=True)
+    assert profile.units == pooled.profile.units
+    # Each reply here is two tokens ("good happy", "bad sad"): the means count other signs than the last tokens.
+    assert not np.array_equal(pooled.counts.positive["ffn"], at_last.counts.positive["ffn"])
 
 
 def test_localize_on_a_copy_with_other_weights_leaves_no_copy_behind(tiny_q8, pairs_file, tmp_path):

@@ -156,3 +156,51 @@ def test_austeer_plus_caa_is_one_profile_whose_units_and_control_vector_one_stre
     assert half.alpha == profile.alpha / 2
     assert all(np.allclose(half.control.directions[layer], profile.control.directions[layer] / 2)
                for layer in profile.control.layers)
+
+
+def test_pooled_momentum_counts_the_tails_means_and_its_method_ranks_by_them(tiny_f32):
+    from austeer_gguf.evaluation.methods import AUSteerPooled
+    from austeer_gguf.localization.capture import PairActivations
+    from austeer_gguf.localization.reducers import rank_units
+
+    rng = np.random.default_rng(3)
+    last = {"attn": rng.normal(size=(6, 2, 4))}
+    means = {"attn": rng.normal(size=(6, 2, 4))}
+    group = PairActivations(list(range(6)), last, {"attn": np.zeros((6, 2, 4))}, means, {"attn": np.zeros((6, 2, 4))})
+    at_last, pooled = (MomentumCounts(2, {"attn": 4}, pooled=flag) for flag in (False, True))
+    at_last.add_group(group)
+    pooled.add_group(group)
+    assert np.array_equal(pooled.positive["attn"], (means["attn"] > 0).sum(axis=0))
+    assert np.array_equal(at_last.positive["attn"], (last["attn"] > 0).sum(axis=0))
+    without_means = PairActivations(list(range(6)), last, last)
+    try:
+        MomentumCounts(2, {"attn": 4}, pooled=True).add_group(without_means)
+    except ValueError as error:
+        assert "pooled capture pass" in str(error)
+    else:
+        raise AssertionError("pooled counts took a group without means")
+
+    llm = open_steered(tiny_f32)
+    evidence = evidence_of(llm)
+    assert AUSteerPooled().build_points(evidence, AxisConfig()) == []  # a capture pass saved before pooling
+    evidence.pooled = evidence_of(llm).counts
+    evidence.pooled.positive["attn"] = evidence.pooled.positive["attn"][:, ::-1].copy()  # other units than `counts`
+    evidence.pooled.pooled = True
+    profile = AUSteerPooled().profile(Point("austeer-pooled", "attn", 7, 5.0), evidence)
+    assert [(u.layer, u.dim) for u in profile.units] == [(u.layer, u.dim)
+                                                         for u in rank_units(evidence.pooled.only("attn"), 7)]
+    assert [(u.layer, u.dim) for u in profile.units] != [(u.layer, u.dim)
+                                                         for u in rank_units(evidence.counts.only("attn"), 7)]
+
+
+def test_the_k_method_tries_other_k_at_the_strongest_site(tiny_f32):
+    from austeer_gguf.evaluation.methods import AUSteerK, strongest_site
+
+    llm = open_steered(tiny_f32)
+    evidence = evidence_of(llm)
+    config = AxisConfig(sites=("attn", "layer"), build_ks=(5, 20, 150))  # the tiny model: 3 x 64 units a site
+    points = AUSteerK().build_points(evidence, config)
+    site = strongest_site(evidence, config)
+    assert [(p.site, p.k, p.alpha) for p in points] == [(site, k, config.build_alpha) for k in (5, 20, 150)]
+    assert len(AUSteerK().profile(points[2], evidence).units) == 150
+    assert {p.k for p in AUSteerK().axis(evidence, config)} == {150}  # the sweep's AUSteer axis has 5 and 20

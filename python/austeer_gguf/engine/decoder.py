@@ -180,11 +180,33 @@ class Decoder:
     def capture(self, group: Group, site_names: Sequence[str]) -> dict[str, np.ndarray]:
         """Decode a group and capture the last position of each of its sequences at every layer of the chosen
         sites: site -> [members, layers, width]."""
+        last = group.last_cells()
+        rows = sorted(set(last))  # a sequence that ends inside the next one's prefix shares its last cell
+        captured = self._capture_rows(group, site_names, rows)
+        order = [rows.index(cell) for cell in last]
+        return {site: np.ascontiguousarray(values[order]) for site, values in captured.items()}
+
+    def capture_pooled(self, group: Group, site_names: Sequence[str],
+                       starts: Sequence[int]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Decode a group and capture, at every layer of the chosen sites, the last position of each sequence
+        and the mean over its positions from `starts[slot]` to its end: (last, mean), each site ->
+        [members, layers, width]."""
+        pooled = [positions[start:] or positions[-1:] for positions, start in zip(group.positions, starts)]
+        rows = sorted({cell for cells in pooled for cell in cells} | set(group.last_cells()))
+        captured = self._capture_rows(group, site_names, rows)
+        index = {cell: i for i, cell in enumerate(rows)}
+        last_order = [index[cell] for cell in group.last_cells()]
+        last = {site: np.ascontiguousarray(values[last_order]) for site, values in captured.items()}
+        mean = {site: np.stack([values[[index[cell] for cell in cells]].mean(axis=0) for cells in pooled])
+                for site, values in captured.items()}
+        return last, mean
+
+    def _capture_rows(self, group: Group, site_names: Sequence[str], rows: list[int]) -> dict[str, np.ndarray]:
+        """Decode a group, capturing the cells `rows` (sorted; made output rows, as llama.cpp keeps only those
+        at the last layer): site -> [rows, layers, width]."""
         state, shape = self.llm._native_state, self.llm.shape
         for site in site_names:
             shape.check_present(site)
-        last = group.last_cells()
-        rows = sorted(set(last))  # a sequence that ends inside the next one's prefix shares its last cell
         for row in rows:
             group.cells[row].output = True
         widths = [shape.widths.get(name, 0) if name in site_names else 0 for name in sites.names()]
@@ -194,7 +216,6 @@ class Decoder:
             self.decode_group(group)
         finally:
             state.end_capture()
-        order = [rows.index(cell) for cell in last]
         values = {}
         for site in site_names:
             captured, filled = state.captured(sites.code(site))
@@ -202,7 +223,7 @@ class Decoder:
                 missing = [layer for layer, ok in enumerate(filled) if not ok]
                 raise RuntimeError(f"no {site} activations were captured at layers {missing}: this llama.cpp "
                                    "graph does not name its tensors as llama-cpp-python 0.3.36 does")
-            values[site] = np.ascontiguousarray(captured.transpose(1, 0, 2)[order])
+            values[site] = captured.transpose(1, 0, 2)
         return values
 
 

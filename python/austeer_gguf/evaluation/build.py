@@ -102,18 +102,20 @@ class Build:
 
 def capture_evidence(float_model, pairs: Sequence[Pair], sites: Sequence[str], shape, *, threads: int | None = None,
                      seconds: float | None = None) -> tuple[Evidence, float]:
-    """One capture pass over the training pairs on `float_model`: the momentum counts of `sites`, the CAA mean
-    difference and the pairs' direction agreement (with `seconds`: of the first pairs that pass takes). `shape`:
-    the model the methods' settings are for (the quantized file)."""
+    """One capture pass over the training pairs on `float_model`: the momentum counts of `sites` (at the last
+    token and position-pooled), the CAA mean difference and the pairs' direction agreement (with `seconds`: of
+    the first pairs that pass takes). `shape`: the model the methods' settings are for (the quantized file)."""
     started = time.perf_counter()
     captured = tuple(dict.fromkeys([*sites, "layer"]))
-    with PairCapture(ModelFile.open(float_model), pairs, captured, n_threads=threads, progress=False) as capture:
+    with PairCapture(ModelFile.open(float_model), pairs, captured, n_threads=threads, progress=False,
+                     pooled=True) as capture:
         counts = MomentumCounts.for_shape(capture.shape, sites)
+        pooled = MomentumCounts.for_shape(capture.shape, sites, pooled=True)
         difference = MeanDifference.for_shape(capture.shape, "layer")
         agreement = DirectionAgreement.for_shape(capture.shape, "layer")
-        capture.feed(counts, difference, agreement, seconds=seconds)
+        capture.feed(counts, pooled, difference, agreement, seconds=seconds)
     evidence = Evidence(counts, difference.control_vector(capture.shape.architecture), shape,
-                        agreement=agreement.agreement(), magnitude=difference.magnitude())
+                        agreement=agreement.agreement(), magnitude=difference.magnitude(), pooled=pooled)
     return evidence, time.perf_counter() - started
 
 

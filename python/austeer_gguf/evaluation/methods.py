@@ -62,6 +62,7 @@ class Evidence:
     best: Point | None = None  # the reference method's dev-best point, once it is known
     agreement: np.ndarray | None = None  # [layers] the pairs' direction agreement (`reducers.DirectionAgreement`)
     magnitude: np.ndarray | None = None  # [layers, n_embd] each residual unit's typical magnitude (RMS over pairs)
+    pooled: MomentumCounts | None = None  # position-pooled momentum counts (None: a capture pass without it)
 
     @property
     def n_layers(self) -> int:
@@ -85,6 +86,7 @@ class AxisConfig:
     random_seeds: tuple[int, ...] = (0,)
     additive_alphas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # in units of each unit's magnitude
     build_k: int = 100  # units of an AUSteer profile the detox build calibrates
+    build_ks: tuple[int, ...] = (5, 20, 300, 1000)  # the other k the build tries (`AUSteerK`)
     build_alpha: float = 10.0
 
 
@@ -125,6 +127,14 @@ class Method:
 
 def top_units(counts: MomentumCounts, site: str, k: int) -> list[Unit]:
     return [Unit(u.layer, u.site, u.dim, u.score) for u in rank_units(counts.only(site), k)]
+
+
+def strongest_site(evidence: Evidence, config: AxisConfig) -> str:
+    """The site whose top-k units (the build's k) separate the pairs most (mean |s|), read from the capture pass."""
+    def mean_strength(site: str) -> float:
+        return float(np.mean([abs(u.score) for u in top_units(evidence.counts, site, config.build_k)]))
+
+    return max(config.sites, key=mean_strength)
 
 
 class Unsteered(Method):
@@ -172,6 +182,46 @@ class AUSteerGeneration(AUSteer):
         return [Point(self.name, site, config.build_k, alpha) for site in config.sites for alpha in config.alphas]
 
 
+class AUSteerPooled(AUSteer):
+    """AUSteer with units chosen by position-pooled momentum: d = the mean over every token of the positive reply
+    minus that of the negative one (each from where the two replies differ), not their last tokens. A
+    generation behaviour lives in every generated token; a unit chosen at the last token may not carry it."""
+
+    name = "austeer-pooled"
+    color = "salmon"
+    reference = False
+
+    def applies(self, evidence: Evidence) -> bool:
+        return evidence.pooled is not None
+
+    def axis(self, evidence: Evidence, config: AxisConfig) -> list[Point]:
+        return super().axis(evidence, config) if self.applies(evidence) else []
+
+    def build_points(self, evidence: Evidence, config: AxisConfig) -> list[Point]:
+        return super().build_points(evidence, config) if self.applies(evidence) else []
+
+    def profile(self, point: Point, evidence: Evidence) -> Profile:
+        return Profile(self.name, point.alpha, top_units(evidence.pooled, point.site, point.k))
+
+
+class AUSteerK(AUSteer):
+    """AUSteer with fewer or more units than the build's k (`AxisConfig.build_ks`), at the site whose top-k units
+    separate the pairs most (mean |s|, from the capture pass): does steering less do better on these models?"""
+
+    name = "austeer-k"
+    color = "lightcoral"
+    reference = False
+
+    def axis(self, evidence: Evidence, config: AxisConfig) -> list[Point]:
+        site = strongest_site(evidence, config)  # the sweep's AUSteer axis has config.ks already
+        return [Point(self.name, site, k, alpha) for k in config.build_ks if k not in config.ks
+                for alpha in config.alphas]
+
+    def build_points(self, evidence: Evidence, config: AxisConfig) -> list[Point]:
+        site = strongest_site(evidence, config)
+        return [Point(self.name, site, k, config.build_alpha) for k in config.build_ks]
+
+
 class AdditiveUnits(Method):
     """The top-k residual-stream units (site `layer`) by momentum, each moved by its score times its typical
     magnitude: ``x_j + alpha * s_j * sigma_j`` at `l_out`, a sparse control vector. Scaling (AUSteer) does
@@ -213,19 +263,13 @@ class AUSteerCaa(Method):
     name = "austeer+caa"
     color = "indigo"  # not fine-grained: its control vector moves every residual dim
 
-    def strongest_site(self, evidence: Evidence, config: AxisConfig) -> str:
-        def mean_strength(site: str) -> float:
-            return float(np.mean([abs(u.score) for u in top_units(evidence.counts, site, config.build_k)]))
-
-        return max(config.sites, key=mean_strength)
-
     def axis(self, evidence: Evidence, config: AxisConfig) -> list[Point]:
-        site = self.strongest_site(evidence, config)
+        site = strongest_site(evidence, config)
         return [Point(self.name, site, config.build_k, alpha, multiplier=alpha / config.build_alpha)
                 for alpha in config.alphas]
 
     def build_points(self, evidence: Evidence, config: AxisConfig) -> list[Point]:
-        return [Point(self.name, self.strongest_site(evidence, config), config.build_k, config.build_alpha,
+        return [Point(self.name, strongest_site(evidence, config), config.build_k, config.build_alpha,
                       multiplier=1.0)]
 
     def profile(self, point: Point, evidence: Evidence) -> Profile:
@@ -363,7 +407,8 @@ class PromptingAUSteer(AUSteer):
 
 
 # In the order reports show them.
-METHODS: tuple[Method, ...] = (Unsteered(), AUSteer(), AUSteerGeneration(), AdditiveUnits(), AUSteerCaa(),
+METHODS: tuple[Method, ...] = (Unsteered(), AUSteer(), AUSteerGeneration(), AUSteerPooled(), AUSteerK(),
+                               AdditiveUnits(), AUSteerCaa(),
                                SingleUnit(), WholeLayer(), RandomUnits(), CaaLayer(), CaaRange(), Prompting(),
                                PromptingAUSteer())
 

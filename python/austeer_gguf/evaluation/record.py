@@ -2,10 +2,12 @@
 it as the per-item data behind its report card.
 
 Two files beside the profile `<name>.json`: `<name>.build.json` (what the build is of, its plan, and every
-trial's result with its items) and `<name>.evidence.npz` (the capture pass: momentum counts, the CAA mean
-difference and the pairs' direction agreement).
-A record whose identity (model fingerprint, behaviour, time budget, methods) differs from the run's is not
-resumed: the run starts afresh and replaces it.
+trial's result with its items) and `<name>.evidence.npz` (the capture pass: momentum counts, last-token and
+position-pooled, the CAA mean difference and the pairs' direction agreement).
+A record whose identity (model fingerprint, behaviour, time budget, and for an own behaviour its files, metric
+and instruction) differs from the run's is not resumed: the run starts afresh and replaces it. Methods added
+since the record was saved are measured when it resumes (results are kept per trial); a capture pass saved
+before pooling is made again on the same pairs.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ class BuildRecord:
         self.evidence_path = profile_path.with_suffix(".evidence.npz")
         self.identity = identity
         saved = read_json_file(self.path, "build record") if self.path.exists() and not fresh else None
-        self.resumed = isinstance(saved, dict) and saved.get("identity") == identity
+        # Records saved before methods could be added on resume listed them in their identity.
+        self.resumed = isinstance(saved, dict) and isinstance(saved.get("identity"), dict) and \
+            {key: value for key, value in saved["identity"].items() if key != "methods"} == identity
         self.plan: dict[str, Any] | None = saved.get("plan") if self.resumed else None
         self.results: dict[str, dict] = saved.get("results", {}) if self.resumed else {}
         self.calibrations: dict[str, list] = saved.get("calibrations", {}) if self.resumed else {}
@@ -75,6 +79,10 @@ class BuildRecord:
         for site in counts.sites:
             arrays[f"positive_{site}"] = counts.positive[site]
             arrays[f"negative_{site}"] = counts.negative[site]
+        if evidence.pooled is not None:
+            for site in evidence.pooled.sites:
+                arrays[f"pooled_positive_{site}"] = evidence.pooled.positive[site]
+                arrays[f"pooled_negative_{site}"] = evidence.pooled.negative[site]
         if evidence.agreement is not None:
             arrays["agreement"] = evidence.agreement
         if evidence.magnitude is not None:
@@ -106,5 +114,10 @@ class BuildRecord:
             directions = {layer: data["control"][i].astype(np.float32) for i, layer in enumerate(layers)}
             agreement = data["agreement"] if "agreement" in data.files else None
             magnitude = data["magnitude"] if "magnitude" in data.files else None
+            pooled = None
+            if all(f"pooled_positive_{site}" in data.files for site in sites):
+                pooled = MomentumCounts(shape.n_layers, dict(counts.widths), counts.n_pairs,
+                                        {site: data[f"pooled_positive_{site}"] for site in sites},
+                                        {site: data[f"pooled_negative_{site}"] for site in sites}, pooled=True)
         return Evidence(counts, ControlVector(directions, shape.architecture, counts.n_pairs), shape,
-                        agreement=agreement, magnitude=magnitude)
+                        agreement=agreement, magnitude=magnitude, pooled=pooled)

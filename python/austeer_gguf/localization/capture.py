@@ -37,6 +37,9 @@ class PairActivations:
     indices: list[int]  # positions of these pairs in the input sequence
     positive: dict[str, np.ndarray]  # site -> [pairs, layers, width]
     negative: dict[str, np.ndarray]
+    # With pooling: the mean over each text's own tail (its positions after the prefix both texts share)
+    positive_mean: dict[str, np.ndarray] | None = None
+    negative_mean: dict[str, np.ndarray] | None = None
 
 
 class ActivationCapture:
@@ -86,7 +89,9 @@ class ActivationCapture:
         return self.batch_tokens // 2
 
     def pairs(self, pairs: Sequence[TokenPair], sites: Sequence[str], *, share_prefix: bool = True,
-              setting: SteeringSetting = OFF) -> Iterator[PairActivations]:
+              setting: SteeringSetting = OFF, pooled: bool = False) -> Iterator[PairActivations]:
+        """The activations of both texts of every pair, a group of pairs at a time: at the last token, and with
+        `pooled` also the mean over each text's tail."""
         for index, pair in enumerate(pairs):
             cells = len(pair.positive) + len(pair.negative) - (len(pair.shared) if share_prefix else 0)
             if cells > self.batch_tokens:
@@ -94,10 +99,18 @@ class ActivationCapture:
                                  f"{self.max_pair_tokens} fit (cut pairs with max_tokens)")
         texts = [tokens for pair in pairs for tokens in (pair.positive, pair.negative)]
         for group in self._decoder.groups(texts, bundle=2, share=share_prefix, settings=[setting] * len(texts)):
-            values = self._decoder.capture(group, sites)
-            yield PairActivations(indices=[member // 2 for member in group.members[0::2]],
-                                  positive={site: v[0::2] for site, v in values.items()},
-                                  negative={site: v[1::2] for site, v in values.items()})
+            indices = [member // 2 for member in group.members[0::2]]
+            if not pooled:
+                values = self._decoder.capture(group, sites)
+                yield PairActivations(indices, {site: v[0::2] for site, v in values.items()},
+                                      {site: v[1::2] for site, v in values.items()})
+                continue
+            starts = [len(pairs[member // 2].shared) for member in group.members]
+            values, means = self._decoder.capture_pooled(group, sites, starts)
+            yield PairActivations(indices, {site: v[0::2] for site, v in values.items()},
+                                  {site: v[1::2] for site, v in values.items()},
+                                  {site: v[0::2] for site, v in means.items()},
+                                  {site: v[1::2] for site, v in means.items()})
 
     def last_tokens(self, sequences: Sequence[list[int]], sites: Sequence[str], *,
                     setting: SteeringSetting = OFF) -> dict[str, np.ndarray]:
@@ -141,7 +154,8 @@ class PairCapture:
 
     def __init__(self, model: str | Path | ModelFile, pairs: Sequence[Pair], site_names: Sequence[str], *,
                  chat: bool = False, max_tokens: int = 512, share_prefix: bool = True, batch_tokens: int | None = None,
-                 n_threads: int | None = None, progress: bool = True, description: str = "capturing") -> None:
+                 n_threads: int | None = None, progress: bool = True, description: str = "capturing",
+                 pooled: bool = False) -> None:
         limits.check_count(max_tokens, "max_tokens", 1, MAX_PAIR_TOKENS, "one pair's text is decoded at once")
         self.model = model if isinstance(model, ModelFile) else ModelFile.open(model)
         self.pairs = list(pairs)
@@ -149,6 +163,7 @@ class PairCapture:
         self.chat = chat
         self.max_tokens = max_tokens
         self.share_prefix = share_prefix
+        self.pooled = pooled  # also the mean over each text's tail (`PairActivations.positive_mean`)
         self.batch_tokens = batch_tokens or 2 * max_tokens
         self.n_threads = limits.check_threads(n_threads)
         self.progress = progress
@@ -192,7 +207,8 @@ class PairCapture:
             raise ValueError(f"a reducer needs sites {sorted(missing)} that this pass does not capture")
         start = time.perf_counter()
         with tqdm(total=len(self._tokenized), unit="pair", desc=self.description, disable=not self.progress) as bar:
-            for group in self._capture.pairs(self._tokenized, self.sites, share_prefix=self.share_prefix):
+            for group in self._capture.pairs(self._tokenized, self.sites, share_prefix=self.share_prefix,
+                                                    pooled=self.pooled):
                 for reducer in reducers:
                     reducer.add_group(group)
                 self.n_pairs += len(group.indices)

@@ -60,8 +60,10 @@ def localize(
     batch_tokens: int | None = None,
     n_threads: int | None = None,
     progress: bool = True,
+    pooled: bool = False,
 ) -> Localization:
-    """Score every unit of the chosen sites by activation momentum over the pairs and keep the top k."""
+    """Score every unit of the chosen sites by activation momentum over the pairs and keep the top k (`pooled`:
+    of each reply's mean over its tokens from where the two differ, not of its last token)."""
     site_names = _site_names(sites)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_UNITS:
         raise InputError(f"k must be an integer in 1..{MAX_UNITS}, got {k!r}")
@@ -72,8 +74,8 @@ def localize(
     model = model_path if isinstance(model_path, ModelFile) else ModelFile.open(model_path)
     with PairCapture(model, pairs, site_names, chat=chat, max_tokens=max_tokens, share_prefix=share_prefix,
                      batch_tokens=batch_tokens, n_threads=n_threads, progress=progress,
-                     description="localizing") as capture:
-        counts = MomentumCounts.for_shape(capture.shape, site_names)
+                     description="localizing", pooled=pooled) as capture:
+        counts = MomentumCounts.for_shape(capture.shape, site_names, pooled=pooled)
         capture.feed(counts)
 
     ranked = rank_units(counts, k)
@@ -84,7 +86,7 @@ def localize(
         model=model.fingerprint,
         n_pairs=counts.n_pairs,
         data_sha256=data_sha256(pairs),
-        extra={"sites": list(site_names), "k": k, "chat": chat, "max_tokens": max_tokens,
+        extra={"sites": list(site_names), "k": k, "chat": chat, "max_tokens": max_tokens, "pooled": pooled,
                "truncated_pairs": capture.truncated, "skipped_pairs": capture.skipped},
     )
     return Localization(profile, ranked, counts, counts.n_pairs, capture.truncated, capture.skipped,

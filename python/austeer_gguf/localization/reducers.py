@@ -5,6 +5,8 @@
   -r_neg. `rank_units` ranks all units together by |s| = max(r_pos, r_neg) with a stable sort over the order
   (layer, site, dim), so ties go to the lower layer, then (several sites together) the registry's site order,
   then the lower dim. Counts are integers, so the ranking never depends on float rounding.
+  With `pooled`, d is the difference of the two texts' means over their own tails (every token of the reply
+  from where the two differ), not of their last tokens: position-pooled momentum.
 - `MeanDifference` (CAA): the mean of pos - neg per (layer, dim) of one site; at the residual stream
   (`layer`) it is the control vector.
 Both hold O(layers x width) memory per site, whatever the number of pairs.
@@ -32,6 +34,7 @@ class MomentumCounts:
     n_pairs: int = 0
     positive: dict[str, np.ndarray] = field(default_factory=dict)
     negative: dict[str, np.ndarray] = field(default_factory=dict)
+    pooled: bool = False  # counts the tails' means (needs a pooled capture pass), not the last tokens
 
     def __post_init__(self) -> None:
         for site, width in self.widths.items():
@@ -39,8 +42,9 @@ class MomentumCounts:
             self.negative.setdefault(site, np.zeros((self.n_layers, width), dtype=np.int64))
 
     @classmethod
-    def for_shape(cls, shape: ModelShape, site_names: tuple[str, ...] | list[str]) -> MomentumCounts:
-        return cls(shape.n_layers, {site: shape.widths[site] for site in site_names})
+    def for_shape(cls, shape: ModelShape, site_names: tuple[str, ...] | list[str], *,
+                  pooled: bool = False) -> MomentumCounts:
+        return cls(shape.n_layers, {site: shape.widths[site] for site in site_names}, pooled=pooled)
 
     @property
     def sites(self) -> tuple[str, ...]:
@@ -56,14 +60,19 @@ class MomentumCounts:
         self.n_pairs += n
 
     def add_group(self, group: PairActivations) -> None:
+        positive, negative = group.positive, group.negative
+        if self.pooled:
+            if group.positive_mean is None:
+                raise ValueError("pooled momentum needs a pooled capture pass (PairCapture(..., pooled=True))")
+            positive, negative = group.positive_mean, group.negative_mean
         for site in self.sites:
-            self.add(site, group.positive[site], group.negative[site])
+            self.add(site, positive[site], negative[site])
         self.count_pairs(len(group.indices))
 
     def only(self, site: str) -> MomentumCounts:
         """The counts of one site alone (sharing the arrays): rank_units of it ranks that site's units."""
         return MomentumCounts(self.n_layers, {site: self.widths[site]}, self.n_pairs,
-                              {site: self.positive[site]}, {site: self.negative[site]})
+                              {site: self.positive[site]}, {site: self.negative[site]}, self.pooled)
 
     def scores(self, site: str) -> np.ndarray:
         """[layers, width] momentum scores s of one site."""

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ... import models
 from ...errors import InputError
 from .common import MODEL_HELP, add_force, bounded_float, command, positive_int
@@ -36,8 +38,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     output = check_output(Path(args.output or f"{source.stem}.{task.name}.json"), [source], force=args.force)
     steered_model = (check_output(output.with_suffix(".gguf"), [source], force=args.force) if args.embed else None)
     weights = models.float_copy(args.model) if args.model in models.MODELS else source
-    identity = {"model": fingerprint_to_dict(model_file.fingerprint), "behaviour": task.name,
-                "minutes": args.minutes, "methods": [method.name for method in METHODS]}
+    # Methods added since a record was saved are measured when it resumes: results are kept per trial.
+    identity = {"model": fingerprint_to_dict(model_file.fingerprint), "behaviour": task.name, "minutes": args.minutes}
     if own:  # a build resumes only from the same files, metric and instruction
         identity["own"] = {"files": [file_digest(Path(path)) for path in (args.behaviour, args.prompts)],
                            "metric": args.metric, "instruction": args.instruction}
@@ -58,6 +60,20 @@ def cmd_build(args: argparse.Namespace) -> int:
         if resuming:
             plan = record.plan
             log(f"resuming the build saved in {record.path} ({len(record.results)} results kept)")
+            if evidence.pooled is None:  # saved before the capture pass pooled: the same pairs again
+                llm.close()
+                saved = evidence
+                evidence, seconds = capture_evidence(weights, task.train[: saved.counts.n_pairs], config.sites,
+                                                     saved.shape, threads=args.threads)
+                llm = open_model()
+                same = all(np.array_equal(saved.counts.positive[site], evidence.counts.positive[site])
+                           and np.array_equal(saved.counts.negative[site], evidence.counts.negative[site])
+                           for site in saved.counts.sites)
+                if not same:
+                    raise InputError(f"the pairs no longer give the counts saved in {record.evidence_path}: "
+                                     "run with --fresh to start the build over")
+                record.save_evidence(evidence)
+                log(f"captured the same {evidence.counts.n_pairs} pairs again, position-pooled too, in {seconds:.0f} s")
         else:
             probe = planning.probe(llm, task, config.max_tokens)
             config = dataclasses.replace(config, kl_budgets=planning.kl_budgets_for(args.minutes, config.kl_budgets))

@@ -25,7 +25,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
     with localization_model(args.model, args.weights) as model:
         result = localize(model, args.pairs, sites=args.site, k=args.k, alpha=args.alpha, name=args.name,
                           chat=args.chat, max_tokens=args.max_tokens, share_prefix=not args.no_share_prefix,
-                          n_threads=args.threads, progress=not args.quiet)
+                          pooled=args.pooled, n_threads=args.threads, progress=not args.quiet)
     profile = result.profile
     if args.calibrate_kl is not None:
         profile = calibrated_profile(source, profile, kl=args.calibrate_kl, perplexity=None, threads=args.threads)
@@ -112,6 +112,9 @@ def register(commands) -> None:
     localize.add_argument("--chat", action="store_true", help="render each prompt through the model's chat template")
     localize.add_argument("--max-tokens", type=positive_int, default=512, help="longer pairs are cut from the front")
     localize.add_argument("--no-share-prefix", action="store_true", help="decode both full texts of every pair")
+    localize.add_argument("--pooled", action="store_true",
+                          help="position-pooled momentum: compare each reply's mean over its tokens from where the two "
+                               "replies differ, not its last token (for behaviours that live in every token)")
     localize.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
     localize.add_argument("--show", type=int, default=10, help="top units to print")
     localize.add_argument("--quiet", action="store_true", help="no progress bar or table")
