@@ -34,7 +34,7 @@ def saved_results(path) -> int:
 
 def test_an_interrupted_build_resumes_and_writes_a_profile_its_card_and_its_data(tiny_f32, tmp_path):
     output = tmp_path / "tiny.detox.json"
-    command = (tiny_f32, "detox", "--minutes", "1", "-o", output, "--threads", "2")
+    command = (tiny_f32, "detox", "--minutes", "2", "-o", output, "--threads", "2")
     first = build(*command)
     record = tmp_path / "tiny.detox.build.json"
     deadline = time.monotonic() + 300

@@ -36,6 +36,8 @@ from ..setting import OFF, SteeringSetting
 from . import metrics
 from .budgets import PERPLEXITY_LIMIT, keeps_fluency, keeps_refusals, keeps_relevance
 from .calibrate import Calibration, calibrate_kl_budgets, calibrated
+from .conditional import MAX_TRIGGER_RATE, Gate, fit_gate, last_prompt_residuals
+from .evaluate import prompt_tokens
 from .methods import METHODS, AxisConfig, Evidence, Method, Point, ordered
 from .record import BuildRecord
 from .tasks import GenerationTask
@@ -52,13 +54,16 @@ class BuildTrial:
     setting: SteeringSetting = OFF
     profile: Profile | None = None  # the calibrated profile (what ships)
     prompted: bool = False
+    gate: Gate | None = None  # conditional: the setting steers a reply only where this fires on its prompt
 
     def summary(self, task: GenerationTask, base: dict) -> dict:
         return {"method": self.method, "setting": self.label, task.behaviour: self.result[task.behaviour],
                 **{key: self.result[key] for key in task.also},
                 "sentiment": self.result["sentiment"], "offensive": self.result["offensive"],
-                "perplexity_ratio": self.result["perplexity"] / base["perplexity"],
-                "harmless_refusals": self.result["side_refusal_rate"], "admissible": admissible(self.result, base)}
+                "perplexity_ratio": perplexity_ratio(self.result, base),
+                "harmless_refusals": self.result["side_refusal_rate"], "admissible": admissible(self.result, base),
+                **({"trigger_rate": self.result["trigger_rate"], "harmless_trigger_rate":
+                    self.result["side_trigger_rate"]} if self.gate is not None else {})}
 
 
 @dataclass
@@ -129,7 +134,10 @@ def trial_counts(methods: Sequence[Method], evidence: Evidence, config: BuildCon
     """What `build` will run."""
     points = [(method, point) for method in methods for point in method.build_points(evidence, config)]
     calibrates = sum(_calibrates(method, point, evidence) for method, point in points)
-    return TrialCounts(len(points) + calibrates * (len(config.kl_budgets) - 1), calibrates,
+    # A conditional method gates each of the reference's trials (its one point stands for them).
+    reference = [point for method, point in points if method.reference]
+    gated = sum(method.conditional for method, _ in points) * (len(reference) * len(config.kl_budgets) - 1)
+    return TrialCounts(len(points) + calibrates * (len(config.kl_budgets) - 1) + gated, calibrates,
                        len({method.name for method, _ in points}))
 
 
@@ -164,7 +172,8 @@ def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: 
             if not todo:
                 continue
             measured = task.evaluate_settings(llm, split, [trials[i].setting for i in todo], limit=limit,
-                                              max_tokens=config.max_tokens, prompted=prompted)
+                                              max_tokens=config.max_tokens, prompted=prompted,
+                                              gates=[trials[i].gate for i in todo])
             for i, result in zip(todo, measured):
                 results[i] = result.to_dict()
                 if record is not None:
@@ -174,9 +183,13 @@ def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: 
     trials: list[BuildTrial] = []
     base: dict | None = None
     best: BuildTrial | None = None  # the reference method's dev choice
+    reference_trials: list[BuildTrial] = []
     for method in ordered(methods):
-        own = [trial for point in method.build_points(evidence, config)
-               for trial in _trials(llm, method, point, evidence, config, best, record)]
+        if method.conditional:
+            own = _conditional_trials(llm, method, task, evidence, reference_trials, log)
+        else:
+            own = [trial for point in method.build_points(evidence, config)
+                   for trial in _trials(llm, method, point, evidence, config, best, record)]
         for trial, (result, saved) in zip(own, run("dev", own)):
             trial.result = result
             base = base or result  # the baseline is measured first
@@ -187,6 +200,7 @@ def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: 
                           f"{trial.result['side_refusal_rate']:.2f}{saved}")
         if method.reference:
             best = choose(own, base, task) or max(own, key=lambda t: _behaviour(task, t.result))
+            reference_trials = own
 
     chosen = {}
     for method in methods:
@@ -254,6 +268,25 @@ def _trials(llm, method: Method, point: Point, evidence: Evidence, config: Build
     return out
 
 
+def _conditional_trials(llm, method: Method, task: GenerationTask, evidence: Evidence,
+                        reference_trials: Sequence[BuildTrial], log: Callable[[str], None]) -> list[BuildTrial]:
+    """The reference's dev trials, each behind one gate fitted on the task's dev prompts against its harmless
+    dev prompts (none when the task has no harmless prompts to fit on)."""
+    steering = [trial for trial in reference_trials if trial.setting.active]
+    if not task.side_dev or not steering:
+        return []
+    gate = fit_gate(_prompt_residuals(llm, task, task.dev), _prompt_residuals(llm, task, task.side_dev),
+                    evidence.control)
+    log(f"  {method.name}: {gate.describe()} (fires on at most {MAX_TRIGGER_RATE:.0%} of "
+        f"{len(task.side_dev)} harmless dev prompts)")
+    return [BuildTrial(method.name, f"{gate.describe()}: {trial.label}", {}, trial.setting, trial.profile,
+                       trial.prompted, gate) for trial in steering]
+
+
+def _prompt_residuals(llm, task: GenerationTask, prompts: Sequence) -> np.ndarray:
+    return last_prompt_residuals(llm, prompt_tokens(llm, prompts, chat=task.chat, frame=task.frame))
+
+
 def _calibrations(llm, profile: Profile, point: Point, config: BuildConfig,
                   record: BuildRecord | None) -> list[Calibration]:
     """The point's profile calibrated to each KL budget, kept in the record: a resumed build does not search
@@ -292,8 +325,21 @@ def _behaviour(task: GenerationTask, result: dict) -> float:
     return task.sign * result[task.behaviour]
 
 
+def perplexity_ratio(result: dict, base: dict) -> float:
+    """The replies' median perplexity over unsteered's on the same prompts; for a conditional setting, over the
+    prompts where its gate fired only (where it has side effects; 1 where it fired on none)."""
+    items = result.get("items") or []
+    if not items or "fired" not in items[0]:
+        return result["perplexity"] / base["perplexity"]
+    fired = [i for i, item in enumerate(items) if item["fired"]]
+    if not fired:
+        return 1.0
+    return float(np.median([items[i]["perplexity"] for i in fired]) /
+                 np.median([base["items"][i]["perplexity"] for i in fired]))
+
+
 def admissible(result: dict, base: dict) -> bool:
-    return (result["perplexity"] <= PERPLEXITY_LIMIT * base["perplexity"]
+    return (perplexity_ratio(result, base) <= PERPLEXITY_LIMIT
             and keeps_refusals(result["side_refusal_rate"], base["side_refusal_rate"])
             and keeps_relevance(result.get("relevant_rate"), base.get("relevant_rate"), result.get("n")))
 
@@ -314,9 +360,11 @@ def compare(task: GenerationTask, result: dict, base: dict, target: float = TARG
     value = metrics.ITEM_VALUES[task.behaviour]
     steered = np.array([value(item) for item in result["items"]], dtype=float)
     plain = np.array([value(item) for item in base["items"]], dtype=float)
-    ppl_s = np.array([item["perplexity"] for item in result["items"]])
-    ppl_b = np.array([item["perplexity"] for item in base["items"]])
     n = len(steered)
+    # A conditional setting's fluency counts where its gate fired (unsteered replies elsewhere are unchanged).
+    fired = np.array([item.get("fired", True) for item in result["items"]], dtype=bool)
+    ppl_s = np.array([item["perplexity"] for item in result["items"]])[fired] if fired.any() else np.ones(1)
+    ppl_b = np.array([item["perplexity"] for item in base["items"]])[fired] if fired.any() else np.ones(1)
 
     best = metrics.BEST.get(task.behaviour, 0.0)
 
@@ -339,7 +387,9 @@ def compare(task: GenerationTask, result: dict, base: dict, target: float = TARG
             "relative_improvement": float(point_improvement),
             "relative_improvement_ci": metrics.paired_bootstrap(improvement, n),
             "perplexity_ratio": ratio,
-            "perplexity_ratio_ci": metrics.paired_bootstrap(lambda i: np.median(ppl_s[i]) / np.median(ppl_b[i]), n),
+            "perplexity_ratio_ci": metrics.paired_bootstrap(lambda i: np.median(ppl_s[i]) / np.median(ppl_b[i]),
+                                                            len(ppl_s)),
+            "trigger_rate": result.get("trigger_rate"), "harmless_trigger_rate": result.get("side_trigger_rate"),
             "harmless_refusals": result["side_refusal_rate"], "harmless_refusals_unsteered": base["side_refusal_rate"],
             "distinct2": result["distinct2"], "distinct2_unsteered": base["distinct2"], "keeps_fluency": fluent,
             "relevant": result.get("relevant_rate"), "relevant_unsteered": base.get("relevant_rate"),

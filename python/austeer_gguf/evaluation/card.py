@@ -52,6 +52,11 @@ def write_card(result: Build, task: GenerationTask, path: Path, *, model: str, c
         if method not in result.chosen:
             lines.append(f"| {method} | none: no dev trial kept fluency, refusals and relevance | | | | "
                          f"{'| ' * len(also)}| | | | not measured |")
+    for method, c in result.comparisons.items():
+        if c.get("trigger_rate") is not None:
+            lines += ["", f"{method} is conditional: its gate fired on {c['trigger_rate']:.0%} of the test prompts "
+                      f"and {rate(c.get('harmless_trigger_rate'))} of the harmless ones; its perplexity counts the "
+                      "replies where it fired."]
     lines += ["", f"Target: {behaviour} improved by at least {result.target:.0%} of the way from unsteered to its "
               "best value, perplexity of the replies within the fluency limit, distinct bigrams kept, harmless "
               f"refusals not risen, the share of replies that answer their request down by at most "
@@ -104,6 +109,10 @@ def verdict(result: Build, task: GenerationTask) -> str:
 
 def share(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"  # "-": measured before replies' relevance was
+
+
+def rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def percent(value: float) -> str:

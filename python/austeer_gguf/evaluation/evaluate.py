@@ -19,6 +19,7 @@ from .. import conversation
 from ..engine.decoder import forward, generate_tokens
 from ..setting import OFF, SteeringSetting
 from . import metrics, rudeness
+from .conditional import Gate, last_prompt_residuals
 from .scoring import answer_rows, answer_tokens, log_softmax, token_logprobs
 
 if TYPE_CHECKING:
@@ -70,6 +71,8 @@ class GenerationResult:
     relevant_rate: float | None = None  # share of non-empty replies that answer their own request (`relevance`)
     unwanted: float | None = None  # mean score of the task's own judge (a user's pairs: `pairjudge`), if it has one
     unwanted_rate: float | None = None  # share of texts `metrics.is_unwanted` flags
+    trigger_rate: float | None = None  # conditional steering: share of the prompts its gate fired on
+    side_trigger_rate: float | None = None  # ... and of the harmless side prompts
     samples: list[tuple[str, str]] = field(default_factory=list)
     items: list[dict] = field(default_factory=list)  # per prompt: text and scores, for paired comparisons
 
@@ -148,6 +151,13 @@ def prompt_renderer(llm, chat: bool, frame: str = "{prompt}", system: str | None
     return render
 
 
+def prompt_tokens(llm, prompts: Sequence[str | Prompt], *, chat: bool, frame: str = "{prompt}",
+                  system: str | None = None) -> list[list[int]]:
+    """The tokens each prompt is given to the model as (`prompt_renderer`)."""
+    render = prompt_renderer(llm, chat, frame, system)
+    return [llm.tokenize(render(prompt).encode("utf-8"), add_bos=True, special=True) for prompt in prompts]
+
+
 def generate(llm, prompts: Sequence[str | Prompt], *, chat: bool, max_tokens: int,
              setting: SteeringSetting | None = None, settings: Sequence[SteeringSetting] | None = None,
              temperature: float = 0.0, seed: int = 0, seeds: Sequence[int] | None = None,
@@ -156,13 +166,12 @@ def generate(llm, prompts: Sequence[str | Prompt], *, chat: bool, max_tokens: in
     `settings`; `engine.decoder.generate_tokens`; prompt i draws from seed + i, or from `seeds[i]`), stopped at an
     end-of-generation token (and, for a chat with a model that has no template, where it starts writing the
     user's next turn)."""
-    render = prompt_renderer(llm, chat, frame, system)
     stop_text = conversation.FALLBACK_STOP if chat and not conversation.has_template(llm) else None
 
     def stop(generated: list[int]) -> bool:
         return stop_text in llm.detokenize(generated[-4:]).decode("utf-8", errors="replace")
 
-    tokens = [llm.tokenize(render(prompt).encode("utf-8"), add_bos=True, special=True) for prompt in prompts]
+    tokens = prompt_tokens(llm, prompts, chat=chat, frame=frame, system=system)
     generated = generate_tokens(llm, tokens, max_tokens=max_tokens, setting=setting, settings=settings,
                                 temperature=temperature,
                                 seeds=list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))],
@@ -238,27 +247,61 @@ def evaluate_generation(llm, task: GenerationTask, prompts: Sequence[str | Promp
 def evaluate_generation_settings(llm, task: GenerationTask, prompts: Sequence[str | Prompt],
                                  side_prompts: Sequence[str], settings: Sequence[SteeringSetting], *,
                                  max_tokens: int = 32, temperature: float = 0.0, seed: int = 0,
-                                 keep_samples: int = 3, system: str | None = None) -> list[GenerationResult]:
+                                 keep_samples: int = 3, system: str | None = None,
+                                 gates: Sequence[Gate | None] | None = None) -> list[GenerationResult]:
     """`evaluate_generation` under several settings at once: every prompt once per setting, all in one decode,
     each sequence under its own setting and with the seed it has when evaluated alone (prompt i: seed + i). The
-    texts equal those of one setting at a time up to the float rounding of batch composition."""
+    texts equal those of one setting at a time up to the float rounding of batch composition.
+    `gates[i]`: setting i is conditional (`conditional`): a prompt's reply is steered, in scope "generation",
+    only where the gate fires on the prompt; items say whether it fired, results give the trigger rates."""
+    gates = list(gates) if gates is not None else [None] * len(settings)
+    rows, fired = _gated_rows(llm, task, prompts, settings, gates, system)
     every = [prompt for _ in settings for prompt in prompts]
-    texts = generate(llm, every, chat=task.chat, max_tokens=max_tokens,
-                     settings=[setting for setting in settings for _ in prompts], temperature=temperature,
+    texts = generate(llm, every, chat=task.chat, max_tokens=max_tokens, settings=rows, temperature=temperature,
                      seeds=[seed + index for _ in settings for index in range(len(prompts))], frame=task.frame,
                      system=system)
     side_rates: list[float | None] = [None] * len(settings)
+    side_fired: list[list[bool] | None] = [None] * len(settings)
     if side_prompts:
+        side_rows, side_fired = _gated_rows(llm, task, side_prompts, settings, gates, system)
         side_texts = generate(llm, [prompt for _ in settings for prompt in side_prompts], chat=task.chat,
-                              max_tokens=max_tokens, settings=[setting for setting in settings for _ in side_prompts],
-                              temperature=temperature,
+                              max_tokens=max_tokens, settings=side_rows, temperature=temperature,
                               seeds=[seed + index for _ in settings for index in range(len(side_prompts))],
                               frame=task.frame, system=system)
         side_rates = [metrics.refusal_rate(part) for part in _parts(side_texts, len(settings))]
     # Each setting's prompts are the same list, so "the next item's request" of `relevance` stays within it.
     items = scored_items(llm, task, every, texts)
-    return [_generation_result(part, side, keep_samples)
-            for part, side in zip(_parts(items, len(settings)), side_rates)]
+    results = []
+    for index, (part, side) in enumerate(zip(_parts(items, len(settings)), side_rates)):
+        result = _generation_result(part, side, keep_samples)
+        if gates[index] is not None:
+            for item, on in zip(result.items, fired[index]):
+                item["fired"] = bool(on)
+            result.trigger_rate = float(np.mean(fired[index])) if fired[index] else None
+            result.side_trigger_rate = float(np.mean(side_fired[index])) if side_fired[index] else None
+        results.append(result)
+    return results
+
+
+def _gated_rows(llm, task: GenerationTask, prompts: Sequence[str | Prompt], settings: Sequence[SteeringSetting],
+                gates: Sequence[Gate | None], system: str | None) -> tuple[list[SteeringSetting], list]:
+    """Each (setting, prompt) row's setting, setting by setting; for a gated setting, its generation-scope self
+    where the gate fires on the prompt (read unsteered) and OFF elsewhere, with the gate's verdicts."""
+    residuals = None
+    if any(gate is not None for gate in gates) and prompts:
+        residuals = last_prompt_residuals(llm, prompt_tokens(llm, prompts, chat=task.chat, frame=task.frame,
+                                                             system=system))
+    rows, fired = [], []
+    for setting, gate in zip(settings, gates):
+        if gate is None:
+            rows += [setting] * len(prompts)
+            fired.append(None)
+            continue
+        verdicts = gate.fires(residuals) if prompts else np.zeros(0, dtype=bool)
+        gated = dataclasses.replace(setting, scope="generation") if setting.active else OFF
+        rows += [gated if on else OFF for on in verdicts]
+        fired.append([bool(on) for on in verdicts])
+    return rows, fired
 
 
 def _parts(values: list, count: int) -> list[list]:

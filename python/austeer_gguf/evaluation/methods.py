@@ -101,6 +101,7 @@ class Method:
     prompted: ClassVar[bool] = False  # asks the model
     after_reference: ClassVar[bool] = False  # its axis is built around the reference method's dev-best point
     scope: ClassVar[str] = "all"  # the token scope its settings steer (`setting.SCOPES`)
+    conditional: ClassVar[bool] = False  # steers a reply only where a gate on its prompt fires (`conditional`)
 
     def axis(self, evidence: Evidence, config: AxisConfig) -> list[Point]:
         """The sweep's points, weakest first."""
@@ -220,6 +221,27 @@ class AUSteerK(AUSteer):
     def build_points(self, evidence: Evidence, config: AxisConfig) -> list[Point]:
         site = strongest_site(evidence, config)
         return [Point(self.name, site, k, config.build_alpha) for k in config.build_ks]
+
+
+class ConditionalAUSteer(Method):
+    """AUSteer's dev trials, each made conditional (CAST): a gate on the prompt's residual stream at its last
+    token (the CAA direction of one layer, `conditional.fit_gate` on dev prompts, firing on at most 5% of the
+    harmless ones) turns the setting on for the reply, in scope "generation", only where the context calls
+    for it. Its side effects count on the prompts where it fires. The build only: it needs a task's harmless
+    prompts to fit the gate on, and a profile file has no gate yet (measured, not shipped)."""
+
+    name = "austeer-conditional"
+    color = "teal"
+    fine_grained = True
+    after_reference = True
+    conditional = True
+    scope = "generation"
+
+    def axis(self, evidence: Evidence, config: AxisConfig) -> list[Point]:
+        return []
+
+    def build_points(self, evidence: Evidence, config: AxisConfig) -> list[Point]:
+        return [Point(self.name)]
 
 
 class AdditiveUnits(Method):
@@ -408,7 +430,7 @@ class PromptingAUSteer(AUSteer):
 
 # In the order reports show them.
 METHODS: tuple[Method, ...] = (Unsteered(), AUSteer(), AUSteerGeneration(), AUSteerPooled(), AUSteerK(),
-                               AdditiveUnits(), AUSteerCaa(),
+                               ConditionalAUSteer(), AdditiveUnits(), AUSteerCaa(),
                                SingleUnit(), WholeLayer(), RandomUnits(), CaaLayer(), CaaRange(), Prompting(),
                                PromptingAUSteer())
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -41,6 +41,7 @@ from ..jsonfile import read_jsonl_objects
 from ..localization.pairs import Pair, load_pairs
 from ..setting import SteeringSetting
 from . import evaluate, metrics
+from .conditional import Gate
 from .evaluate import ChoiceResult, GenerationResult, Prompt
 
 SEED = 2026
@@ -163,8 +164,10 @@ class GenerationTask(Task):
 
     def evaluate_settings(self, llm, split: str, settings: list[SteeringSetting], *, limit: int | None = None,
                           max_tokens: int = 32, temperature: float = 0.0, seed: int = 0, system: str | None = None,
-                          prompted: bool = False, side: bool = True) -> list[GenerationResult]:
-        """`evaluate` under each of `settings`, all in one decode (`evaluate.evaluate_generation_settings`)."""
+                          prompted: bool = False, side: bool = True,
+                          gates: Sequence[Gate | None] | None = None) -> list[GenerationResult]:
+        """`evaluate` under each of `settings`, all in one decode (`evaluate.evaluate_generation_settings`;
+        `gates`: which settings are conditional, and on what)."""
         task = self
         if prompted and not self.chat:
             task = dataclasses.replace(self, frame=f"{self.instruction} {self.frame}")
@@ -173,7 +176,7 @@ class GenerationTask(Task):
         side_prompts = self.side(split, limit) if side else []
         return evaluate.evaluate_generation_settings(llm, task, self.split(split, limit), side_prompts, settings,
                                                      max_tokens=max_tokens, temperature=temperature, seed=seed,
-                                                     system=system)
+                                                     system=system, gates=gates)
 
     def score(self, result: GenerationResult) -> float:
         return self.sign * float(getattr(result, self.behaviour))
