@@ -3,6 +3,7 @@ budget, is the largest such strength within the tolerance, and never shrinks whe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -22,8 +23,8 @@ from conftest import open_steered
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def spread_profile(llm, site: str = "attn") -> Profile:
-    rng = np.random.default_rng(0)
+def spread_profile(llm, site: str = "attn", seed: int = 0) -> Profile:
+    rng = np.random.default_rng(seed)
     width = llm.shape.widths[site]
     return Profile("spread", 10.0, [Unit(layer, site, int(dim), 0.6) for layer in range(0, llm.shape.n_layers, 3)
                                     for dim in rng.choice(width, 3, replace=False)])
@@ -101,12 +102,35 @@ def test_calibrating_to_several_kl_budgets_at_once_gives_each_budgets_own_streng
     llm = open_steered(tiny_f32, n_ctx=512)
     profile = spread_profile(llm)
     measured = []
-    measure = calibration.NeutralKL.__call__
-    monkeypatch.setattr(calibration.NeutralKL, "__call__",
-                        lambda self, setting=None: measured.append(setting) or measure(self, setting))
+    measure = calibration.NeutralKL.many
+    monkeypatch.setattr(calibration.NeutralKL, "many",
+                        lambda self, settings: measured.extend(settings) or measure(self, settings))
     together = calibrate_kl_budgets(llm, profile, [0.02, 0.08, 0.3])
     shared = len(measured)
     alone = [calibrate(llm, profile, kl=budget) for budget in (0.02, 0.08, 0.3)]
     assert [(c.budget, c.strength, c.side_effect) for c in together] == \
         [(c.budget, c.strength, c.side_effect) for c in alone]
     assert shared == len({s for c in together for s, _ in c.trials}) < len(measured) - shared  # none measured twice
+
+
+def test_profiles_calibrated_in_lockstep_get_the_strengths_they_get_alone(tiny_f32, monkeypatch):
+    """The build calibrates its points together: each step measures every profile's next strength in one pass
+    (several settings per decode); each profile's calibrations are those it has alone, and no pass holds a
+    profile twice."""
+    from austeer_gguf.evaluation import calibrate as calibration
+    from austeer_gguf.evaluation.calibrate import calibrate_kl_budgets, calibrate_profiles_kl
+
+    llm = open_steered(tiny_f32, n_ctx=512)
+    profiles = [dataclasses.replace(spread_profile(llm, seed=seed), alpha=alpha)
+                for seed, alpha in ((0, 5.0), (1, 40.0), (2, 1.0))]
+    passes = []
+    measure = calibration.NeutralKL.many
+    monkeypatch.setattr(calibration.NeutralKL, "many",
+                        lambda self, settings: passes.append(len(settings)) or measure(self, settings))
+    together = calibrate_profiles_kl(llm, profiles, [0.02, 0.3])
+    assert max(passes) == 3 and len(passes) < sum(passes)  # several settings per pass
+    for profile, found in zip(profiles, together):
+        alone = calibrate_kl_budgets(llm, profile, [0.02, 0.3])
+        for a, b in zip(found, alone):
+            assert a.budget == b.budget and a.strength == pytest.approx(b.strength, rel=1e-6)
+            assert a.side_effect == pytest.approx(b.side_effect, rel=1e-4, abs=1e-7)

@@ -35,7 +35,7 @@ from ..profile import Profile
 from ..setting import OFF, SteeringSetting
 from . import metrics
 from .budgets import PERPLEXITY_LIMIT, keeps_fluency, keeps_refusals, keeps_relevance
-from .calibrate import Calibration, calibrate_kl_budgets, calibrated
+from .calibrate import Calibration, calibrate_profiles_kl, calibrated
 from .conditional import MAX_TRIGGER_RATE, Gate, fit_gate, last_prompt_residuals
 from .evaluate import prompt_tokens
 from .methods import METHODS, AxisConfig, Evidence, Method, Point, ordered
@@ -180,6 +180,7 @@ def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: 
                     record.put(keys[i], results[i])
         return [(result, " (saved)" if was_saved else "") for result, was_saved in zip(results, saved)]
 
+    calibrations = _calibrate_points(llm, methods, evidence, config, record, log)
     trials: list[BuildTrial] = []
     base: dict | None = None
     best: BuildTrial | None = None  # the reference method's dev choice
@@ -189,7 +190,7 @@ def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: 
             own = _conditional_trials(llm, method, task, evidence, reference_trials, log)
         else:
             own = [trial for point in method.build_points(evidence, config)
-                   for trial in _trials(llm, method, point, evidence, config, best, record)]
+                   for trial in _trials(llm, method, point, evidence, config, best, calibrations)]
         for trial, (result, saved) in zip(own, run("dev", own)):
             trial.result = result
             base = base or result  # the baseline is measured first
@@ -248,7 +249,7 @@ def _grown_test_limit(task: GenerationTask, config: BuildConfig, chosen: int) ->
 
 
 def _trials(llm, method: Method, point: Point, evidence: Evidence, config: BuildConfig,
-            best: BuildTrial | None, record: BuildRecord | None = None) -> list[BuildTrial]:
+            best: BuildTrial | None, calibrations: dict[str, list[Calibration]]) -> list[BuildTrial]:
     """The trials of one build point: on top of the reference's dev choice (`best`) for a method built around
     it; as it is when it steers nothing; else its profile calibrated to each KL budget."""
     if method.after_reference:
@@ -258,7 +259,7 @@ def _trials(llm, method: Method, point: Point, evidence: Evidence, config: Build
     if profile is None:
         return [BuildTrial(method.name, "system turn" if method.prompted else "-", {}, OFF, None, method.prompted)]
     out = []
-    for budget, calibration in zip(config.kl_budgets, _calibrations(llm, profile, point, config, record)):
+    for budget, calibration in zip(config.kl_budgets, calibrations[_calibration_key(point, config)]):
         if calibration.strength <= 0:
             continue
         steered = calibrated(profile, calibration)
@@ -287,18 +288,32 @@ def _prompt_residuals(llm, task: GenerationTask, prompts: Sequence) -> np.ndarra
     return last_prompt_residuals(llm, prompt_tokens(llm, prompts, chat=task.chat, frame=task.frame))
 
 
-def _calibrations(llm, profile: Profile, point: Point, config: BuildConfig,
-                  record: BuildRecord | None) -> list[Calibration]:
-    """The point's profile calibrated to each KL budget, kept in the record: a resumed build does not search
+def _calibrate_points(llm, methods: Sequence[Method], evidence: Evidence, config: BuildConfig,
+                      record: BuildRecord | None, log: Callable[[str], None]) -> dict[str, list[Calibration]]:
+    """Every build point's profile calibrated to each KL budget, the points' searches in lockstep (several
+    settings per decode, `calibrate_profiles_kl`); kept in the record, so a resumed build does not search
     again."""
-    key = f"{point.label()}|{','.join(f'{budget:g}' for budget in config.kl_budgets)}"
-    saved = record.calibrations.get(key) if record is not None else None
-    if saved is not None:
-        return [Calibration(**calibration) for calibration in saved]
-    calibrations = calibrate_kl_budgets(llm, profile, config.kl_budgets)
-    if record is not None:
-        record.put_calibrations(key, [dataclasses.asdict(calibration) for calibration in calibrations])
-    return calibrations
+    saved = record.calibrations if record is not None else {}
+    out = {key: [Calibration(**calibration) for calibration in found] for key, found in saved.items()}
+    todo = {}
+    for method in methods:
+        for point in method.build_points(evidence, config):
+            key = _calibration_key(point, config)
+            if key not in out and _calibrates(method, point, evidence):
+                todo[key] = method.profile(point, evidence)
+    if todo:
+        started = time.perf_counter()
+        for key, found in zip(todo, calibrate_profiles_kl(llm, list(todo.values()), config.kl_budgets)):
+            out[key] = found
+            if record is not None:
+                record.put_calibrations(key, [dataclasses.asdict(calibration) for calibration in found])
+        log(f"  calibrated {len(todo)} profiles to KL {', '.join(f'{b:g}' for b in config.kl_budgets)} together "
+            f"in {time.perf_counter() - started:.0f} s")
+    return out
+
+
+def _calibration_key(point: Point, config: BuildConfig) -> str:
+    return f"{point.label()}|{','.join(f'{budget:g}' for budget in config.kl_budgets)}"
 
 
 def _calibrates(method: Method, point: Point, evidence: Evidence) -> bool:

@@ -14,9 +14,8 @@ A calibrated profile has its alpha multiplied by the strength (so every runtime,
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,9 +89,57 @@ def calibrate_kl_budgets(llm, profile: Profile, budgets: Sequence[float], *, tol
                          max_steps: int = 40) -> list[Calibration]:
     """`calibrate` to each KL budget in turn, measuring the unsteered reference once and no strength twice (the
     searches share their first steps: strength 1, then factors of 2)."""
+    return calibrate_profiles_kl(llm, [profile], budgets, tolerance=tolerance, max_steps=max_steps)[0]
+
+
+def calibrate_profiles_kl(llm, profiles: Sequence[Profile], budgets: Sequence[float], *, tolerance: float = 0.05,
+                          max_steps: int = 40) -> list[list[Calibration]]:
+    """`calibrate_kl_budgets` of several profiles, their searches in lockstep: each step measures the next
+    strength of every profile's search in one pass over the neutral texts (`NeutralKL.many`), several settings
+    per decode. Each profile's searches, and so its calibrations, are those it has alone."""
     side_effect = NeutralKL(llm, neutral_texts())
-    at = functools.cache(_measure_at(llm, profile, side_effect, False))
-    return [_search(at, profile, "kl", budget, tolerance, max_steps) for budget in budgets]
+    measured: list[dict[float, float]] = [{} for _ in profiles]
+
+    def searches(index: int) -> Generator[float, float, list[Calibration]]:
+        """One profile's budgets in turn, asking only for strengths not measured yet."""
+        out = []
+        for budget in budgets:
+            search = _searcher(profiles[index], "kl", budget, tolerance, max_steps)
+            strength = next(search)
+            try:
+                while True:
+                    if strength not in measured[index]:
+                        measured[index][strength] = yield strength
+                    strength = search.send(measured[index][strength])
+            except StopIteration as done:
+                out.append(done.value)
+        return out
+
+    running = {index: searches(index) for index in range(len(profiles))}
+    asked = {index: next(search, None) for index, search in running.items()}  # a generator's first ask
+    results: list[list[Calibration]] = [[] for _ in profiles]
+    while running:
+        settings = [SteeringSetting.make(llm.shape, llm.fingerprint, profiles=[(profiles[index], 1.0)],
+                                         strength=asked[index]) for index in running]
+        for index, value in zip(list(running), side_effect.many(settings)):
+            try:
+                asked[index] = running[index].send(value)
+            except StopIteration as done:
+                results[index] = done.value
+                del running[index]
+    return results
+
+
+def _search(measure_at: Callable[[float], float], profile: Profile, measure: str, budget: float, tolerance: float,
+            max_steps: int) -> Calibration:
+    """The scan and bisection of the module docstring, for one budget, measuring each strength as asked."""
+    search = _searcher(profile, measure, budget, tolerance, max_steps)
+    strength = next(search)
+    try:
+        while True:
+            strength = search.send(measure_at(strength))
+    except StopIteration as done:
+        return done.value
 
 
 def _measure_at(llm, profile: Profile, side_effect: Callable[[SteeringSetting], float],
@@ -104,21 +151,18 @@ def _measure_at(llm, profile: Profile, side_effect: Callable[[SteeringSetting], 
     return at
 
 
-def _search(measure_at: Callable[[float], float], profile: Profile, measure: str, budget: float, tolerance: float,
-            max_steps: int) -> Calibration:
-    """The scan and bisection of the module docstring, for one budget."""
+def _searcher(profile: Profile, measure: str, budget: float, tolerance: float,
+              max_steps: int) -> Generator[float, float, Calibration]:
+    """The search as a generator: it yields each strength to measure, is sent its side effect, and returns the
+    calibration."""
     trials: list[tuple[float, float]] = []
-
-    def at(strength: float) -> float:
-        value = measure_at(strength)
-        trials.append((strength, value))
-        return value
-
     ceiling = _strength_ceiling(profile)
-    low, high = _bracket(at, budget, ceiling, max_steps)
+    low, high = yield from _bracket(trials, budget, ceiling, max_steps)
     while high is not None and low > 0 and high / low > 1 + tolerance and len(trials) < max_steps:
         middle = math.sqrt(low * high)
-        if at(middle) <= budget:
+        value = yield middle
+        trials.append((middle, value))
+        if value <= budget:
             low = middle
         else:
             high = middle
@@ -140,21 +184,28 @@ def _strength_ceiling(profile: Profile) -> float:
     return ceiling
 
 
-def _bracket(at: Callable[[float], float], budget: float, ceiling: float,
-             max_steps: int) -> tuple[float, float | None]:
-    """(low within budget or 0, high over budget or None when even the ceiling stays within it)."""
+def _bracket(trials: list[tuple[float, float]], budget: float, ceiling: float,
+             max_steps: int) -> Generator[float, float, tuple[float, float | None]]:
+    """(low within budget or 0, high over budget or None when even the ceiling stays within it), asking for
+    each strength's side effect and recording it in `trials`."""
+
+    def at(strength: float):
+        value = yield strength
+        trials.append((strength, value))
+        return value
+
     strength = min(1.0, ceiling)
-    if at(strength) <= budget:
+    if (yield from at(strength)) <= budget:
         while True:
             following = strength * 2
             if following > ceiling:
                 return strength, None
-            if at(following) > budget:
+            if (yield from at(following)) > budget:
                 return strength, following
             strength = following
     for _ in range(max_steps):
         lower = strength / 2
-        if at(lower) <= budget:
+        if (yield from at(lower)) <= budget:
             return lower, strength
         strength = lower
         if strength < 1e-4:

@@ -362,6 +362,9 @@ def _generation_result(items: list[dict], side_refusal_rate: float | None, keep_
 
 # ---- side effects ------------------------------------------------------------------------------------------
 
+MAX_PASS_LOGITS_BYTES = 1 << 29  # the logits one pass of `NeutralKL.many` may hold (512 MiB)
+
+
 class NeutralKL:
     """KL(steered || unsteered) of next-token distributions over every position of neutral texts, under a
     setting; the unsteered log-probabilities are computed once. Every position counts as steered: a setting of
@@ -377,10 +380,25 @@ class NeutralKL:
         return forward(self.llm, self.tokens, [range(len(tokens)) for tokens in self.tokens], setting=setting)
 
     def __call__(self, setting: SteeringSetting | None = None) -> float:
-        setting = self.llm.current_setting() if setting is None else setting
-        setting = dataclasses.replace(setting, scope="all") if setting.active else setting
-        return float(np.mean([metrics.kl_from_log_probs(logits, reference)
-                              for logits, reference in zip(self._logits(setting), self.reference)]))
+        return self.many([self.llm.current_setting() if setting is None else setting])[0]
+
+    def many(self, settings: Sequence[SteeringSetting]) -> list[float]:
+        """The KL under each setting, several settings per pass (as many as keep the logits of one pass within
+        MAX_PASS_LOGITS_BYTES), each text once per setting, each sequence under its own setting."""
+        settings = [dataclasses.replace(s, scope="all") if s.active else s for s in settings]
+        count = len(self.tokens)
+        per_setting = sum(len(tokens) for tokens in self.tokens) * self.llm.n_vocab() * 4
+        chunk = max(1, MAX_PASS_LOGITS_BYTES // per_setting)
+        values = []
+        for start in range(0, len(settings), chunk):
+            part = settings[start:start + chunk]
+            every = self.tokens * len(part)
+            logits = forward(self.llm, every, [range(len(tokens)) for tokens in every],
+                             settings=[setting for setting in part for _ in self.tokens])
+            for index in range(len(part)):
+                values.append(float(np.mean([metrics.kl_from_log_probs(rows, reference) for rows, reference
+                                             in zip(logits[index * count:(index + 1) * count], self.reference)])))
+        return values
 
 
 def kl_on_neutral(llm, texts: Sequence[str], setting: SteeringSetting | None = None) -> float:

@@ -132,9 +132,12 @@ class Sweeper:
     def _setting(self, point: Point):
         return self._by_name[point.method].setting(point, self.evidence)
 
-    def _screen(self, point: Point) -> Trial:
-        setting = self._setting(point)
-        return Trial(point, self._kl(setting) if setting.active else 0.0)
+    def _screen(self, points: list[Point]) -> list[Trial]:
+        """Each point's KL on neutral text, several settings per pass (`NeutralKL.many`)."""
+        settings = [self._setting(point) for point in points]
+        active = [index for index, setting in enumerate(settings) if setting.active]
+        kl = dict(zip(active, self._kl.many([settings[index] for index in active])))
+        return [Trial(point, kl.get(index, 0.0)) for index, point in enumerate(points)]
 
     def _measure(self, trial: Trial) -> Trial:
         result = self._evaluate(trial.setting, "dev")
@@ -182,11 +185,13 @@ class Sweeper:
         baselines = []
         for method in self.methods:
             axis = method.axis(self.evidence, config)
+            if not axis:  # a method the sweep cannot measure (a conditional one: the build measures it)
+                continue
             if method.baseline:
                 baselines += [self._measure(Trial(point, 0.0)) for point in axis]
                 report.trials += baselines
                 continue
-            screened = [self._screen(point) for point in axis]
+            screened = self._screen(axis)
             measured = [self._measure(trial) for trial in self._pick(screened)]
             report.trials += screened
             report.trial_counts[method.name] = len(measured)
