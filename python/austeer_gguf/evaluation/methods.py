@@ -8,7 +8,8 @@ the build (or add it to `METHODS`, the default list). tests/test_methods.py adds
 module.
 
 Every method builds on the evidence of one capture pass (`Evidence`): the momentum counts of every site
-(AUSteer) and the CAA mean difference of the residual stream.
+(AUSteer; at the last token and position-pooled), the CAA mean difference of the residual stream and each
+residual unit's typical magnitude. A conditional method (`conditional`) is measured by the build only.
 """
 
 from __future__ import annotations
