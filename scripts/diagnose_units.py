@@ -15,6 +15,9 @@ same site, on the build's test prompts rendered as the build renders them, at ev
   direction per unit of alpha (0: the pushes cancel);
 - last-token x > 0: across prompts, at the last prompt position (where the reply starts).
 
+Rows: the top-100 units by momentum at the last token (what AUSteer steers), 100 random units of the site, and
+(when the capture pass pooled) the top-100 by position-pooled momentum, with how many units the two top-100s share.
+
 Then the logit lens (`explain`) of the 5 strongest units of each site.
 
     .venv/bin/python scripts/build_detox.py                                   # writes the evidence files
@@ -80,10 +83,14 @@ def diagnose(name: str, evidence_path: Path, behaviour: str, threads: int) -> li
         scale = float(np.median(np.sqrt((flat ** 2).mean(axis=0))))
         scores = evidence.counts.scores(site).reshape(-1)
         chosen = top_units(evidence.counts, site, K)
-        picked = {"top-100": np.array([u.layer * width + u.dim for u in chosen]),
-                  "random 100": rng.choice(flat.shape[1], size=K, replace=False)}
-        for label, index in picked.items():
-            stats = unit_stats(flat[:, index], last[site].reshape(len(prompts), -1)[:, index], scores[index], scale)
+        top = np.array([u.layer * width + u.dim for u in chosen])
+        picked = {"top-100": (top, scores), "random 100": (rng.choice(flat.shape[1], size=K, replace=False), scores)}
+        if evidence.pooled is not None:
+            pooled = np.array([u.layer * width + u.dim for u in top_units(evidence.pooled, site, K)])
+            shared = len(set(pooled.tolist()) & set(top.tolist()))
+            picked[f"pooled top-100 ({shared} shared)"] = (pooled, evidence.pooled.scores(site).reshape(-1))
+        for label, (index, signed) in picked.items():
+            stats = unit_stats(flat[:, index], last[site].reshape(len(prompts), -1)[:, index], signed[index], scale)
             lines.append(f"| {site} | {label} | " + " | ".join(f"{value:.2f}" for value in stats.values()) + " |")
         explained = explain(model, Profile("top", 1.0, chosen[:5]), top=5)
         lens += [f"- {site} L{e.layer} d{e.dim} (s {e.score:+.2f}): promotes {', '.join(map(repr, e.promoted))}; "
