@@ -198,7 +198,7 @@ def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: 
             ratio = trial.result["perplexity"] / base["perplexity"]
             progress.step(dev_items, f"dev {trial.method:18} {trial.label:28} {task.behaviour} "
                           f"{trial.result[task.behaviour]:.3f}, ppl x{ratio:.2f}, harmless refusals "
-                          f"{trial.result['side_refusal_rate']:.2f}{saved}")
+                          f"{share(trial.result['side_refusal_rate'])}{saved}")
         if method.reference:
             best = choose(own, base, task) or max(own, key=lambda t: _behaviour(task, t.result))
             reference_trials = own
@@ -333,6 +333,12 @@ class _Progress:
         elapsed = time.perf_counter() - self.started
         left = elapsed / max(self.done, 1) * max(self.total - self.done, 0)
         self.log(f"  [{100 * self.done / max(self.total, 1):3.0f}%, ~{left / 60:.1f} min left] {line}")
+
+
+def share(value: float | None) -> str:
+    """A rate as it is logged and printed ("-": not measured, e.g. harmless refusals of a task without harmless
+    prompts)."""
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _behaviour(task: GenerationTask, result: dict) -> float:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..localization.steerability import Reading
 from .budgets import RELEVANCE_SLACK
-from .build import Build
+from .build import Build, share
 from .metrics import BEHAVIOURS
 from .tasks import GenerationTask
 
@@ -45,8 +45,8 @@ def write_card(result: Build, task: GenerationTask, path: Path, *, model: str, c
                      f"({low:+.3f}..{high:+.3f}) | {percent(c['relative_improvement'])} ({percent(rel_low)}.."
                      f"{percent(rel_high)}) | {''.join(f'{off:.3f} -> {on:.3f} | ' for off, on in c['also'].values())}"
                      f"{c['perplexity_ratio']:.2f} | {c['distinct2']:.2f} / "
-                     f"{c['distinct2_unsteered']:.2f} | {c['harmless_refusals']:.2f} / "
-                     f"{c['harmless_refusals_unsteered']:.2f} | {share(c.get('relevant'))} / "
+                     f"{c['distinct2_unsteered']:.2f} | {share(c['harmless_refusals'])} / "
+                     f"{share(c['harmless_refusals_unsteered'])} | {share(c.get('relevant'))} / "
                      f"{share(c.get('relevant_unsteered'))} | {'met' if c['meets_target'] else 'not met'} |")
     for method in dict.fromkeys(trial["method"] for trial in result.dev):
         if method not in result.chosen:
@@ -75,7 +75,7 @@ def write_card(result: Build, task: GenerationTask, path: Path, *, model: str, c
     for trial in result.dev:
         lines.append(f"| {trial['method']} | {trial['setting']} | {trial[task.behaviour]:.3f} | "
                      f"{''.join(f'{trial[key]:.3f} | ' for key in task.also)}"
-                     f"{trial['perplexity_ratio']:.2f} | {trial['harmless_refusals']:.2f} | "
+                     f"{trial['perplexity_ratio']:.2f} | {share(trial['harmless_refusals'])} | "
                      f"{'yes' if trial['admissible'] else 'no'} |")
     lines += ["", "## Replies", ""] + sample_lines(result)
     path.write_text("\n".join(lines) + "\n")
@@ -105,10 +105,6 @@ def verdict(result: Build, task: GenerationTask) -> str:
         return f"**Target met by {', '.join(met)}.** The profile ships **{result.winner}**: {effect}."
     return (f"**Nothing met the target.** The profile ships **{result.winner}**, the best method that keeps "
             f"fluency, refusals and relevance (or the best at all when none does): {effect}. Treat it as weak.")
-
-
-def share(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"  # "-": measured before replies' relevance was
 
 
 def rate(value: float | None) -> str:
