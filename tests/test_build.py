@@ -70,6 +70,10 @@ def test_an_interrupted_build_resumes_and_writes_a_profile_its_card_and_its_data
     data = json.loads(record.read_text())
     assert data["plan"]["dev_items"] >= 8 and data["plan"]["test_items"] >= 20
     assert data["build"]["winner"] == profile.extra["method"]
+    comparisons = data["build"]["comparisons"]  # Holm's correction over every method measured on test
+    assert comparisons and all(0 < c["p_value"] <= 1 and isinstance(c["holm_significant"], bool)
+                               for c in comparisons.values())
+    assert "‡: the difference from unsteered holds after Holm's correction" in text
     # the card gives the time of both runs; the resumed run reused the calibrations, not only the results
     assert data["runs"] == 2 and " minutes over 2 runs." in text.splitlines()[2]
     assert data["calibrations"] and all(len(found) == len(data["plan"]["kl_budgets"])
@@ -96,6 +100,19 @@ def test_an_interrupted_build_resumes_and_writes_a_profile_its_card_and_its_data
     assert not re.search(r"^  \[.*\] dev austeer .*\d$", stderr, flags=re.MULTILINE)  # the rest is kept
     with np.load(evidence) as saved:
         assert any(name.startswith("pooled_positive_") for name in saved.files)
+
+
+def test_a_behaviour_without_harmless_prompts_builds_and_says_its_refusals_were_not_measured(tiny_f32, tmp_path):
+    """`sentiment` continues plain text: there are no harmless requests to count refusals on."""
+    output = tmp_path / "tiny.sentiment.json"
+    done = subprocess.run([sys.executable, "-m", "austeer_gguf", "build", str(tiny_f32), "sentiment", "--minutes",
+                           "2", "--threads", "2", "-o", str(output)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"dev unsteered .* harmless refusals -$", done.stderr, flags=re.MULTILINE)
+    card = (tmp_path / "tiny.sentiment.md").read_text()
+    assert "| - / - |" in card  # harmless refusals on / off: not measured
+    data = json.loads((tmp_path / "tiny.sentiment.build.json").read_text())
+    assert not any(trial["method"] == "austeer-conditional" for trial in data["build"]["dev"])  # no gate to fit
 
 
 @pytest.mark.parametrize("args, message", [

@@ -224,6 +224,9 @@ def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: 
         progress.step(test_items, f"test {method:18} {task.behaviour} {test[method][task.behaviour]:.3f}{saved}")
     comparisons = {method: compare(task, test[method], test[baseline], config.target)
                    for method in test if method != baseline}
+    # Each method's difference from unsteered, over every method measured on test: Holm's correction.
+    for method, holds in metrics.holm({m: c["p_value"] for m, c in comparisons.items()}).items():
+        comparisons[method]["holm_significant"] = holds
     # A profile file has no token scope: a method steering generated tokens only is measured, not shipped.
     shippable = [m for m in methods if not m.baseline and not m.prompted and m.scope == "all" and m.name in chosen]
     result = Build(name, task.name, evidence.counts.n_pairs, capture_seconds,
@@ -401,10 +404,11 @@ def compare(task: GenerationTask, result: dict, base: dict, target: float = TARG
     refusals = keeps_refusals(result["side_refusal_rate"], base["side_refusal_rate"])
     relevant = keeps_relevance(result.get("relevant_rate"), base.get("relevant_rate"), n)  # None: not measured
     point_improvement = improvement(everything)
+    difference_test = metrics.paired_bootstrap_test(lambda i: steered[i].mean() - plain[i].mean(), n)
     return {task.behaviour: float(steered.mean()), "unsteered": float(plain.mean()),
             "also": {key: [base[key], result[key]] for key in task.also},  # unsteered, on
             "difference": float(steered.mean() - plain.mean()),
-            "difference_ci": metrics.paired_bootstrap(lambda i: steered[i].mean() - plain[i].mean(), n),
+            "difference_ci": difference_test[:2], "p_value": difference_test[2],
             "relative_improvement": float(point_improvement),
             "relative_improvement_ci": metrics.paired_bootstrap(improvement, n),
             "perplexity_ratio": ratio,

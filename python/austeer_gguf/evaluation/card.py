@@ -42,7 +42,8 @@ def write_card(result: Build, task: GenerationTask, path: Path, *, model: str, c
         rel_low, rel_high = c["relative_improvement_ci"]
         lines.append(f"| {method}{' (ships)' if method == result.winner else ''} | {result.chosen[method]['setting']} "
                      f"| {c['unsteered']:.3f} -> {c[task.behaviour]:.3f} | {c['difference']:+.3f} "
-                     f"({low:+.3f}..{high:+.3f}) | {percent(c['relative_improvement'])} ({percent(rel_low)}.."
+                     f"({low:+.3f}..{high:+.3f}){' ‡' if c.get('holm_significant') else ''} | "
+                     f"{percent(c['relative_improvement'])} ({percent(rel_low)}.."
                      f"{percent(rel_high)}) | {''.join(f'{off:.3f} -> {on:.3f} | ' for off, on in c['also'].values())}"
                      f"{c['perplexity_ratio']:.2f} | {c['distinct2']:.2f} / "
                      f"{c['distinct2_unsteered']:.2f} | {share(c['harmless_refusals'])} / "
@@ -57,6 +58,8 @@ def write_card(result: Build, task: GenerationTask, path: Path, *, model: str, c
             lines += ["", f"{method} is conditional: its gate fired on {c['trigger_rate']:.0%} of the test prompts "
                       f"and {rate(c.get('harmless_trigger_rate'))} of the harmless ones; its perplexity counts the "
                       "replies where it fired."]
+    lines += ["", "‡: the difference from unsteered holds after Holm's correction over every method measured on "
+              "test (paired bootstrap p-values, family-wise 5%)."]
     lines += ["", f"Target: {behaviour} improved by at least {result.target:.0%} of the way from unsteered to its "
               "best value, perplexity of the replies within the fluency limit, distinct bigrams kept, harmless "
               f"refusals not risen, the share of replies that answer their request down by at most "
