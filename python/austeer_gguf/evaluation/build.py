@@ -305,14 +305,26 @@ def _calibrate_points(llm, methods: Sequence[Method], evidence: Evidence, config
             if key not in out and _calibrates(method, point, evidence):
                 todo[key] = method.profile(point, evidence)
     if todo:
+        # Points of different methods with the same units (AUSteer on every token or on generated ones) share
+        # one search: KL on neutral text counts every position as steered.
+        distinct: dict[tuple, Profile] = {}
+        for profile in todo.values():
+            distinct.setdefault(_units_of(profile), profile)
+        budgets = ", ".join(f"{b:g}" for b in config.kl_budgets)
+        log(f"  calibrating {len(distinct)} profiles to KL {budgets} together")
         started = time.perf_counter()
-        for key, found in zip(todo, calibrate_profiles_kl(llm, list(todo.values()), config.kl_budgets)):
-            out[key] = found
+        found = dict(zip(distinct, calibrate_profiles_kl(llm, list(distinct.values()), config.kl_budgets)))
+        for key, profile in todo.items():
+            out[key] = found[_units_of(profile)]
             if record is not None:
-                record.put_calibrations(key, [dataclasses.asdict(calibration) for calibration in found])
-        log(f"  calibrated {len(todo)} profiles to KL {', '.join(f'{b:g}' for b in config.kl_budgets)} together "
-            f"in {time.perf_counter() - started:.0f} s")
+                record.put_calibrations(key, [dataclasses.asdict(calibration) for calibration in out[key]])
+        log(f"  calibrated in {time.perf_counter() - started:.0f} s")
     return out
+
+
+def _units_of(profile: Profile) -> tuple:
+    """What a profile steers, as a key (a profile with a control vector is its own)."""
+    return (profile.alpha, profile.units) if profile.control is None else (id(profile),)
 
 
 def _calibration_key(point: Point, config: BuildConfig) -> str:
