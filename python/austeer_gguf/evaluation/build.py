@@ -156,7 +156,6 @@ def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: 
     dev_items = len(task.split("dev", config.dev_limit))
     test_items = len(task.split("test", config.test_limit))
     counts = trial_counts(methods, evidence, config)
-    progress = _Progress(counts.dev_trials * dev_items + counts.methods * test_items, log)
 
     test_limit = config.test_limit
 
@@ -181,6 +180,7 @@ def build(llm, float_model, task: GenerationTask, config: BuildConfig, *, name: 
         return [(result, " (saved)" if was_saved else "") for result, was_saved in zip(results, saved)]
 
     calibrations = _calibrate_points(llm, methods, evidence, config, record, log)
+    progress = _Progress(counts.dev_trials * dev_items + counts.methods * test_items, log)  # paced after it
     trials: list[BuildTrial] = []
     base: dict | None = None
     best: BuildTrial | None = None  # the reference method's dev choice
