@@ -55,21 +55,26 @@ def test_an_interrupted_build_resumes_and_writes_a_profile_its_card_and_its_data
     assert f"({kept} results kept)" in stderr
     assert len(re.findall(r"\(saved\)$", stderr, flags=re.MULTILINE)) == kept  # none measured again
     card = tmp_path / "tiny.detox.md"
-    assert stdout.split() == [str(card), str(output)]
-
-    profile = read_profile(output)
-    model = ModelFile.open(tiny_f32)
-    profile.check_model(model.shape, model.fingerprint)
-    assert profile.name == "detox" and profile.extra["task"] == "detox" and profile.extra["report"] == card.name
+    data = json.loads(record.read_text())
     text = card.read_text()
+    # The tiny model's replies mean nothing: whether a method improved them on test is chance, and a build whose
+    # methods all did nothing or the opposite writes no profile. Either way the card says which.
+    if data["build"]["winner"] is None:
+        assert stdout.split() == [str(card)] and "no profile written" in stderr and not output.exists()
+        assert "**No profile**" in text
+    else:
+        assert stdout.split() == [str(card), str(output)]
+        profile = read_profile(output)
+        model = ModelFile.open(tiny_f32)
+        profile.check_model(model.shape, model.fingerprint)
+        assert profile.name == "detox" and profile.extra["task"] == "detox" and profile.extra["report"] == card.name
+        assert data["build"]["winner"] == profile.extra["method"]
+        assert re.search(r"\*\*(Target met by|Nothing met the target)", text)
     assert text.startswith("# detox on tiny-f32.gguf") and "## Test" in text and "## Plan" in text
-    assert re.search(r"\*\*(Target met by|Nothing met the target)", text)
     assert text.index("Will it steer? Read from the capture pass alone") < text.index("## Test")
     assert "| prompting" in text  # asking the model stands beside the steering methods, measured or not
     assert (tmp_path / "tiny.detox.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    data = json.loads(record.read_text())
     assert data["plan"]["dev_items"] >= 8 and data["plan"]["test_items"] >= 20
-    assert data["build"]["winner"] == profile.extra["method"]
     comparisons = data["build"]["comparisons"]  # Holm's correction over every method measured on test
     assert comparisons and all(0 < c["p_value"] <= 1 and isinstance(c["holm_significant"], bool)
                                for c in comparisons.values())
