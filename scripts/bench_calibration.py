@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The calibration scan's side effect, KL on neutral text: one setting per forward pass (as `calibrate` measures
 each strength) against several settings in one pass (every neutral text once per setting, each sequence under
-its own setting, `engine.decoder.forward(settings=...)`). Would a scan that measures several strengths at once
-be faster on this machine?
+its own setting: `NeutralKL(settings_per_pass=N).many`, at most 512 MiB of logits per pass). Would a scan that
+measures several strengths at once be faster on this machine?
 
 On each model: the shipped neutral texts, `--settings` AUSteer settings (top-100 units of one site at growing
 strengths, as a scan's steps are). Way A measures each setting alone, way B all in one pass; the two alternate,
@@ -18,16 +18,12 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 from benchlib import median_ratio, rotated, spread_profile
 
 from austeer_gguf import SteeringSetting, models
-from austeer_gguf.engine.decoder import forward
 from austeer_gguf.engine.hooked import HookedLlama
-from austeer_gguf.evaluation import metrics
 from austeer_gguf.evaluation.calibrate import neutral_texts
 from austeer_gguf.evaluation.evaluate import NeutralKL
-from austeer_gguf.evaluation.scoring import log_softmax
 
 
 def main() -> None:
@@ -49,21 +45,14 @@ def bench_model(model: str, args: argparse.Namespace) -> None:
     settings = [SteeringSetting.make(shape, profiles=[(profile, 1.0)], strength=0.01 * 2 ** i)
                 for i in range(args.settings)]
     kl = NeutralKL(llm, neutral_texts())
+    batched = NeutralKL(llm, neutral_texts(), settings_per_pass=len(settings))
     tokens = kl.tokens
 
     def alone() -> list[float]:
-        return [kl(setting) for setting in settings]
+        return kl.many(settings)
 
     def together() -> list[float]:
-        every = [t for _ in settings for t in tokens]
-        logits = forward(llm, every, [range(len(t)) for t in every],
-                         settings=[setting for setting in settings for _ in tokens])
-        values = []
-        for index in range(len(settings)):
-            part = logits[index * len(tokens):(index + 1) * len(tokens)]
-            values.append(float(np.mean([metrics.kl_from_log_probs(log_softmax(rows, np.float32), reference)
-                                         for rows, reference in zip(part, kl.reference)])))
-        return values
+        return batched.many(settings)
 
     ways = {"alone": alone, "together": together}
     seconds: dict[str, list[float]] = {name: [] for name in ways}

@@ -127,7 +127,7 @@ def test_profiles_calibrated_in_lockstep_get_the_strengths_they_get_alone(tiny_f
     measure = calibration.NeutralKL.many
     monkeypatch.setattr(calibration.NeutralKL, "many",
                         lambda self, settings: passes.append(len(settings)) or measure(self, settings))
-    together = calibrate_profiles_kl(llm, profiles, [0.02, 0.3])
+    together = calibrate_profiles_kl(llm, profiles, [0.02, 0.3], settings_per_pass=3)
     assert max(passes) == 3 and len(passes) < sum(passes)  # several settings per pass
     for profile, found in zip(profiles, together):
         alone = calibrate_kl_budgets(llm, profile, [0.02, 0.3])

@@ -133,7 +133,7 @@ class Sweeper:
         return self._by_name[point.method].setting(point, self.evidence)
 
     def _screen(self, points: list[Point]) -> list[Trial]:
-        """Each point's KL on neutral text, several settings per pass (`NeutralKL.many`)."""
+        """Each point's KL on neutral text (`NeutralKL.many`)."""
         settings = [self._setting(point) for point in points]
         active = [index for index, setting in enumerate(settings) if setting.active]
         kl = dict(zip(active, self._kl.many([settings[index] for index in active])))
