@@ -294,8 +294,8 @@ def _prompt_residuals(llm, task: GenerationTask, prompts: Sequence) -> np.ndarra
 def _calibrate_points(llm, methods: Sequence[Method], evidence: Evidence, config: BuildConfig,
                       record: BuildRecord | None, log: Callable[[str], None]) -> dict[str, list[Calibration]]:
     """Every build point's profile calibrated to each KL budget, the points' searches in lockstep
-    (`calibrate_profiles_kl`; one setting per decode, faster on CPUs); kept in the record, so a resumed build
-    does not search again."""
+    (`calibrate_profiles_kl`; one setting per decode: more gained nothing on CPUs); kept in the record, so a
+    resumed build does not search again."""
     saved = record.calibrations if record is not None else {}
     out = {key: [Calibration(**calibration) for calibration in found] for key, found in saved.items()}
     todo = {}

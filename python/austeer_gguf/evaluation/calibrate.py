@@ -95,8 +95,8 @@ def calibrate_kl_budgets(llm, profile: Profile, budgets: Sequence[float], *, tol
 def calibrate_profiles_kl(llm, profiles: Sequence[Profile], budgets: Sequence[float], *, tolerance: float = 0.05,
                           max_steps: int = 40, settings_per_pass: int = 1) -> list[list[Calibration]]:
     """`calibrate_kl_budgets` of several profiles, their searches in lockstep: each step measures the next
-    strength of every profile's search (`NeutralKL.many`, `settings_per_pass` settings per decode: 1 is faster
-    on CPUs, `scripts/bench_calibration.py`). Each profile's searches, and so its calibrations, are those it has
+    strength of every profile's search (`NeutralKL.many`, `settings_per_pass` settings per decode: more gained
+    nothing on CPUs, `scripts/bench_calibration.py`). Each profile's searches, and so its calibrations, are those it has
     alone."""
     side_effect = NeutralKL(llm, neutral_texts(), settings_per_pass=settings_per_pass)
     measured: list[dict[float, float]] = [{} for _ in profiles]

@@ -372,8 +372,8 @@ class NeutralKL:
     as scope "all"'s; otherwise it would read 0 on a text that is all prompt)."""
 
     def __init__(self, llm, texts: Sequence[str], *, settings_per_pass: int = 1) -> None:
-        # One setting per pass by default: several per pass measured slower on CPUs (scripts/bench_calibration.py,
-        # 0.88x on SmolLM2 and 0.69x on Gemma-3 at 6 settings: more cells to attend over, more logits held).
+        # One setting per pass by default: several per pass gained nothing on CPUs (scripts/bench_calibration.py:
+        # 1.06x on SmolLM2, 0.99x on Gemma-3; 0.88x and 0.69x when all 6 settings' logits were held at once).
         self.llm = llm
         self.settings_per_pass = settings_per_pass
         self.tokens = [llm.tokenize(text.encode("utf-8"), add_bos=True, special=True) for text in texts]
