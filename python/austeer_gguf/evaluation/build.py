@@ -36,8 +36,8 @@ from ..setting import OFF, SteeringSetting
 from . import metrics
 from .budgets import PERPLEXITY_LIMIT, keeps_fluency, keeps_refusals, keeps_relevance
 from .calibrate import Calibration, calibrate_profiles_kl, calibrated
-from .conditional import MAX_TRIGGER_RATE, Gate, fit_gate, last_prompt_residuals
-from .evaluate import prompt_tokens
+from .conditional import MAX_TRIGGER_RATE, Gate, fit_gate
+from .evaluate import prompt_residuals
 from .methods import METHODS, AxisConfig, Evidence, Method, Point, ordered
 from .record import BuildRecord
 from .tasks import GenerationTask
@@ -279,16 +279,12 @@ def _conditional_trials(llm, method: Method, task: GenerationTask, evidence: Evi
     steering = [trial for trial in reference_trials if trial.setting.active]
     if not task.side_dev or not steering:
         return []
-    gate = fit_gate(_prompt_residuals(llm, task, task.dev), _prompt_residuals(llm, task, task.side_dev),
+    gate = fit_gate(prompt_residuals(llm, task, task.dev), prompt_residuals(llm, task, task.side_dev),
                     evidence.control)
     log(f"  {method.name}: {gate.describe()} (fires on at most {MAX_TRIGGER_RATE:.0%} of "
         f"{len(task.side_dev)} harmless dev prompts)")
     return [BuildTrial(method.name, f"{gate.describe()}: {trial.label}", {}, trial.setting, trial.profile,
                        trial.prompted, gate) for trial in steering]
-
-
-def _prompt_residuals(llm, task: GenerationTask, prompts: Sequence) -> np.ndarray:
-    return last_prompt_residuals(llm, prompt_tokens(llm, prompts, chat=task.chat, frame=task.frame))
 
 
 def _calibrate_points(llm, methods: Sequence[Method], evidence: Evidence, config: BuildConfig,
@@ -362,16 +358,21 @@ def _behaviour(task: GenerationTask, result: dict) -> float:
 
 
 def perplexity_ratio(result: dict, base: dict) -> float:
-    """The replies' median perplexity over unsteered's on the same prompts; for a conditional setting, over the
-    prompts where its gate fired only (where it has side effects; 1 where it fired on none)."""
-    items = result.get("items") or []
-    if not items or "fired" not in items[0]:
+    """The replies' median perplexity over unsteered's on the same prompts (`_compared_perplexities`)."""
+    if not result.get("items"):
         return result["perplexity"] / base["perplexity"]
-    fired = [i for i, item in enumerate(items) if item["fired"]]
-    if not fired:
-        return 1.0
-    return float(np.median([items[i]["perplexity"] for i in fired]) /
-                 np.median([base["items"][i]["perplexity"] for i in fired]))
+    steered, plain = _compared_perplexities(result, base)
+    return float(np.median(steered) / np.median(plain))
+
+
+def _compared_perplexities(result: dict, base: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per-item perplexities of the replies and of unsteered's on the same prompts; for a conditional setting,
+    only where its gate fired (where it has side effects; ones where it fired on none)."""
+    fired = np.array([item.get("fired", True) for item in result["items"]], dtype=bool)
+    if not fired.any():
+        return np.ones(1), np.ones(1)
+    return (np.array([item["perplexity"] for item in result["items"]])[fired],
+            np.array([item["perplexity"] for item in base["items"]])[fired])
 
 
 def admissible(result: dict, base: dict) -> bool:
@@ -397,10 +398,7 @@ def compare(task: GenerationTask, result: dict, base: dict, target: float = TARG
     steered = np.array([value(item) for item in result["items"]], dtype=float)
     plain = np.array([value(item) for item in base["items"]], dtype=float)
     n = len(steered)
-    # A conditional setting's fluency counts where its gate fired (unsteered replies elsewhere are unchanged).
-    fired = np.array([item.get("fired", True) for item in result["items"]], dtype=bool)
-    ppl_s = np.array([item["perplexity"] for item in result["items"]])[fired] if fired.any() else np.ones(1)
-    ppl_b = np.array([item["perplexity"] for item in base["items"]])[fired] if fired.any() else np.ones(1)
+    ppl_s, ppl_b = _compared_perplexities(result, base)
 
     best = metrics.BEST.get(task.behaviour, 0.0)
 

@@ -289,8 +289,7 @@ def _gated_rows(llm, task: GenerationTask, prompts: Sequence[str | Prompt], sett
     where the gate fires on the prompt (read unsteered) and OFF elsewhere, with the gate's verdicts."""
     residuals = None
     if any(gate is not None for gate in gates) and prompts:
-        residuals = last_prompt_residuals(llm, prompt_tokens(llm, prompts, chat=task.chat, frame=task.frame,
-                                                             system=system))
+        residuals = prompt_residuals(llm, task, prompts, system=system)
     rows, fired = [], []
     for setting, gate in zip(settings, gates):
         if gate is None:
@@ -302,6 +301,13 @@ def _gated_rows(llm, task: GenerationTask, prompts: Sequence[str | Prompt], sett
         rows += [gated if on else OFF for on in verdicts]
         fired.append([bool(on) for on in verdicts])
     return rows, fired
+
+
+def prompt_residuals(llm, task: GenerationTask, prompts: Sequence[str | Prompt], *,
+                     system: str | None = None) -> np.ndarray:
+    """The unsteered residual stream at the last token of each prompt as the task renders it (what a
+    conditional setting's gate reads): [prompts, layers, width]."""
+    return last_prompt_residuals(llm, prompt_tokens(llm, prompts, chat=task.chat, frame=task.frame, system=system))
 
 
 def _parts(values: list, count: int) -> list[list]:
