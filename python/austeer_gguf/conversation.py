@@ -4,6 +4,7 @@ evaluation's prompts and the server's length check all render turns here, ready 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,12 +22,21 @@ def has_template(llm: Any) -> bool:
 
 
 def renderer(llm: Any, *, require_template: bool = False) -> Callable[[Turns], str]:
-    """Renders (role, content) turns for `llm` (a llama_cpp.Llama), ready for the assistant's reply."""
+    """Renders (role, content) turns for `llm` (a llama_cpp.Llama), ready for the assistant's reply. Made once
+    per model: compiling a template costs milliseconds, which a server would otherwise pay per request."""
+    if not has_template(llm) and require_template:
+        raise InputError("this model has no chat template (tokenizer.chat_template); localize without --chat")
+    if llm not in _renderers:
+        _renderers[llm] = _make_renderer(llm)
+    return _renderers[llm]
+
+
+_renderers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _make_renderer(llm: Any) -> Callable[[Turns], str]:
     template = llm.metadata.get("tokenizer.chat_template")
     if not template:
-        if require_template:
-            raise InputError("this model has no chat template (tokenizer.chat_template); localize without --chat")
-
         def plain(turns: Turns) -> str:
             return "".join(FALLBACK_TURN[role].format(content=content) for role, content in turns) + "Assistant:"
 

@@ -23,6 +23,7 @@ from .. import sites
 from ..formats.model_file import ModelFile
 from ..setting import OFF, SteeringSetting
 from . import context_hook, limits, native, rpc
+from .threads import on_own_thread
 
 EvalCallback = Callable[[int, bool], bool]
 _ROWS = object()  # what `_installed` holds after install_rows: a per-row spec
@@ -76,7 +77,8 @@ class HookedLlama(llama_cpp.Llama):
         if context_hook.installed_callback(self.context_params) != (callback_address, self._native_state.user_data):
             raise RuntimeError("llama_cpp.Llama did not build its context from llama_context_default_params(): "
                                "austeer-gguf supports llama-cpp-python==0.3.36 only")
-        self.shape = dataclasses.replace(self.shape, missing=self._find_sites())
+        # The probe decodes on a thread of its own, so that this thread keeps no OpenMP team (see engine.threads).
+        self.shape = dataclasses.replace(self.shape, missing=on_own_thread(self._find_sites))
         if self.shape.missing:
             absent = "; ".join(f"{site} at layers {sites.layer_ranges(layers)}"
                                for site, layers in self.shape.missing.items())

@@ -14,7 +14,6 @@ import anyio
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from llama_cpp.server.app import prepare_request_resources
-from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from ..._version import __version__
 from ...errors import InputError
@@ -126,7 +125,7 @@ async def _complete(server: SteeringServer, request: Request, body, call: str):
         if await request.is_disconnected():
             raise HTTPException(400, "client closed the request")
         with server.llm.steering.using(setting):
-            result = await run_in_threadpool(_run, server, setting, body, call, kwargs)
+            result = await server.decoding.run(_run, server, setting, body, call, kwargs)
     return {**result, "model": server.alias, "steering": setting.describe()}
 
 
@@ -135,9 +134,9 @@ async def _stream(server: SteeringServer, request: Request, setting: SteeringSet
     described = setting.describe()
     async with server.lock:
         with server.llm.steering.using(setting):  # the completion starts at the first chunk, within this block
-            chunks: Iterator[dict] = await run_in_threadpool(_run, server, setting, body, call, kwargs)
+            chunks: Iterator[dict] = await server.decoding.run(_run, server, setting, body, call, kwargs)
             try:
-                async for chunk in iterate_in_threadpool(chunks):
+                async for chunk in server.decoding.iterate(chunks):
                     yield {"data": json.dumps({**chunk, "model": server.alias, "steering": described})}
                     if drain.expired():
                         yield batched.SHUT_DOWN
@@ -149,7 +148,7 @@ async def _stream(server: SteeringServer, request: Request, setting: SteeringSet
                 # Stop the generation in this request's turn (not when the generator is collected later, while
                 # another request is running) and free the model for the next request, also when cancelled.
                 with anyio.CancelScope(shield=True):
-                    await run_in_threadpool(getattr(chunks, "close", lambda: None))
+                    await server.decoding.run(getattr(chunks, "close", lambda: None))
 
 
 def serve(server: SteeringServer, *, host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None) -> None:

@@ -14,6 +14,7 @@ import llama_cpp
 from ... import conversation
 from ...engine import limits
 from ...engine.scheduler import Scheduler
+from ...engine.threads import DecodeThread
 from ...errors import InputError
 from ...formats.embedded import check_name
 from ...formats.profiles import profile_from_dict
@@ -44,7 +45,8 @@ class Defaults:
 
 class SteeringServer:
     """The model, its profiles and the default steering; completions either on the continuous-batching scheduler
-    (`scheduler`, when the model's context holds several sequences) or one at a time under `lock`."""
+    (`scheduler`, when the model's context holds several sequences) or one at a time under `lock`, on the one
+    thread that decodes them (`decoding`; see engine.threads)."""
 
     def __init__(self, llm: SteeredLlama, alias: str, n_ctx: int | None = None) -> None:
         self.llm = llm
@@ -56,6 +58,7 @@ class SteeringServer:
         self.drain_seconds = DRAIN_SECONDS  # how long a shutdown lets streams run on (then an error event ends them)
         sequences = int(llama_cpp.llama_n_seq_max(llm.ctx))
         self.scheduler = Scheduler(llm).start() if sequences > 1 else None
+        self.decoding = DecodeThread() if self.scheduler is None else None
 
     @property
     def parallel(self) -> int:
@@ -65,6 +68,8 @@ class SteeringServer:
         """End the running jobs (their streams get an error event) and stop the scheduler."""
         if self.scheduler is not None:
             self.scheduler.close()
+        if self.decoding is not None:
+            self.decoding.close()
 
     def setting(self, request: SteeringRequest | None) -> SteeringSetting:
         """The setting a request asks for, its fields over the server default, checked against the model;

@@ -1,0 +1,82 @@
+"""Which thread decodes (engine/threads.py): constructing a model leaves no OpenMP team on the caller's thread, and
+the server's one-at-a-time completions all run on one thread."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import anyio
+import pytest
+
+from austeer_gguf.engine.threads import DecodeThread, on_own_thread
+
+# Thread counts of a fresh process: an OpenMP team shows as a worker thread beside the one that started it.
+COUNT_THREADS = """
+import os, sys, llama_cpp
+from austeer_gguf.engine.hooked import HookedLlama
+count = lambda: len(os.listdir("/proc/self/task"))
+before = count()
+llm = HookedLlama(sys.argv[1], n_ctx=64, n_threads=2, n_threads_batch=2, verbose=False)
+constructed = count()
+token = (llama_cpp.llama_token * 1)(1)
+assert llama_cpp.llama_decode(llm.ctx, llama_cpp.llama_batch_get_one(token, 1)) == 0
+print(before, constructed, count())
+"""
+
+
+def test_constructing_a_model_leaves_no_openmp_team_on_the_callers_thread(tiny_f32):
+    result = subprocess.run([sys.executable, "-c", COUNT_THREADS, str(tiny_f32)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    before, constructed, decoded = map(int, result.stdout.split())
+    assert constructed == before  # the site probe decoded on a thread that ended, its team with it
+    assert decoded == before + 1  # a decode on this thread starts a team: the count sees one
+
+
+def test_on_own_thread_returns_the_result_and_raises_the_error_on_the_callers_side():
+    ran_on = []
+
+    def work() -> int:
+        ran_on.append(threading.current_thread())
+        return 7
+
+    assert on_own_thread(work) == 7
+    assert ran_on[0] is not threading.current_thread() and not ran_on[0].is_alive()
+
+    def fail() -> None:
+        raise ValueError("probe failed")
+
+    with pytest.raises(ValueError, match="probe failed"):
+        on_own_thread(fail)
+
+
+def test_a_decode_thread_runs_every_call_and_every_step_of_an_iterator_on_one_thread():
+    decoding = DecodeThread()
+    seen: list[int] = []
+
+    def step(value: int) -> int:
+        seen.append(threading.get_ident())
+        return value * 2
+
+    def numbers():
+        for value in range(3):
+            seen.append(threading.get_ident())
+            yield value
+
+    def fail() -> None:
+        raise RuntimeError("decode failed")
+
+    async def main() -> tuple[list[int], list[int]]:
+        doubled = [await decoding.run(step, value) for value in range(4)]
+        streamed = [value async for value in decoding.iterate(numbers())]
+        with pytest.raises(RuntimeError, match="decode failed"):
+            await decoding.run(fail)
+        return doubled, streamed
+
+    try:
+        assert anyio.run(main) == ([0, 2, 4, 6], [0, 1, 2])
+    finally:
+        decoding.close()
+    assert len(seen) == 7 and len(set(seen)) == 1 and seen[0] != threading.get_ident()
