@@ -4,6 +4,7 @@ built-in methods turn their points into the settings they say."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 
@@ -68,12 +69,20 @@ def test_a_method_added_as_one_class_runs_through_a_sweep_and_its_report(tiny_f3
     folder = tmp_path / "tiny"
     folder.mkdir()
     report.to_json(folder / "tiny-choice.json")
+    older = json.loads((folder / "tiny-choice.json").read_text())  # a run from before the method existed
+    older["methods"] = [method for method in older["methods"] if method["name"] != "flipped-austeer"]
+    for budget in older["test"].values():
+        budget.pop("flipped-austeer", None)
+    (folder / "tiny-older.json").write_text(json.dumps(older))
     reports = load(folder)
     markdown = write_model_report("tiny", reports, tmp_path).read_text()
     summary = write_summary({"tiny": reports}, tmp_path).read_text()
     assert "| flipped-austeer |" in markdown
     header = next(line for line in summary.splitlines() if line.startswith("| model / task |"))
     assert header.endswith("| prompting+austeer | flipped-austeer | minutes |")
+    rows = {line.split(" | ")[0].split(" (")[0]: line for line in summary.splitlines() if line.startswith("| tiny / ")}
+    assert rows["| tiny / tiny-older"].split(" | ")[-2] == "n/m"  # not measured, not "no setting within budget"
+    assert rows["| tiny / tiny-choice"].split(" | ")[-2] != "n/m"
 
 
 def test_the_flipped_method_steers_each_unit_the_other_way(tiny_f32):

@@ -164,7 +164,10 @@ def write_model_report(model: str, reports: dict[str, dict], out_dir: Path) -> P
 def headline_cell(report: dict, budget: str, method: str) -> str:
     """The test figure of a method (the task's headline), bold when better than AUSteer and italic when worse
     (95% interval clear of 0), plain within noise, with a dagger when the difference holds after Holm's
-    correction over the row; "-" when no setting was within budget."""
+    correction over the row; "-" when no setting was within budget, "n/m" when the run did not measure the method
+    (a report written before the method existed)."""
+    if method not in _names(report):
+        return "n/m"
     test = report["test"][budget].get(method)
     if test is None:
         return "-"
@@ -182,7 +185,8 @@ def write_summary(all_reports: dict[str, dict[str, dict]], out_dir: Path) -> Pat
              "Test figures of each method's dev-chosen setting within the budget. **Bold**: better than AUSteer, "
              "_italic_: worse, both with a paired bootstrap 95% interval clear of 0; plain: within noise of AUSteer; "
              "†: the difference also holds after Holm's correction over the row's comparisons (family-wise 5%). "
-             "-: no dev setting within the budget. Choice tasks: balanced accuracy (always giving one answer scores "
+             "-: no dev setting within the budget; n/m: not measured in that run (written before the method existed). "
+             "Choice tasks: balanced accuracy (always giving one answer scores "
              "0.500; the majority baselines are in the model reports).", ""]
     reports = [report for model_reports in all_reports.values() for report in model_reports.values()]
     shown = list(dict.fromkeys(name for report in reports for name in _names(report)))
