@@ -9,9 +9,9 @@ import json
 import numpy as np
 
 from austeer_gguf.evaluation.methods import METHODS, AUSteer, AxisConfig, CaaRange, Evidence, Point
-from austeer_gguf.evaluation.report import load, write_model_report, write_summary
+from austeer_gguf.evaluation.report import load, task_as_written, write_model_report, write_summary
 from austeer_gguf.evaluation.sweep import Budget, SweepConfig, Sweeper
-from austeer_gguf.evaluation.tasks import ChoiceItem, ChoiceTask
+from austeer_gguf.evaluation.tasks import ChoiceItem, ChoiceTask, load_task
 from austeer_gguf.localization.pairs import Pair
 from austeer_gguf.localization.reducers import MeanDifference, MomentumCounts
 
@@ -74,15 +74,31 @@ def test_a_method_added_as_one_class_runs_through_a_sweep_and_its_report(tiny_f3
     for budget in older["test"].values():
         budget.pop("flipped-austeer", None)
     (folder / "tiny-older.json").write_text(json.dumps(older))
+    listed = json.loads((folder / "tiny-choice.json").read_text())  # a generation sweep lists conditional steering
+    listed["methods"].append(next(method.describe() for method in METHODS if method.name == "austeer-conditional"))
+    (folder / "tiny-listed.json").write_text(json.dumps(listed))
     reports = load(folder)
     markdown = write_model_report("tiny", reports, tmp_path).read_text()
     summary = write_summary({"tiny": reports}, tmp_path).read_text()
     assert "| flipped-austeer |" in markdown
     header = next(line for line in summary.splitlines() if line.startswith("| model / task |"))
-    assert header.endswith("| prompting+austeer | flipped-austeer | minutes |")
+    assert header.endswith("| prompting+austeer | flipped-austeer | austeer-conditional | minutes |")
     rows = {line.split(" | ")[0].split(" (")[0]: line for line in summary.splitlines() if line.startswith("| tiny / ")}
-    assert rows["| tiny / tiny-older"].split(" | ")[-2] == "n/m"  # not measured, not "no setting within budget"
-    assert rows["| tiny / tiny-choice"].split(" | ")[-2] != "n/m"
+    assert rows["| tiny / tiny-older"].split(" | ")[-3] == "n/m"  # not measured, not "no setting within budget"
+    assert rows["| tiny / tiny-choice"].split(" | ")[-3] != "n/m"
+    assert rows["| tiny / tiny-listed"].split(" | ")[-2] == "n/m"  # listed by the sweep, measured by the build
+
+
+def test_a_detox_report_from_before_the_rudeness_judge_keeps_the_figure_it_was_scored_by():
+    def report(rude_rate):
+        unsteered = {"score": -0.3, "offensive_rate": 0.3, "rude_rate": rude_rate, "sentiment": 0.1}
+        return {"task": "detox", "task_kind": "generation", "test": {"tight": {"unsteered": unsteered}}}
+
+    assert load_task("detox").behaviour == "rude_rate"
+    assert task_as_written(report(None)).behaviour == "offensive_rate"
+    assert task_as_written(report(0.4)).behaviour == "rude_rate"
+    named = dict(report(0.4), headline={"key": "offensive_rate", "name": "offensive rate"})
+    assert task_as_written(named).behaviour == "offensive_rate"
 
 
 def test_the_flipped_method_steers_each_unit_the_other_way(tiny_f32):

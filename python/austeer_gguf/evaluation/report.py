@@ -7,9 +7,11 @@ tasks by their kind's columns (`tasks.KINDS`) and their headline figure. scripts
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+from . import metrics
 from .methods import METHODS
 from .sweep import compare
 from .tasks import KINDS, load_task
@@ -30,7 +32,7 @@ def upgraded(report: dict) -> dict:
     task = None
     if "headline" not in report or not all("holm" in c for budget in report["comparisons"].values()
                                            for c in budget.values()):
-        task = load_task(report["task"])
+        task = task_as_written(report)
     if "headline" not in report:
         report["headline"] = task.headline
     if "methods" not in report:
@@ -42,6 +44,22 @@ def upgraded(report: dict) -> dict:
         if not all("holm" in comparison for comparison in stored.values()):
             report["comparisons"][budget] = compare(task, results, reference)
     return report
+
+
+def task_as_written(report: dict):
+    """The report's task, scored by the behaviour its figures were computed from: detox reports written before
+    the rudeness judge (and before reports named their headline) scored the profanity detector's rate."""
+    task = load_task(report["task"])
+    if task.kind != "generation":
+        return task
+    if "headline" in report:
+        return dataclasses.replace(task, behaviour=report["headline"]["key"])
+    result = next(result for budget in report["test"].values() for result in budget.values())
+    if result.get(task.behaviour) is not None:
+        return task
+    written = next(key for key in metrics.BEHAVIOURS
+                   if result.get(key) is not None and abs(task.sign * result[key] - result["score"]) < 1e-9)
+    return dataclasses.replace(task, behaviour=written)
 
 
 def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -113,6 +131,14 @@ def _names(report: dict) -> list[str]:
     return [method["name"] for method in report["methods"]]
 
 
+def _measured(report: dict) -> set[str]:
+    """The methods the run measured: a dev trial or a test figure (a sweep lists conditional steering, which
+    only the build measures)."""
+    tried = {trial["setting"]["method"] for trial in report["trials"]}
+    tested = {method for results in report["test"].values() for method in results}
+    return (tried | tested) & set(_names(report))
+
+
 def _baseline(report: dict, tests: dict) -> dict:
     baselines = [m.name for m in METHODS if m.baseline]
     return next(tests[name] for name in baselines if name in tests)
@@ -165,8 +191,8 @@ def headline_cell(report: dict, budget: str, method: str) -> str:
     """The test figure of a method (the task's headline), bold when better than AUSteer and italic when worse
     (95% interval clear of 0), plain within noise, with a dagger when the difference holds after Holm's
     correction over the row; "-" when no setting was within budget, "n/m" when the run did not measure the method
-    (a report written before the method existed)."""
-    if method not in _names(report):
+    (a report written before the method existed, or conditional steering, which only the build measures)."""
+    if method not in _measured(report):
         return "n/m"
     test = report["test"][budget].get(method)
     if test is None:
@@ -185,7 +211,8 @@ def write_summary(all_reports: dict[str, dict[str, dict]], out_dir: Path) -> Pat
              "Test figures of each method's dev-chosen setting within the budget. **Bold**: better than AUSteer, "
              "_italic_: worse, both with a paired bootstrap 95% interval clear of 0; plain: within noise of AUSteer; "
              "†: the difference also holds after Holm's correction over the row's comparisons (family-wise 5%). "
-             "-: no dev setting within the budget; n/m: not measured in that run (written before the method existed). "
+             "-: no dev setting within the budget; n/m: not measured in that run (written before the method existed, "
+             "or conditional steering, which only the build measures: `reports/detox/`). "
              "Choice tasks: balanced accuracy (always giving one answer scores "
              "0.500; the majority baselines are in the model reports).", ""]
     reports = [report for model_reports in all_reports.values() for report in model_reports.values()]
