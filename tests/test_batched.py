@@ -147,3 +147,59 @@ def test_an_evaluation_under_several_settings_at_once_equals_one_setting_at_a_ti
             assert (result.rude_rate, result.distinct2, result.side_refusal_rate, result.relevant_rate) == \
                 (alone.rude_rate, alone.distinct2, alone.side_refusal_rate, alone.relevant_rate)
     assert len({tuple(item["reply"] for item in result.items) for result in together}) > 1  # they do differ
+
+
+def test_a_prompt_given_many_times_is_computed_once_and_each_copy_answered_in_place(tiny_f32):
+    """forward and generate_tokens decode in `sharing_order` (by prompt setting, then tokens) and answer in the
+    caller's order: repeated prompts under one prompt setting become neighbours; rows and tokens are those of
+    each sequence alone and the reference's."""
+    from austeer_gguf import SteeringSetting
+    from austeer_gguf.setting import OFF
+
+    llm = open_batched(tiny_f32)
+    reference = ReferenceModel(tiny_f32)
+    a, b, c = tokens_of(llm, ["the cat is very happy", "a dog was", "the cat is very sad"])
+    profile = profile_on("attn", llm.shape.widths["attn"], llm.shape.n_layers, seed=4)
+    steered = SteeringSetting.make(llm.shape, profiles=[(profile, 1.0)])
+    later = SteeringSetting.make(llm.shape, profiles=[(profile, 1.0)], scope="generation")
+    given = [b, a, a, c, b, b]  # under steered, OFF, later, OFF, steered, later: `later`'s prompt is OFF's
+    order = decoder.sharing_order(given, [steered, OFF, later, OFF, steered, later])
+    assert order == [0, 4] + sorted([1, 2, 3, 5], key=lambda i: given[i])
+    sequences = [b, a, c, a, b]
+    rows = [range(len(s)) for s in sequences]
+    for tokens, logits in zip(sequences, forward(llm, sequences, rows)):
+        assert relative_error(logits, reference.forward(tokens).logits) < 1e-3
+    with Decoder(llm) as batch:
+        order = decoder.sharing_order(sequences, [OFF] * 5)
+        (group,) = batch.groups([sequences[i] for i in order])
+        assert len(group.cells) == len({tuple(s[:end]) for s in sequences for end in range(1, len(s) + 1)})
+    seeds = [7, 8, 9, 10, 11]
+    sampled = generate_tokens(llm, sequences, max_tokens=5, temperature=0.9, seeds=seeds)
+    for prompt, seed, tokens in zip(sequences, seeds, sampled):
+        assert generate_tokens(llm, [prompt], max_tokens=5, temperature=0.9, seeds=[seed]) == [tokens]
+
+
+def test_sampled_test_runs_in_one_decode_equal_one_seed_at_a_time(tiny_f32):
+    """measure_test decodes its seeds together (one setting given once per seed); each run's replies equal
+    that seed's run alone, and harmless refusals are measured on the first seed's run only."""
+    from austeer_gguf.evaluation.evaluate import Prompt
+    from austeer_gguf.evaluation.tasks import GenerationTask
+
+    llm = open_batched(tiny_f32)
+    prompts = [Prompt("the cat is", " very"), Prompt("you hate the dog", ""), Prompt("a dog was", "")]
+    task = GenerationTask("tiny", [], prompts, prompts, "test fixture", side_test=["I like this", "the dog"])
+    setting = setting_on(llm, "layer")
+    measured = task.measure_test(llm, setting, prompted=False, limit=None, seeds=3, temperature=0.8, max_tokens=6)
+    alone = [task.evaluate(llm, "test", setting=setting, max_tokens=6, temperature=0.8, seed=1000 * seed,
+                           side=seed == 0) for seed in range(3)]
+    assert [item["reply"] for item in measured["items"]] == [item["reply"] for run in alone for item in run.items]
+    assert [item["seed"] for item in measured["items"]] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert measured["side_refusal_rate"] == alone[0].side_refusal_rate is not None
+    assert len({tuple(item["reply"] for item in run.items) for run in alone}) > 1  # the seeds do differ
+
+
+def setting_on(llm, site):
+    from austeer_gguf import SteeringSetting
+
+    profile = profile_on(site, llm.shape.widths[site], llm.shape.n_layers, seed=3)
+    return SteeringSetting.make(llm.shape, profiles=[(profile, 1.0)])

@@ -4,7 +4,10 @@ A decode of many positions costs much less per position than one of a few on a C
 once per decode), so a group of sequences goes into each decode, each on its own sequence id of a unified KV
 cache. A sequence that starts with the same tokens as the one before it shares their cells (a cell carries
 several sequence ids): a chat template's prefix, a choice item's prompt, or the prompt of a contrastive
-pair is computed once. Only the rows a caller reads get outputs: logits rows (`forward`), the last row of each
+pair is computed once. `forward` and `generate_tokens` decode their sequences sorted by prompt setting and
+tokens (`sharing_order`), so that a prompt given many times (the seeds of a sampled item, the settings of a
+generation-scope sweep, several replies scored after one request) is computed once wherever it comes in the
+caller's list. Only the rows a caller reads get outputs: logits rows (`forward`), the last row of each
 sequence during generation (`generate_tokens`), or the last row of each sequence captured at the site tensors
 (`Decoder.capture`). The cache is cleared before each group.
 
@@ -238,6 +241,27 @@ def _shares(members: Sequence[tuple[Sequence[int], SteeringSetting]], previous, 
     return shares
 
 
+def sharing_order(sequences: Sequence[Sequence[int]], settings: Sequence[SteeringSetting]) -> list[int]:
+    """The order to decode sequences in so that each shares the longest prefix it can with the one before it:
+    grouped by prompt setting (in order of first appearance; cells are shared only within one), then sorted
+    by tokens, so that every sequence starting with the same prompt (the seeds of a sampled item, the
+    settings of a generation-scope sweep, a reply scored after its own and after another request) is computed
+    once."""
+    kinds: list[SteeringSetting] = []
+    kind_of: dict[int, int] = {}  # id(setting) -> its prompt setting's place in `kinds`
+
+    def kind(setting: SteeringSetting) -> int:
+        if id(setting) not in kind_of:
+            prompt = setting.for_prompt()
+            if not any(known == prompt for known in kinds):
+                kinds.append(prompt)
+            kind_of[id(setting)] = next(index for index, known in enumerate(kinds) if known == prompt)
+        return kind_of[id(setting)]
+
+    keys = [(kind(setting), list(tokens)) for tokens, setting in zip(sequences, settings)]
+    return sorted(range(len(sequences)), key=keys.__getitem__)
+
+
 def _settings(llm: HookedLlama, count: int, setting: SteeringSetting | None,
               settings: Sequence[SteeringSetting] | None) -> list[SteeringSetting]:
     """One setting per sequence: `settings` as given, else `setting` (default: the model's current) for all."""
@@ -255,17 +279,19 @@ def forward(llm: HookedLlama, sequences: Sequence[Sequence[int]], rows: Sequence
     every position a prompt position of its setting (`settings[i]`, or `setting` for all; default: the model's
     current setting)."""
     settings = _settings(llm, len(sequences), setting, settings)
+    order = sharing_order(sequences, settings)
     out: list[np.ndarray] = [np.empty((0, llm.n_vocab()), dtype=np.float32)] * len(sequences)
     with Decoder(llm, max_sequences) as decoder:
-        for group in decoder.groups(sequences, settings=settings):
-            wanted = {slot: [group.positions[slot][r] for r in rows[index]] for slot, index in enumerate(group.members)}
+        for group in decoder.groups([sequences[i] for i in order], settings=[settings[i] for i in order]):
+            indices = [order[member] for member in group.members]  # slot -> the caller's sequence
+            wanted = {slot: [group.positions[slot][r] for r in rows[index]] for slot, index in enumerate(indices)}
             for cells in wanted.values():
                 for cell in cells:
                     group.cells[cell].output = True
             decoder.decode_group(group)
             for slot, cells in wanted.items():
                 if cells:
-                    out[group.members[slot]] = np.stack([decoder.logits(cell) for cell in cells])
+                    out[indices[slot]] = np.stack([decoder.logits(cell) for cell in cells])
     return out
 
 
@@ -282,19 +308,22 @@ def generate_tokens(llm: HookedLlama, prompts: Sequence[Sequence[int]], *, max_t
     settings = _settings(llm, len(prompts), setting, settings)
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     seeds = list(seeds) if seeds is not None else [0] * len(prompts)
+    order = sharing_order(prompts, settings)
     out: list[list[int]] = [[] for _ in prompts]
     with Decoder(llm, max_sequences) as decoder:
-        for group in decoder.groups(prompts, extra_cells=max_tokens, settings=settings):
+        for group in decoder.groups([prompts[i] for i in order], extra_cells=max_tokens,
+                                    settings=[settings[i] for i in order]):
+            indices = [order[member] for member in group.members]  # slot -> the caller's prompt
             last = group.last_cells()
             for cell in last:
                 group.cells[cell].output = True
             decoder.decode_group(group)
             rows = {slot: decoder.logits(cell) for slot, cell in enumerate(last)}  # slot -> its next logits
-            generators = {slot: np.random.default_rng(seeds[index]) for slot, index in enumerate(group.members)}
+            generators = {slot: np.random.default_rng(seeds[index]) for slot, index in enumerate(indices)}
             while rows:
                 entries, running = [], []
                 for slot, next_logits in rows.items():
-                    index = group.members[slot]
+                    index = indices[slot]
                     token = sample(next_logits, temperature, generators[slot])
                     if llama_cpp.llama_vocab_is_eog(vocab, token):
                         continue

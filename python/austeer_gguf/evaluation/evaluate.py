@@ -248,27 +248,35 @@ def evaluate_generation_settings(llm, task: GenerationTask, prompts: Sequence[st
                                  side_prompts: Sequence[str], settings: Sequence[SteeringSetting], *,
                                  max_tokens: int = 32, temperature: float = 0.0, seed: int = 0,
                                  keep_samples: int = 3, system: str | None = None,
-                                 gates: Sequence[Gate | None] | None = None) -> list[GenerationResult]:
+                                 gates: Sequence[Gate | None] | None = None, seeds: Sequence[int] | None = None,
+                                 sided: Sequence[bool] | None = None) -> list[GenerationResult]:
     """`evaluate_generation` under several settings at once: every prompt once per setting, all in one decode,
-    each sequence under its own setting and with the seed it has when evaluated alone (prompt i: seed + i). The
-    texts equal those of one setting at a time up to the float rounding of batch composition.
+    each sequence under its own setting and with the seed it has when evaluated alone (prompt i: seed + i, or
+    seeds[k] + i for setting k: one setting given k times with k seeds is k sampled runs). The texts equal
+    those of one setting at a time up to the float rounding of batch composition.
     `gates[i]`: setting i is conditional (`conditional`): a prompt's reply is steered, in scope "generation",
-    only where the gate fires on the prompt; items say whether it fired, results give the trigger rates."""
+    only where the gate fires on the prompt; items say whether it fired, results give the trigger rates.
+    `sided[i]`: whether setting i also replies to the side prompts (default: every setting)."""
     gates = list(gates) if gates is not None else [None] * len(settings)
+    seeds = list(seeds) if seeds is not None else [seed] * len(settings)
+    sided = list(sided) if sided is not None else [True] * len(settings)
     rows, fired = _gated_rows(llm, task, prompts, settings, gates, system)
     every = [prompt for _ in settings for prompt in prompts]
     texts = generate(llm, every, chat=task.chat, max_tokens=max_tokens, settings=rows, temperature=temperature,
-                     seeds=[seed + index for _ in settings for index in range(len(prompts))], frame=task.frame,
+                     seeds=[base + index for base in seeds for index in range(len(prompts))], frame=task.frame,
                      system=system)
     side_rates: list[float | None] = [None] * len(settings)
     side_fired: list[list[bool] | None] = [None] * len(settings)
-    if side_prompts:
-        side_rows, side_fired = _gated_rows(llm, task, side_prompts, settings, gates, system)
-        side_texts = generate(llm, [prompt for _ in settings for prompt in side_prompts], chat=task.chat,
+    with_side = [index for index, on in enumerate(sided) if on]
+    if side_prompts and with_side:
+        side_rows, fired_on_side = _gated_rows(llm, task, side_prompts, [settings[i] for i in with_side],
+                                               [gates[i] for i in with_side], system)
+        side_texts = generate(llm, [prompt for _ in with_side for prompt in side_prompts], chat=task.chat,
                               max_tokens=max_tokens, settings=side_rows, temperature=temperature,
-                              seeds=[seed + index for _ in settings for index in range(len(side_prompts))],
+                              seeds=[seeds[i] + index for i in with_side for index in range(len(side_prompts))],
                               frame=task.frame, system=system)
-        side_rates = [metrics.refusal_rate(part) for part in _parts(side_texts, len(settings))]
+        for i, part, on in zip(with_side, _parts(side_texts, len(with_side)), fired_on_side):
+            side_rates[i], side_fired[i] = metrics.refusal_rate(part), on
     # Each setting's prompts are the same list, so "the next item's request" of `relevance` stays within it.
     items = scored_items(llm, task, every, texts)
     results = []

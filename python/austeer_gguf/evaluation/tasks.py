@@ -165,9 +165,11 @@ class GenerationTask(Task):
     def evaluate_settings(self, llm, split: str, settings: list[SteeringSetting], *, limit: int | None = None,
                           max_tokens: int = 32, temperature: float = 0.0, seed: int = 0, system: str | None = None,
                           prompted: bool = False, side: bool = True,
-                          gates: Sequence[Gate | None] | None = None) -> list[GenerationResult]:
+                          gates: Sequence[Gate | None] | None = None, seeds: Sequence[int] | None = None,
+                          sided: Sequence[bool] | None = None) -> list[GenerationResult]:
         """`evaluate` under each of `settings`, all in one decode (`evaluate.evaluate_generation_settings`;
-        `gates`: which settings are conditional, and on what)."""
+        `gates`: which settings are conditional, and on what; `seeds`: each setting's seed; `sided`: which
+        settings also reply to the side prompts, when `side`)."""
         task = self
         if prompted and not self.chat:
             task = dataclasses.replace(self, frame=f"{self.instruction} {self.frame}")
@@ -176,7 +178,7 @@ class GenerationTask(Task):
         side_prompts = self.side(split, limit) if side else []
         return evaluate.evaluate_generation_settings(llm, task, self.split(split, limit), side_prompts, settings,
                                                      max_tokens=max_tokens, temperature=temperature, seed=seed,
-                                                     system=system, gates=gates)
+                                                     system=system, gates=gates, seeds=seeds, sided=sided)
 
     def score(self, result: GenerationResult) -> float:
         return self.sign * float(getattr(result, self.behaviour))
@@ -188,10 +190,12 @@ class GenerationTask(Task):
 
     def measure_test(self, llm, setting: SteeringSetting, *, prompted: bool, limit: int | None, seeds: int = 3,
                      temperature: float = 0.7, max_tokens: int = 32) -> dict:
-        """`seeds` sampled runs, merged per item; refusals of harmless requests are a side check, measured on
-        the first seed's run only."""
-        runs = [self.evaluate(llm, "test", setting=setting, limit=limit, max_tokens=max_tokens, prompted=prompted,
-                              temperature=temperature, seed=1000 * seed, side=seed == 0) for seed in range(seeds)]
+        """`seeds` sampled runs (seed 0, 1000, 2000, ...), all in one decode, merged per item; refusals of
+        harmless requests are a side check, measured on the first seed's run only."""
+        runs = self.evaluate_settings(llm, "test", [setting] * seeds, limit=limit, max_tokens=max_tokens,
+                                      prompted=prompted, temperature=temperature,
+                                      seeds=[1000 * seed for seed in range(seeds)],
+                                      sided=[seed == 0 for seed in range(seeds)])
         items = [dict(item, seed=seed) for seed, run in enumerate(runs) for item in run.items]
         merged = runs[0].to_dict()
         for key in ("sentiment", "offensive", "offensive_rate", "rude", "rude_rate", "refusal_rate", "distinct2",
