@@ -89,10 +89,11 @@ class SweepReport:
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=1, default=_plain) + "\n")
+        path.write_text(json.dumps(asdict(self), indent=1, default=report_json_value) + "\n")
 
 
-def _plain(value):
+def report_json_value(value):
+    """How a report writes NumPy numbers and non-finite floats in JSON (`json.dumps(..., default=)`)."""
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     if isinstance(value, float) and not math.isfinite(value):
