@@ -245,8 +245,7 @@ def sharing_order(sequences: Sequence[Sequence[int]], settings: Sequence[Steerin
     """The order to decode sequences in so that each shares the longest prefix it can with the one before it:
     grouped by prompt setting (in order of first appearance; cells are shared only within one), then sorted
     by tokens, so that every sequence starting with the same prompt (the seeds of a sampled item, the
-    settings of a generation-scope sweep, a reply scored after its own and after another request) is computed
-    once."""
+    settings of a generation-scope sweep, several replies scored after one request) is computed once."""
     kinds: list[SteeringSetting] = []
     kind_of: dict[int, int] = {}  # id(setting) -> its prompt setting's place in `kinds`
 
