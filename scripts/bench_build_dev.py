@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
-from benchlib import median_ratio, rotated, spread_profile
+from benchlib import alternate, median_ratio, spread_profile
 
 from austeer_gguf import SteeringSetting, models
 from austeer_gguf.engine.hooked import HookedLlama
@@ -55,15 +54,10 @@ def bench_model(model: str, args: argparse.Namespace) -> None:
     def together():
         return task.evaluate_settings(llm, "dev", settings, limit=args.items, max_tokens=24)
 
-    ways = {"alone": alone, "together": together}
-    seconds: dict[str, list[float]] = {name: [] for name in ways}
-    replies: dict[str, list] = {}
-    for round_index in range(args.rounds):
-        for name in rotated(list(ways), round_index):
-            start = time.perf_counter()
-            results = ways[name]()
-            seconds[name].append((time.perf_counter() - start) / len(settings))
-            replies[name] = [[item["reply"] for item in result.items] for result in results]
+    runs, results = alternate({"alone": alone, "together": together}, args.rounds)
+    seconds = {name: [value / len(settings) for value in values] for name, values in runs.items()}
+    replies = {name: [[item["reply"] for item in result.items] for result in measured]
+               for name, measured in results.items()}
     same = sum(a == b for a, b in zip(replies["alone"], replies["together"]))
     side = len(task.side("dev", args.items))
     print(f"\nmodel {model}: {len(settings)} settings x {args.items} detox dev items + {side} harmless prompts, "

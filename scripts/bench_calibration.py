@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
-from benchlib import median_ratio, rotated, spread_profile
+from benchlib import alternate, median_ratio, spread_profile
 
 from austeer_gguf import SteeringSetting, models
 from austeer_gguf.engine.hooked import HookedLlama
@@ -54,14 +53,8 @@ def bench_model(model: str, args: argparse.Namespace) -> None:
     def together() -> list[float]:
         return batched.many(settings)
 
-    ways = {"alone": alone, "together": together}
-    seconds: dict[str, list[float]] = {name: [] for name in ways}
-    values: dict[str, list[float]] = {}
-    for round_index in range(args.rounds):
-        for name in rotated(list(ways), round_index):
-            start = time.perf_counter()
-            values[name] = ways[name]()
-            seconds[name].append((time.perf_counter() - start) / len(settings))
+    runs, values = alternate({"alone": alone, "together": together}, args.rounds)
+    seconds = {name: [value / len(settings) for value in times] for name, times in runs.items()}
     gap = max(abs(a - b) for a, b in zip(values["alone"], values["together"]))
     print(f"\nmodel {model}: {len(settings)} settings x {len(tokens)} neutral texts "
           f"({sum(map(len, tokens))} tokens), {args.rounds} rounds, {args.threads} threads")

@@ -17,9 +17,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import time
 
-from benchlib import median_ratio, rotated, spread_profile
+from benchlib import alternate, median_ratio, spread_profile
 
 from austeer_gguf import SteeringSetting, models
 from austeer_gguf.engine import decoder
@@ -68,14 +67,7 @@ def bench_model(path: str, args: argparse.Namespace) -> None:
                                      temperature=TEMPERATURE, max_tokens=MAX_TOKENS)
         return [item["reply"] for item in measured["items"]]
 
-    ways = {"A": one_seed_at_a_time, "B": seeds_together}
-    seconds: dict[str, list[float]] = {way: [] for way in ways}
-    replies: dict[str, list[str]] = {}
-    for round_index in range(args.rounds):
-        for way in rotated(list(ways), round_index):
-            start = time.perf_counter()
-            replies[way] = ways[way]()
-            seconds[way].append(time.perf_counter() - start)
+    seconds, replies = alternate({"A": one_seed_at_a_time, "B": seeds_together}, args.rounds)
     same = statistics.mean(a == b for a, b in zip(replies["A"], replies["B"]))
     print(f"\nmodel {path}: {args.items} detox test items x {SEEDS} seeds ({MAX_TOKENS} tokens, temperature "
           f"{TEMPERATURE}) + {args.items} harmless prompts, {args.rounds} rounds, {args.threads} threads")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import llama_cpp
@@ -65,3 +65,16 @@ def rotated(items: Sequence[T], round_index: int) -> list[T]:
 def median_ratio(values: Sequence[float], bases: Sequence[float]) -> float:
     """The median of per-round ratios value / base."""
     return statistics.median(a / b for a, b in zip(values, bases))
+
+
+def alternate(ways: dict[str, Callable[[], T]], rounds: int) -> tuple[dict[str, list[float]], dict[str, T]]:
+    """Each way run once per round, in rotating order: the seconds of each run, per way, and each way's result
+    of the last round."""
+    seconds: dict[str, list[float]] = {name: [] for name in ways}
+    results: dict[str, T] = {}
+    for round_index in range(rounds):
+        for name in rotated(list(ways), round_index):
+            start = time.perf_counter()
+            results[name] = ways[name]()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds, results
