@@ -21,8 +21,14 @@ from austeer_gguf.formats.profiles import read_profile
 
 
 def build(*args, **kwargs) -> subprocess.Popen:
+    # Ctrl-C reaches the build as it would from a terminal, even when these tests run where SIGINT is ignored (a
+    # shell's background job), which a child would otherwise inherit.
     return subprocess.Popen([sys.executable, "-m", "austeer_gguf", "build", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint, **kwargs)
+
+
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def saved_results(path) -> int:

@@ -14,11 +14,15 @@ from austeer_gguf.engine.threads import DecodeThread, on_own_thread
 
 # Thread counts of a fresh process: an OpenMP team shows as a worker thread beside the one that started it.
 COUNT_THREADS = """
-import os, sys, llama_cpp
+import os, sys, time, llama_cpp
 from austeer_gguf.engine.hooked import HookedLlama
 count = lambda: len(os.listdir("/proc/self/task"))
 before = count()
 llm = HookedLlama(sys.argv[1], n_ctx=64, n_threads=2, n_threads_batch=2, verbose=False)
+# The probe thread's team workers exit after it ends, asynchronously: wait (bounded) for them to go.
+deadline = time.monotonic() + 10
+while count() > before and time.monotonic() < deadline:
+    time.sleep(0.05)
 constructed = count()
 token = (llama_cpp.llama_token * 1)(1)
 assert llama_cpp.llama_decode(llm.ctx, llama_cpp.llama_batch_get_one(token, 1)) == 0
