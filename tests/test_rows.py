@@ -20,6 +20,7 @@ from reference import ReferenceModel, steer_of
 TEXTS = ["the cat is very happy and the dog", "a dog was sad but I like this", "you hate the world and it",
          "I love this day very much", "hello world the cat"]
 TOLERANCE = 2e-4  # as for one setting alone (test_tiny_reference.py)
+FLASH_TOLERANCE = 1e-3  # flash attention on the CPU rounds each query to float16 before it meets the f16 keys
 
 
 def open_mixed(path, **kwargs) -> SteeredLlama:
@@ -55,8 +56,10 @@ def settings_and_references(llm):
     return cases
 
 
-def test_a_mixed_batch_matches_the_reference_row_by_row(tiny_f32):
-    llm = open_mixed(tiny_f32)
+@pytest.mark.parametrize("flash_attn", [False, True], ids=["plain-attention", "flash-attention"])
+def test_a_mixed_batch_matches_the_reference_row_by_row(tiny_f32, flash_attn):
+    llm = open_mixed(tiny_f32, flash_attn=flash_attn)
+    tolerance = FLASH_TOLERANCE if flash_attn else TOLERANCE
     reference = ReferenceModel(tiny_f32)
     cases = settings_and_references(llm)
     sequences = [llm.tokenize(text.encode(), add_bos=True, special=True) for text in TEXTS]
@@ -66,10 +69,11 @@ def test_a_mixed_batch_matches_the_reference_row_by_row(tiny_f32):
     logits = forward(llm, sequences, [range(len(s)) for s in sequences], settings=settings)
     for (setting, steer, added), tokens, actual in zip(cases, sequences, logits):
         expected = reference.forward(tokens, steer, residual_add=added).logits
-        assert relative_error(actual, expected) < TOLERANCE, setting.describe()
+        assert relative_error(actual, expected) < tolerance, setting.describe()
     unsteered = reference.forward(sequences[2]).logits
-    assert relative_error(logits[2], unsteered) < TOLERANCE
-    assert all(relative_error(logits[i], reference.forward(sequences[i]).logits) > 20 * TOLERANCE for i in (0, 1, 3, 4))
+    assert relative_error(logits[2], unsteered) < tolerance
+    assert all(relative_error(logits[i], reference.forward(sequences[i]).logits) > 4 * FLASH_TOLERANCE
+               for i in (0, 1, 3, 4))
 
 
 def test_a_mixed_batch_generates_each_sequence_under_its_own_scope(tiny_f32):
@@ -108,10 +112,11 @@ def test_sequences_share_prefix_cells_only_under_the_same_prompt_setting(tiny_f3
 
 
 @pytest.mark.real_model
+@pytest.mark.parametrize("flash_attn", [False, True], ids=["plain-attention", "flash-attention"])  # the server's
 @pytest.mark.parametrize("name", ["smollm2", "gemma3"])
-def test_each_row_of_a_mixed_batch_equals_the_batch_under_that_rows_setting(name, request):
+def test_each_row_of_a_mixed_batch_equals_the_batch_under_that_rows_setting(name, flash_attn, request):
     path = request.getfixturevalue(name)
-    llm = open_mixed(path)
+    llm = open_mixed(path, flash_attn=flash_attn)
     n_layers, widths = llm.shape.n_layers, llm.shape.widths
     vector = vector_of(llm, 7)
     scale = 0.2 / np.mean([np.linalg.norm(v) for v in vector.directions.values()])

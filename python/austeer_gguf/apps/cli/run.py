@@ -108,7 +108,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     server = open_server(models.resolve(args.model), profiles=args.profile or [], default=args.default,
                          n_ctx=args.n_ctx, threads=args.threads, strength=args.strength, apply=args.apply,
-                         parallel=args.parallel, rpc_servers=args.rpc.split(",") if args.rpc else None)
+                         parallel=args.parallel, flash_attn=args.flash_attn == "on",
+                         rpc_servers=args.rpc.split(",") if args.rpc else None)
     if args.drain is not None:
         server.drain_seconds = args.drain
     if not loopback and api_key is None:
@@ -125,7 +126,7 @@ def _serve_supervised(args: argparse.Namespace, api_key: str | None) -> int:
     from ..server.supervisor import serve_supervised
 
     worker = [str(models.resolve(args.model)), "--n-ctx", str(args.n_ctx), "--parallel", str(args.parallel),
-              "--strength", str(args.strength), "--apply", args.apply, "--rpc", args.rpc]
+              "--strength", str(args.strength), "--apply", args.apply, "--flash-attn", args.flash_attn, "--rpc", args.rpc]
     for path in args.profile or []:
         worker += ["--profile", path]
     for flag, value in (("--default", args.default), ("--threads", args.threads), ("--drain", args.drain)):
@@ -187,3 +188,5 @@ def register(commands) -> None:
                         help="requests decoded together (continuous batching, each with its own steering); 1: one "
                         "at a time")
     serve_.add_argument("--threads", type=positive_int, help="CPU threads (default: half the cores)")
+    serve_.add_argument("--flash-attn", default="on", choices=["on", "off"],
+                        help="flash attention (default on, as llama-server's auto resolves on CPU, CUDA and Metal)")
