@@ -126,7 +126,8 @@ def _serve_supervised(args: argparse.Namespace, api_key: str | None) -> int:
     from ..server.supervisor import serve_supervised
 
     worker = [str(models.resolve(args.model)), "--n-ctx", str(args.n_ctx), "--parallel", str(args.parallel),
-              "--strength", str(args.strength), "--apply", args.apply, "--flash-attn", args.flash_attn, "--rpc", args.rpc]
+              "--strength", str(args.strength), "--apply", args.apply, "--flash-attn", args.flash_attn,
+              "--rpc", args.rpc]
     for path in args.profile or []:
         worker += ["--profile", path]
     for flag, value in (("--default", args.default), ("--threads", args.threads), ("--drain", args.drain)):

@@ -149,7 +149,7 @@ def open_server(model: str | Path, *, profiles: list[str] = (), default: str | N
     Flash attention is on unless `flash_attn` is False, as llama-server's default ("auto") resolves on CPU, CUDA
     and Metal (llama-cpp-python turns it off by default). It matters most here: the batched server's unified KV
     cache holds every slot's cells, and flash attention skips the cells a row's mask hides, where the plain path
-    multiplies and softmaxes them all (`reports/bench_flash_attn.txt`)."""
+    multiplies and softmaxes them all (`reports/bench_decode_step.txt`)."""
     limits.check_count(parallel, "parallel", 1, limits.MAX_SEQUENCES, "llama.cpp's limit on sequences")
     if parallel > 1:
         llama_kwargs.update(sequences=parallel, n_batch=min(512, n_ctx * parallel))
