@@ -14,6 +14,7 @@ import threading
 import time
 
 import httpx
+import llama_cpp
 import openai
 import pytest
 
@@ -317,3 +318,17 @@ def test_sigterm_ends_a_long_stream_of_the_one_at_a_time_server_with_an_error_ev
             "min_tokens": 1500, "temperature": 0}
     (cut,) = stop_while_streaming(smollm2, ["--parallel", "1", "--drain", "1"], [long])
     assert "shutting down" in json.loads(cut[-1])["error"]["message"] and len(cut) > 2
+
+
+@pytest.mark.parametrize("parallel", [1, 4])
+def test_the_server_opens_its_model_with_flash_attention_unless_told_not_to(tiny_f32, parallel):
+    from austeer_gguf.apps.server import open_server
+
+    for flash_attn, expected in ((True, llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED),
+                                 (False, llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)):
+        server = open_server(tiny_f32, n_ctx=128, threads=2, parallel=parallel, flash_attn=flash_attn)
+        assert server.llm.context_params.flash_attn_type == expected
+        server.llm.close()
+    usage = subprocess.run([sys.executable, "-m", "austeer_gguf", "serve", "--help"], capture_output=True, text=True,
+                           check=True).stdout
+    assert "--flash-attn {on,off}" in usage and "default on" in usage
