@@ -20,7 +20,7 @@ from reference import ReferenceModel, steer_of
 TEXTS = ["the cat is very happy and the dog", "a dog was sad but I like this", "you hate the world and it",
          "I love this day very much", "hello world the cat"]
 TOLERANCE = 2e-4  # as for one setting alone (test_tiny_reference.py)
-FLASH_TOLERANCE = 1e-3  # flash attention on the CPU rounds each query to float16 before it meets the f16 keys
+FLASH_TOLERANCE = 1e-3  # flash attention on the CPU rounds queries, and sums values, in float16
 
 
 def open_mixed(path, **kwargs) -> SteeredLlama:
