@@ -9,6 +9,7 @@ reports/evidence/<model>/<task>.json. Prints the time of each part.
     .venv/bin/python scripts/run_evidence.py                                  # both models, every task
     .venv/bin/python scripts/run_evidence.py --models smollm2 --tasks word-polarity-question
     .venv/bin/python scripts/run_evidence.py --quick --models tiny.gguf --float-model tiny.gguf   # every path
+    .venv/bin/python scripts/run_evidence.py --methods first-run --out /tmp/evidence   # the first run's methods
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from austeer_gguf import models
 from austeer_gguf.engine.hooked import HookedLlama
+from austeer_gguf.evaluation.methods import METHODS
 from austeer_gguf.evaluation.sweep import SweepConfig, Sweeper
 from austeer_gguf.evaluation.tasks import load_task
 
@@ -31,6 +33,8 @@ GRIDS = {
     # SmolLM2).
     "generation": SweepConfig(dev_limit=40, test_limit=100, seeds=3, trials=4, max_tokens=16),
 }
+# The methods of the first whole run (110 min, reports of 2026-11-26): its grids, to time this code against it.
+FIRST_RUN = "unsteered,austeer,single-unit,whole-layer,random-units,caa-layer,caa-range,prompting,prompting+austeer"
 QUICK = dict(ks=(2, 5), alphas=(2.0, 8.0), layer_alphas=(0.5,), multipliers=(0.5, 4.0), caa_layer_step=2,
              trials=2, dev_limit=4, test_limit=4, seeds=1, max_tokens=4, neutral_texts=3)
 
@@ -40,10 +44,13 @@ def main() -> None:
     parser.add_argument("--models", default="smollm2,gemma3", help="built-in names or GGUF paths")
     parser.add_argument("--float-model", help="the float copy to localize on (default: a built-in's float32 copy)")
     parser.add_argument("--tasks", default=TASKS)
+    parser.add_argument("--methods", default="all",
+                        help="'all', 'first-run' (the first whole run's methods) or method names, comma-separated")
     parser.add_argument("--out", default="reports/evidence")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="tiny limits: every code path in minutes")
     args = parser.parse_args()
+    methods = chosen_methods(args.methods, parser)
     start = time.perf_counter()
     for model in args.models.split(","):
         quantized = models.fetch(model) if model in models.MODELS else Path(model)
@@ -58,7 +65,8 @@ def main() -> None:
             config = dataclasses.replace(GRIDS[task.kind], threads=args.threads, **(QUICK if args.quick else {}))
             clock = time.perf_counter()
             print(f"{name} / {task_name}:", flush=True)
-            report = Sweeper(llm, float_model, task, config).run(name, log=lambda line: print(line, flush=True))
+            sweeper = Sweeper(llm, float_model, task, config, methods)
+            report = sweeper.run(name, log=lambda line: print(line, flush=True))
             out = Path(args.out) / name
             out.mkdir(parents=True, exist_ok=True)
             report.to_json(out / f"{task_name}.json")
@@ -66,6 +74,17 @@ def main() -> None:
             print(f"{name} / {task_name}: {(time.perf_counter() - clock) / 60:.1f} min ({parts})", flush=True)
         llm.close()
     print(f"total {(time.perf_counter() - start) / 60:.1f} min")
+
+
+def chosen_methods(names: str, parser: argparse.ArgumentParser) -> tuple:
+    if names == "all":
+        return METHODS
+    wanted = (FIRST_RUN if names == "first-run" else names).split(",")
+    known = {method.name: method for method in METHODS}
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        parser.error(f"unknown methods {', '.join(unknown)}: use 'all', 'first-run' or some of {', '.join(known)}")
+    return tuple(method for method in METHODS if method.name in wanted)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from austeer_gguf import Profile, Unit
-from austeer_gguf.evaluation.calibrate import calibrate, calibrated
+from austeer_gguf import Profile, SteeringSetting, Unit
+from austeer_gguf.evaluation.calibrate import PerplexityRatio, calibrate, calibrated
 from austeer_gguf.evaluation.evaluate import kl_on_neutral
 from austeer_gguf.formats.embedded import embed_profiles, read_profiles
 from austeer_gguf.formats.profiles import read_profile, write_profile
@@ -134,3 +134,13 @@ def test_profiles_calibrated_in_lockstep_get_the_strengths_they_get_alone(tiny_f
         for a, b in zip(found, alone):
             assert a.budget == b.budget and a.strength == pytest.approx(b.strength, rel=1e-6)
             assert a.side_effect == pytest.approx(b.side_effect, rel=1e-4, abs=1e-7)
+
+
+def test_perplexity_ratios_of_several_settings_in_one_decode_are_those_measured_one_at_a_time(tiny_f32):
+    llm = open_steered(tiny_f32, n_ctx=512)
+    fluency = PerplexityRatio(llm, ["the cat is", "a dog was", "I like this"], max_tokens=6)
+    settings = [SteeringSetting.make(llm.shape, profiles=[(spread_profile(llm, site, seed), strength)])
+                for site, seed, strength in (("attn", 0, 1.0), ("layer", 1, 3.0), ("attn", 0, 0.0))]
+    together = fluency.many(settings)
+    assert together == pytest.approx([fluency(setting) for setting in settings], rel=1e-3)
+    assert together[2] == pytest.approx(1.0, rel=1e-3) and together[1] != pytest.approx(1.0, rel=1e-3)

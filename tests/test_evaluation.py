@@ -149,7 +149,8 @@ def test_the_matched_cost_sweep_and_its_report(tiny_f32, tmp_path, kind):
     config = SweepConfig(sites=("attn", "layer"), ks=(2, 4), alphas=(1.0, 8.0), layer_alphas=(0.5,),
                          multipliers=(0.5, 4.0), caa_layer_step=1, trials=2, max_tokens=4, seeds=2, neutral_texts=3,
                          threads=THREADS, budgets=budgets)
-    report = Sweeper(llm, tiny_f32, tiny_task(kind), config).run("tiny", log=lambda line: None)
+    sweeper = Sweeper(llm, tiny_f32, tiny_task(kind), config)
+    report = sweeper.run("tiny", log=lambda line: None)
     counts = report.trial_counts
     assert counts["prompting"] == 1 and {n for m, n in counts.items() if m != "prompting"} == {2}
     measured = [t for t in report.trials if t.score is not None]
@@ -166,6 +167,11 @@ def test_the_matched_cost_sweep_and_its_report(tiny_f32, tmp_path, kind):
     assert "austeer" in loose and "caa-range" in loose
     if kind == "generation":
         assert len(loose["unsteered"]["items"]) == 2 * len(tiny_task(kind).test)  # two sampled runs, per item
+        # A method's dev trials were measured together, several settings in one decode: as each one alone.
+        trial = next(t for t in measured if t.setting.method == "caa-range" and t.kl > 0)
+        alone = tiny_task(kind).evaluate(llm, "dev", setting=sweeper._setting(trial.setting), max_tokens=4)
+        assert trial.score == pytest.approx(tiny_task(kind).score(alone), abs=1e-6)
+        assert trial.perplexity_ratio == pytest.approx(sweeper._fluency(sweeper._setting(trial.setting)), rel=1e-3)
         assert all(t.distinct2_ratio is not None for t in measured) and measured[0].distinct2_ratio == 1.0
     else:
         assert all(t.distinct2_ratio is None for t in measured)
@@ -283,6 +289,13 @@ def test_the_evidence_run_in_quick_mode_covers_every_code_path(tiny_f32, tmp_pat
     assert report.returncode == 0, report.stderr
     markdown = (out / f"{tiny_f32.stem}.md").read_text()
     assert "## detox" in markdown and "## word-polarity-question" in markdown
+
+
+def test_the_evidence_run_refuses_unknown_methods_before_loading_a_model(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_evidence.py"), "--models",
+                             str(tmp_path / "absent.gguf"), "--methods", "austeer,nonsense"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "unknown methods nonsense" in result.stderr and "first-run" in result.stderr
 
 
 def test_the_detox_profile_ships_the_method_that_meets_the_target_else_the_one_that_keeps_fluency():

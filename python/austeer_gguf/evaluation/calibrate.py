@@ -26,7 +26,7 @@ from ..control_vector import MAX_VALUE
 from ..errors import InputError
 from ..profile import MAX_ALPHA, MAX_FACTOR, MAX_STRENGTH, Profile
 from ..setting import OFF, SteeringSetting
-from .evaluate import NeutralKL, generate, perplexity
+from .evaluate import NeutralKL, generate, perplexities, perplexity
 
 
 @dataclass
@@ -61,6 +61,16 @@ class PerplexityRatio:
 
     def __call__(self, setting: SteeringSetting | None = None) -> float:
         return self._perplexity(setting) / self.baseline
+
+    def many(self, settings: Sequence[SteeringSetting]) -> list[float]:
+        """The ratio of each setting, every setting's continuations generated together (several settings in one
+        decode; equal to calling it per setting up to the rounding of batched decoding)."""
+        n = len(self.prompts)
+        prompts = self.prompts * len(settings)
+        texts = generate(self.llm, prompts, chat=False, max_tokens=self.max_tokens,
+                         settings=[setting for setting in settings for _ in range(n)])
+        values = perplexities(self.llm, prompts, texts, chat=False)
+        return [float(np.median(values[i * n:(i + 1) * n])) / self.baseline for i in range(len(settings))]
 
 
 def calibrate(llm, profile: Profile, *, kl: float | None = None, perplexity_ratio: float | None = None,

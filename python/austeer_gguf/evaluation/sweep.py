@@ -140,10 +140,27 @@ class Sweeper:
         kl = dict(zip(active, self._kl.many([settings[index] for index in active])))
         return [Trial(point, kl.get(index, 0.0)) for index, point in enumerate(points)]
 
-    def _measure(self, trial: Trial) -> Trial:
-        result = self._evaluate(trial.setting, "dev")
-        setting = self._setting(trial.setting)
-        trial.perplexity_ratio = self._fluency(setting) if setting.active else 1.0
+    def _measure(self, trials: list[Trial]) -> list[Trial]:
+        """Each trial's dev score and perplexity ratio. On a generation task the trials that ask the model alike
+        are measured together, several settings in one decode (a choice task scores one setting at a time)."""
+        groups = ([[t for t in trials if t.setting.prompted == prompted] for prompted in (False, True)]
+                  if self.task.kind == "generation" else [[t] for t in trials])
+        for group in filter(None, groups):
+            settings = [self._setting(t.setting) for t in group]
+            if len(group) == 1:
+                results = [self._evaluate(group[0].setting, "dev")]
+            else:
+                results = self.task.evaluate_settings(self.llm, "dev", settings, limit=self.config.dev_limit,
+                                                      max_tokens=self.config.max_tokens,
+                                                      prompted=group[0].setting.prompted)
+            active = [i for i, setting in enumerate(settings) if setting.active]
+            ratios = dict(zip(active, self._fluency.many([settings[i] for i in active]) if active else []))
+            for i, (trial, result) in enumerate(zip(group, results)):
+                self._record(trial, result, ratios.get(i, 1.0))
+        return trials
+
+    def _record(self, trial: Trial, result, perplexity_ratio: float) -> None:
+        trial.perplexity_ratio = perplexity_ratio
         trial.score = float(self.task.score(result))
         distinct2 = getattr(result, "distinct2", None)
         if distinct2 is not None:
@@ -155,7 +172,6 @@ class Sweeper:
         for key in ("predictions", "items", "labels", "margins"):
             data.pop(key, None)
         trial.result = data
-        return trial
 
     def _pick(self, screened: list[Trial]) -> list[Trial]:
         """`trials` settings: spread evenly by KL among those within the screen (weakest and strongest kept),
@@ -189,11 +205,11 @@ class Sweeper:
             if not axis:  # a method the sweep cannot measure (a conditional one: the build measures it)
                 continue
             if method.baseline:
-                baselines += [self._measure(Trial(point, 0.0)) for point in axis]
+                baselines += self._measure([Trial(point, 0.0) for point in axis])
                 report.trials += baselines
                 continue
             screened = self._screen(axis)
-            measured = [self._measure(trial) for trial in self._pick(screened)]
+            measured = self._measure(self._pick(screened))
             report.trials += screened
             report.trial_counts[method.name] = len(measured)
             if method.reference:
