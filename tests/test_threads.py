@@ -3,9 +3,11 @@ the server's one-at-a-time completions all run on one thread."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import anyio
 import pytest
@@ -84,3 +86,30 @@ def test_a_decode_thread_runs_every_call_and_every_step_of_an_iterator_on_one_th
     finally:
         decoding.close()
     assert len(seen) == 7 and len(set(seen)) == 1 and seen[0] != threading.get_ident()
+
+
+def os_threads_named(name: str) -> set[int]:
+    return {int(tid) for tid in os.listdir("/proc/self/task")
+            if Path(f"/proc/self/task/{tid}/comm").read_text().strip() == name}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names are read from Linux's /proc")
+def test_the_decoding_threads_carry_their_name_where_the_os_shows_it(tiny_f32):
+    from austeer_gguf.engine.scheduler import Job, Sampling, Scheduler
+    from austeer_gguf.runtime.steered_llama import SteeredLlama
+    from austeer_gguf.setting import OFF
+
+    decoding = DecodeThread()
+    assert anyio.run(decoding.run, lambda: Path("/proc/thread-self/comm").read_text().strip()) == "austeer-decode"
+    decoding.close()
+    before = os_threads_named("austeer-decode")  # a closed DecodeThread's thread may still be exiting
+    llm = SteeredLlama(tiny_f32, n_ctx=512, sequences=2, verbose=False, n_threads=2, n_threads_batch=2)
+    scheduler = Scheduler(llm, seed=0).start()
+    try:
+        job = scheduler.submit(Job(llm.tokenize(b"the cat is"), OFF, Sampling(temperature=0.0), max_tokens=2))
+        assert list(job.stream())
+        # The scheduler's thread and the OpenMP team its first decode started.
+        new = os_threads_named("austeer-decode") - before
+        assert scheduler._thread.native_id in new and len(new) == 2
+    finally:
+        scheduler.close()

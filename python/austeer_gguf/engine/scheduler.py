@@ -39,6 +39,7 @@ from ..setting import SteeringSetting
 from .decoder import Decoder, common_prefix
 from .hooked import HookedLlama
 from .kv import KvRecord
+from .threads import name_os_thread
 
 PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size, the window of its repetition penalties
 
@@ -223,6 +224,7 @@ class Scheduler:
     # ---- the loop -------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        name_os_thread("austeer-decode")
         while True:
             with self._wake:
                 while not self._closed and not self._waiting and not any(s.job for s in self.slots):
