@@ -143,16 +143,17 @@ class Sweeper:
     def _measure(self, trials: list[Trial]) -> list[Trial]:
         """Each trial's dev score and perplexity ratio. On a generation task the trials that ask the model alike
         are measured together, several settings in one decode (a choice task scores one setting at a time)."""
+        generation = self.task.kind == "generation"
         groups = ([[t for t in trials if t.setting.prompted == prompted] for prompted in (False, True)]
-                  if self.task.kind == "generation" else [[t] for t in trials])
+                  if generation else [[t] for t in trials])
         for group in filter(None, groups):
             settings = [self._setting(t.setting) for t in group]
-            if len(group) == 1:
-                results = [self._evaluate(group[0].setting, "dev")]
-            else:
+            if generation:
                 results = self.task.evaluate_settings(self.llm, "dev", settings, limit=self.config.dev_limit,
                                                       max_tokens=self.config.max_tokens,
                                                       prompted=group[0].setting.prompted)
+            else:
+                results = [self._evaluate(group[0].setting, "dev")]
             active = [i for i, setting in enumerate(settings) if setting.active]
             ratios = dict(zip(active, self._fluency.many([settings[i] for i in active]) if active else []))
             for i, (trial, result) in enumerate(zip(group, results)):
