@@ -147,18 +147,23 @@ def commands(path: Path, steered: Path, clients: int, threads: int, llama_server
 
 def bench_model(name: str, clients_list: list[int], args, llama_server: str) -> list[str]:
     path = models.fetch(name) if name in models.MODELS else Path(name)
+    steered = steered_model(path)
+    lines = []
+    for clients in clients_list:
+        lines += bench_clients(path, steered, clients, args, llama_server)
+    return lines
+
+
+def steered_model(path: Path) -> Path:
+    """A copy of the model with two profiles embedded (polite: the default; brisk), in a temporary folder."""
     shape = ModelFile.open(path).shape
     rng = np.random.default_rng(0)
     units = [Unit(layer, "attn", int(dim), 0.6) for layer in range(0, shape.n_layers, 3)
              for dim in rng.choice(shape.widths["attn"], 2, False)]
     brisk = [Unit(layer, "ffn", int(dim), -0.5) for layer in range(1, shape.n_layers, 4)
              for dim in rng.choice(shape.widths["ffn"], 2, False)]
-    steered = embed_profiles(path, [Profile("polite", 8.0, units), Profile("brisk", 6.0, brisk)],
-                             Path(tempfile.mkdtemp(prefix="austeer-bench-")) / "model.gguf")
-    lines = []
-    for clients in clients_list:
-        lines += bench_clients(path, steered, clients, args, llama_server)
-    return lines
+    return embed_profiles(path, [Profile("polite", 8.0, units), Profile("brisk", 6.0, brisk)],
+                          Path(tempfile.mkdtemp(prefix="austeer-bench-")) / "model.gguf")
 
 
 def bench_clients(path: Path, steered: Path, clients: int, args, llama_server: str) -> list[str]:
