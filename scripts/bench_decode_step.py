@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Where a batched server's decode step goes: the time of one step of the batched server's shape (8 slots on one
-model), four ways side by side.
+model), five ways side by side.
 
   plain      ours before this benchmark: SteeredLlama as `serve --parallel 8` opened it, flash attention off
   ours       SteeredLlama as `serve --parallel 8` opens it now: flash attention on (`serve --flash-attn`)
+  steering   ours, the slots under bench_server's 4 mixed settings (polite, off, brisk, polite on replies only)
   bare       the same context without our eval callback (what steering's hook costs when it steers nothing)
   streams    llama-server's layout: no callback, a KV stream per sequence (kv_unified off), flash attention on
 
@@ -11,8 +12,9 @@ Per-row steering keeps every slot on one unified KV cache (the rows the callback
 in order), so each row's attention spans every slot's cells, those of other sequences masked out. The plain path
 multiplies and softmaxes every cell; flash attention on the CPU skips the masked ones; separate streams never
 see them. Each way holds 8 slots with a prompt of `--prompt` tokens each, then times `--steps` steps of 1 or 8
-rows (one token per generating slot), unsteered; the ways run in rotating order for `--rounds` rounds. Printed:
-median ms per step of each way per round, and the median of per-round ratios against `ours`.
+rows (one token per generating slot), unsteered but for `steering`; the ways run in rotating order for
+`--rounds` rounds. Printed: median ms per step of each way per round, and the median of per-round ratios
+against `ours`.
 
     .venv/bin/python scripts/bench_decode_step.py                 # both built-in models, 3 rounds
 """
@@ -27,7 +29,8 @@ import llama_cpp
 import numpy as np
 from benchlib import median_ratio, random_tokens, rotated
 
-from austeer_gguf import SteeredLlama, models
+from austeer_gguf import Profile, SteeredLlama, SteeringSetting, Unit, models
+from austeer_gguf.setting import OFF
 
 SLOTS = 8
 N_CTX = 2048  # per slot, as `serve --n-ctx` by default
@@ -37,15 +40,17 @@ N_BATCH = 512
 class Slots:
     """A context holding `SLOTS` sequences, and a batch to decode them with."""
 
-    def __init__(self, ctx, keep_alive=None) -> None:
-        self.ctx, self.keep_alive = ctx, keep_alive
+    def __init__(self, ctx, keep_alive=None, settings: list[SteeringSetting] | None = None) -> None:
+        self.ctx, self.keep_alive, self.settings = ctx, keep_alive, settings
+        self.prompt_end = 0
         self.batch = llama_cpp.llama_batch_init(N_BATCH, 0, SLOTS)
 
     @classmethod
-    def steered(cls, path, flash_attn: bool, threads: int) -> Slots:
+    def steered(cls, path, flash_attn: bool, threads: int, mixed: bool = False) -> Slots:
+        """`mixed`: sequence i steered by the i-th of 4 settings in turn, as bench_server's mixed mode is."""
         llm = SteeredLlama(str(path), n_ctx=N_CTX * SLOTS, n_batch=N_BATCH, sequences=SLOTS, n_threads=threads,
                            n_threads_batch=threads, flash_attn=flash_attn, verbose=False)
-        return cls(llm.ctx, keep_alive=llm)
+        return cls(llm.ctx, keep_alive=llm, settings=mixed_settings(llm) if mixed else None)
 
     @classmethod
     def bare(cls, llm: SteeredLlama, unified: bool, threads: int) -> Slots:
@@ -61,7 +66,13 @@ class Slots:
         return cls(ctx, keep_alive=llm)
 
     def decode(self, rows: list[tuple[int, int, int]]) -> None:
-        """Rows of (token, position, sequence), each asking for logits."""
+        """Rows of (token, position, sequence), each asking for logits; under `settings`, a row before the prompt's
+        end is steered as its sequence's setting steers prompt positions."""
+        if self.settings is not None:
+            settings = [self.settings[sequence % len(self.settings)] for _, _, sequence in rows]
+            self.keep_alive.install_batch([setting.for_prompt() if position < self.prompt_end else setting
+                                           for setting, (_, position, _) in zip(settings, rows)],
+                                          list(range(len(rows))))
         self.batch.n_tokens = len(rows)
         for i, (token, position, sequence) in enumerate(rows):
             self.batch.token[i], self.batch.pos[i], self.batch.logits[i] = token, position, True
@@ -72,6 +83,7 @@ class Slots:
 
     def step_ms(self, prompt: list[int], generated: list[int], rows: int) -> float:
         """Fill every slot with `prompt`, then the median ms of a step of `rows` generating slots."""
+        self.prompt_end = len(prompt)
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
         for sequence in range(SLOTS):
             self.decode([(token, position, sequence) for position, token in enumerate(prompt)])
@@ -83,10 +95,24 @@ class Slots:
         return statistics.median(times) * 1000
 
 
+def mixed_settings(llm: SteeredLlama) -> list[SteeringSetting]:
+    """bench_server's profiles (polite: attn units every third layer; brisk: ffn units every fourth) as its 4
+    mixed settings."""
+    shape, rng = llm.shape, np.random.default_rng(0)
+    polite = Profile("polite", 8.0, [Unit(layer, "attn", int(dim), 0.6) for layer in range(0, shape.n_layers, 3)
+                                     for dim in rng.choice(shape.widths["attn"], 2, False)])
+    brisk = Profile("brisk", 6.0, [Unit(layer, "ffn", int(dim), -0.5) for layer in range(1, shape.n_layers, 4)
+                                   for dim in rng.choice(shape.widths["ffn"], 2, False)])
+    return [SteeringSetting.make(shape, profiles=[(polite, 1.0)]), OFF,
+            SteeringSetting.make(shape, profiles=[(brisk, 1.0)]),
+            SteeringSetting.make(shape, profiles=[(polite, 1.0)], scope="generation")]
+
+
 def bench(name: str, rounds: int, threads: int, prompt_length: int, steps: int) -> list[str]:
     path = models.fetch(name)
     ours = Slots.steered(path, True, threads)
     ways = {"plain": Slots.steered(path, False, threads), "ours": ours,
+            "steering": Slots.steered(path, True, threads, mixed=True),
             "bare": Slots.bare(ours.keep_alive, True, threads), "streams": Slots.bare(ours.keep_alive, False, threads)}
     rng = np.random.default_rng(0)
     llm = ours.keep_alive
