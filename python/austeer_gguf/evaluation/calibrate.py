@@ -26,7 +26,7 @@ from ..control_vector import MAX_VALUE
 from ..errors import InputError
 from ..profile import MAX_ALPHA, MAX_FACTOR, MAX_STRENGTH, Profile
 from ..setting import OFF, SteeringSetting
-from .evaluate import NeutralKL, generate, perplexities, perplexity
+from .evaluate import NeutralKL, generate, perplexities
 
 
 @dataclass
@@ -53,24 +53,25 @@ class PerplexityRatio:
 
     def __init__(self, llm, prompts: Sequence[str], max_tokens: int = 24) -> None:
         self.llm, self.prompts, self.max_tokens = llm, list(prompts), max_tokens
-        self.baseline = self._perplexity(OFF)
+        self.baseline = self._medians([OFF])[0]
 
-    def _perplexity(self, setting: SteeringSetting | None) -> float:
-        texts = generate(self.llm, self.prompts, chat=False, max_tokens=self.max_tokens, setting=setting)
-        return perplexity(self.llm, self.prompts, texts, chat=False)
-
-    def __call__(self, setting: SteeringSetting | None = None) -> float:
-        return self._perplexity(setting) / self.baseline
-
-    def many(self, settings: Sequence[SteeringSetting]) -> list[float]:
-        """The ratio of each setting, every setting's continuations generated together (several settings in one
-        decode; equal to calling it per setting up to the rounding of batched decoding)."""
+    def _medians(self, settings: Sequence[SteeringSetting]) -> list[float]:
+        """The median perplexity of each setting's continuations, every setting's generated together (several
+        settings in one decode; equal to one at a time up to the rounding of batched decoding)."""
         n = len(self.prompts)
         prompts = self.prompts * len(settings)
         texts = generate(self.llm, prompts, chat=False, max_tokens=self.max_tokens,
                          settings=[setting for setting in settings for _ in range(n)])
         values = perplexities(self.llm, prompts, texts, chat=False)
-        return [float(np.median(values[i * n:(i + 1) * n])) / self.baseline for i in range(len(settings))]
+        return [float(np.median(values[i * n:(i + 1) * n])) for i in range(len(settings))]
+
+    def __call__(self, setting: SteeringSetting | None = None) -> float:
+        """The ratio under `setting` (default: the model's current setting)."""
+        return self._medians([self.llm.current_setting() if setting is None else setting])[0] / self.baseline
+
+    def many(self, settings: Sequence[SteeringSetting]) -> list[float]:
+        """The ratio of each setting, measured together."""
+        return [median / self.baseline for median in self._medians(settings)]
 
 
 def calibrate(llm, profile: Profile, *, kl: float | None = None, perplexity_ratio: float | None = None,
