@@ -27,9 +27,9 @@ import time
 
 import llama_cpp
 import numpy as np
-from benchlib import median_ratio, random_tokens, rotated
+from benchlib import median_ratio, random_tokens, rotated, server_profiles
 
-from austeer_gguf import Profile, SteeredLlama, SteeringSetting, Unit, models
+from austeer_gguf import SteeredLlama, SteeringSetting, models
 from austeer_gguf.setting import OFF
 
 SLOTS = 8
@@ -96,13 +96,9 @@ class Slots:
 
 
 def mixed_settings(llm: SteeredLlama) -> list[SteeringSetting]:
-    """bench_server's profiles (polite: attn units every third layer; brisk: ffn units every fourth) as its 4
-    mixed settings."""
-    shape, rng = llm.shape, np.random.default_rng(0)
-    polite = Profile("polite", 8.0, [Unit(layer, "attn", int(dim), 0.6) for layer in range(0, shape.n_layers, 3)
-                                     for dim in rng.choice(shape.widths["attn"], 2, False)])
-    brisk = Profile("brisk", 6.0, [Unit(layer, "ffn", int(dim), -0.5) for layer in range(1, shape.n_layers, 4)
-                                   for dim in rng.choice(shape.widths["ffn"], 2, False)])
+    """bench_server's profiles (`benchlib.server_profiles`) as its 4 mixed settings."""
+    shape = llm.shape
+    polite, brisk = server_profiles(shape)
     return [SteeringSetting.make(shape, profiles=[(polite, 1.0)]), OFF,
             SteeringSetting.make(shape, profiles=[(brisk, 1.0)]),
             SteeringSetting.make(shape, profiles=[(polite, 1.0)], scope="generation")]

@@ -35,9 +35,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import openai
-from benchlib import rotated
+from benchlib import rotated, server_profiles
 
-from austeer_gguf import Profile, Unit, models
+from austeer_gguf import models
 from austeer_gguf.engine.rpc import free_port
 from austeer_gguf.formats.embedded import embed_profiles
 from austeer_gguf.formats.model_file import ModelFile
@@ -156,13 +156,7 @@ def bench_model(name: str, clients_list: list[int], args, llama_server: str) -> 
 
 def steered_model(path: Path) -> Path:
     """A copy of the model with two profiles embedded (polite: the default; brisk), in a temporary folder."""
-    shape = ModelFile.open(path).shape
-    rng = np.random.default_rng(0)
-    units = [Unit(layer, "attn", int(dim), 0.6) for layer in range(0, shape.n_layers, 3)
-             for dim in rng.choice(shape.widths["attn"], 2, False)]
-    brisk = [Unit(layer, "ffn", int(dim), -0.5) for layer in range(1, shape.n_layers, 4)
-             for dim in rng.choice(shape.widths["ffn"], 2, False)]
-    return embed_profiles(path, [Profile("polite", 8.0, units), Profile("brisk", 6.0, brisk)],
+    return embed_profiles(path, list(server_profiles(ModelFile.open(path).shape)),
                           Path(tempfile.mkdtemp(prefix="austeer-bench-")) / "model.gguf")
 
 

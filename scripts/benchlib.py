@@ -29,6 +29,17 @@ def spread_profile(site: str, k: int, n_layers: int, width: int, seed: int = 0) 
     return Profile(f"bench-{site}", alpha=5.0, units=units)
 
 
+def server_profiles(shape) -> tuple[Profile, Profile]:
+    """The profiles the server benchmarks steer with: polite (2 attn units on every third layer, the default)
+    and brisk (2 ffn units on every fourth layer from layer 1)."""
+    rng = np.random.default_rng(0)
+    polite = Profile("polite", 8.0, [Unit(layer, "attn", int(dim), 0.6) for layer in range(0, shape.n_layers, 3)
+                                     for dim in rng.choice(shape.widths["attn"], 2, False)])
+    brisk = Profile("brisk", 6.0, [Unit(layer, "ffn", int(dim), -0.5) for layer in range(1, shape.n_layers, 4)
+                                   for dim in rng.choice(shape.widths["ffn"], 2, False)])
+    return polite, brisk
+
+
 def random_tokens(llm: llama_cpp.Llama, count: int, rng: np.random.Generator) -> list[int]:
     """Ordinary tokens (not the first or last hundred ids, where special tokens live)."""
     vocabulary = llm.n_vocab()

@@ -20,6 +20,7 @@ import numpy as np
 from austeer_gguf import datasets, models
 from austeer_gguf.engine.decoder import forward
 from austeer_gguf.engine.hooked import HookedLlama
+from austeer_gguf.evaluation.metrics import kl_divergence
 
 
 def logits(path: str, flash_attn: bool, max_sequences: int | None, threads: int) -> np.ndarray:
@@ -30,13 +31,6 @@ def logits(path: str, flash_attn: bool, max_sequences: int | None, threads: int)
     rows = forward(llm, texts, [range(len(tokens)) for tokens in texts], max_sequences=max_sequences)
     llm.close()
     return np.concatenate([np.asarray(row, dtype=np.float64) for row in rows])
-
-
-def mean_kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
-    """Mean over positions of KL(p || q), each row a softmax of its logits."""
-    log_p = p_logits - np.logaddexp.reduce(p_logits, axis=-1, keepdims=True)
-    log_q = q_logits - np.logaddexp.reduce(q_logits, axis=-1, keepdims=True)
-    return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)))
 
 
 def main() -> None:
@@ -50,7 +44,7 @@ def main() -> None:
         for label, other in (("flash attention", logits(path, True, None, args.threads)),
                              ("one sequence per decode", logits(path, False, 1, args.threads))):
             agree = float(np.mean(batched.argmax(-1) == other.argmax(-1)))
-            print(f"{name}: {len(batched)} positions; against {label}: mean KL {mean_kl(batched, other):.5f}, "
+            print(f"{name}: {len(batched)} positions; against {label}: mean KL {kl_divergence(batched, other):.5f}, "
                   f"top token agrees at {agree:.1%}", flush=True)
 
 
