@@ -62,14 +62,14 @@ austeer::SteeringTable table_of(const SteeringState &state, int n_layers, const 
 
 void set_spec(SteeringState &state, int n_layers, const std::vector<py::tuple> &tables,
               const std::optional<Array<int32_t>> &row_tables, const std::optional<Array<int64_t>> &output_rows,
-              int addition_site) {
+              int addition_site, const std::vector<std::vector<int64_t>> &micro_batches) {
     std::vector<austeer::SteeringTable> built;
     built.reserve(tables.size());
     for (const py::tuple &arrays : tables) built.push_back(table_of(state, n_layers, arrays));
     std::vector<int32_t> rows = row_tables ? to_vector(*row_tables, "row_tables") : std::vector<int32_t>{};
     std::vector<int64_t> outputs = output_rows ? to_vector(*output_rows, "output_rows") : std::vector<int64_t>{};
     state.set_spec(std::make_unique<const SteeringSpec>(state.sites().size(), n_layers, std::move(built),
-                                                        addition_site, std::move(rows), std::move(outputs)));
+                                                        addition_site, rows, outputs, micro_batches));
 }
 
 void begin_capture(SteeringState &state, const std::vector<int> &sites, int n_layers,
@@ -123,7 +123,8 @@ PYBIND11_MODULE(_native, m) {
              },
              py::arg("name"))
         .def("set_spec", &set_spec, py::arg("n_layers"), py::arg("tables"), py::arg("row_tables") = py::none(),
-             py::arg("output_rows") = py::none(), py::arg("addition_site") = -1)
+             py::arg("output_rows") = py::none(), py::arg("addition_site") = -1,
+             py::arg("micro_batches") = std::vector<std::vector<int64_t>>{})
         .def("clear_spec", &SteeringState::clear_spec)
         .def_property_readonly("n_units", &SteeringState::n_units)
         .def_property_readonly("n_tables", &SteeringState::n_tables)

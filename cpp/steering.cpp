@@ -158,24 +158,53 @@ LayerAdditions::LayerAdditions(int n_layers, const std::vector<int32_t> &layers,
 }
 
 SteeringSpec::SteeringSpec(int n_sites, int n_layers, std::vector<SteeringTable> tables, int addition_site,
-                           std::vector<int32_t> row_tables, std::vector<int64_t> output_rows)
+                           const std::vector<int32_t> &row_tables, const std::vector<int64_t> &output_rows,
+                           const std::vector<std::vector<int64_t>> &micro_batches)
     : n_layers_(n_layers),
       tables_(std::move(tables)),
       addition_site_(addition_site),
-      row_tables_(std::move(row_tables)),
-      output_rows_(std::move(output_rows)),
       claimed_(size_t(n_sites) * size_t(n_layers), 0) {
     if (n_layers <= 0 || n_layers > kMaxLayers) throw std::invalid_argument("n_layers out of range");
     if (n_sites <= 0 || n_sites > kMaxSites) throw std::invalid_argument("n_sites out of range");
     if (tables_.empty()) throw std::invalid_argument("a steering spec needs at least one table");
     if (addition_site < -1 || addition_site >= n_sites) throw std::invalid_argument("bad addition site code");
-    std::vector<uint8_t> used(tables_.size() + 1, uniform() ? 1 : 0);
-    for (int32_t table : row_tables_) {
+    const size_t n_rows = row_tables.size();
+    if (n_rows == 0 && (!output_rows.empty() || !micro_batches.empty())) {
+        throw std::invalid_argument("output rows and micro-batches need a row map");
+    }
+    std::vector<uint8_t> used(tables_.size() + 1, n_rows == 0 ? 1 : 0);
+    for (int32_t table : row_tables) {
         if (table < 0 || size_t(table) > tables_.size()) throw std::invalid_argument("row table index out of range");
         used[size_t(table)] = 1;
     }
-    for (int64_t row : output_rows_) {
-        if (row < 0 || size_t(row) >= row_tables_.size()) throw std::invalid_argument("output row out of range");
+    std::vector<uint8_t> is_output(n_rows, 0);
+    for (int64_t row : output_rows) {
+        if (row < 0 || size_t(row) >= n_rows) throw std::invalid_argument("output row out of range");
+        is_output[size_t(row)] = 1;
+    }
+    if (n_rows > 0) {
+        std::vector<std::vector<int64_t>> rows_of = micro_batches;
+        if (rows_of.empty()) {
+            rows_of.emplace_back(n_rows);
+            for (size_t row = 0; row < n_rows; ++row) rows_of[0][row] = int64_t(row);
+        }
+        std::vector<uint8_t> placed(n_rows, 0);
+        for (const std::vector<int64_t> &rows : rows_of) {
+            if (rows.empty()) throw std::invalid_argument("micro-batches must hold every batch row once, none empty");
+            MicroBatch micro;
+            for (int64_t row : rows) {
+                if (row < 0 || size_t(row) >= n_rows || placed[size_t(row)]) {
+                    throw std::invalid_argument("micro-batches must hold every batch row once");
+                }
+                placed[size_t(row)] = 1;
+                micro.tables.push_back(row_tables[size_t(row)]);
+                if (is_output[size_t(row)]) micro.output_tables.push_back(row_tables[size_t(row)]);
+            }
+            micro_batches_.push_back(std::move(micro));
+        }
+        if (std::find(placed.begin(), placed.end(), 0) != placed.end()) {
+            throw std::invalid_argument("micro-batches must hold every batch row once");
+        }
     }
     for (size_t index = 1; index <= tables_.size(); ++index) {
         const SteeringTable &table = tables_[index - 1];
@@ -233,6 +262,7 @@ void SteeringState::set_spec(std::unique_ptr<const SteeringSpec> spec) {
     if (spec != nullptr && spec->n_layers() > kMaxLayers) throw std::invalid_argument("n_layers out of range");
     n_units_.store(spec ? spec->n_units() : 0);
     n_tables_.store(spec ? spec->n_tables() : 0);
+    visits_.assign(spec ? size_t(sites_.size()) * size_t(spec->n_layers()) : 0, 0);
     spec_ = std::move(spec);
 }
 
@@ -354,15 +384,26 @@ bool SteeringState::open(void *tensor, Access *access) {
 
 void SteeringState::steer(void *tensor, int site, int layer) {
     const SteeringSpec &spec = *spec_;
+    const MicroBatch *micro = nullptr;
+    if (!spec.uniform()) {
+        uint32_t &visits = visits_[size_t(site) * size_t(spec.n_layers()) + size_t(layer)];
+        micro = &spec.micro_batch(visits++ % spec.n_micro_batches());
+    }
+    if (api_.nelements(tensor) == 0) return;  // a micro-batch without outputs, at the last layer
     Access access;
     if (!open(tensor, &access)) return;
-    // Which batch row each tensor row is: every row of the batch, or (last layer) only its output rows.
-    const std::vector<int32_t> &row_tables = spec.row_tables();
-    const bool all_rows = !spec.uniform() && access.n_rows == int64_t(row_tables.size());
-    if (!spec.uniform() && !all_rows && access.n_rows != int64_t(spec.output_rows().size())) {
-        counters.skipped_rows.fetch_add(1);
-        note_skip(tensor, "the row map does not fit its rows");
-        return;
+    // Which table each tensor row takes: every row of the micro-batch, or (last layer) only its output rows.
+    const std::vector<int32_t> *row_tables = nullptr;
+    if (micro != nullptr) {
+        if (access.n_rows == int64_t(micro->tables.size())) {
+            row_tables = &micro->tables;
+        } else if (access.n_rows == int64_t(micro->output_tables.size())) {
+            row_tables = &micro->output_tables;
+        } else {
+            counters.skipped_rows.fetch_add(1);
+            note_skip(tensor, "the row map does not fit its rows");
+            return;
+        }
     }
     const bool adds_here = site == spec.addition_site();
     for (size_t index = 1; index <= spec.n_tables(); ++index) {
@@ -379,8 +420,7 @@ void SteeringState::steer(void *tensor, int site, int layer) {
         }
     }
     for (int64_t row = 0; row < access.n_rows; ++row) {
-        int32_t index = 1;
-        if (!spec.uniform()) index = row_tables[size_t(all_rows ? row : spec.output_rows()[size_t(row)])];
+        const int32_t index = row_tables != nullptr ? (*row_tables)[size_t(row)] : 1;
         if (index == 0) continue;
         const SteeringTable &table = spec.table(index);
         float *values = access.data + row * access.row_width;

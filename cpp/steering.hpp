@@ -7,8 +7,9 @@
 // nothing of profiles, scores or strengths: a unit arrives with its final factor.
 //
 // What one decode applies is a steering spec: a few tables (units to scale, vectors to add at one site) and a
-// map from batch rows to tables. Table 0 is "unsteered": a row that maps to it is never touched. A spec
-// without a row map steers every row with table 1.
+// map from batch rows to tables (and, when llama.cpp computes the batch as several micro-batches in an order
+// of its own, which batch rows each holds). Table 0 is "unsteered": a row that maps to it is never touched. A
+// spec without a row map steers every row with table 1.
 //
 // Threading contract (the one statement of it; austeer_gguf.engine follows it):
 // - ggml's scheduler calls the eval callback on the thread that called llama_decode, one node at a time.
@@ -101,21 +102,30 @@ struct SteeringTable {
     LayerAdditions additions;
 };
 
+// The rows of one micro-batch as its tensors hold them: the table of each row, and of each output row.
+struct MicroBatch {
+    std::vector<int32_t> tables;
+    std::vector<int32_t> output_tables;
+};
+
 // What one decode applies: tables 1..n and the table of every batch row (see the file comment).
 // `row_tables` has one entry per batch row (0..n); empty means every row takes table 1. `output_rows` lists
 // the batch rows that produce output, in batch order: a tensor that holds only those rows (the last layer
-// keeps only them from the attention projection on) is mapped through it. Additions go to the tensors of
-// site code `addition_site` (-1: none).
+// keeps only them from the attention projection on) is mapped through them. llama.cpp may compute a batch as
+// several micro-batches, in an order of its own: `micro_batches` lists the batch rows of each, in the order
+// its tensors hold them (empty: one micro-batch, the batch in order). Additions go to the tensors of site code
+// `addition_site` (-1: none).
 class SteeringSpec {
 public:
     SteeringSpec(int n_sites, int n_layers, std::vector<SteeringTable> tables, int addition_site,
-                 std::vector<int32_t> row_tables, std::vector<int64_t> output_rows);
+                 const std::vector<int32_t> &row_tables, const std::vector<int64_t> &output_rows,
+                 const std::vector<std::vector<int64_t>> &micro_batches);
     // Whether any table a row may take has units, or additions, at (site, layer).
     bool claims(int site, int layer) const { return claimed_[size_t(site) * n_layers_ + size_t(layer)] != 0; }
-    bool uniform() const { return row_tables_.empty(); }
+    bool uniform() const { return micro_batches_.empty(); }
     const SteeringTable &table(int32_t index) const { return tables_[size_t(index - 1)]; }  // index 1..n
-    const std::vector<int32_t> &row_tables() const { return row_tables_; }
-    const std::vector<int64_t> &output_rows() const { return output_rows_; }
+    const MicroBatch &micro_batch(size_t index) const { return micro_batches_[index]; }
+    size_t n_micro_batches() const { return micro_batches_.size(); }
     int addition_site() const { return addition_site_; }
     int n_layers() const { return n_layers_; }
     size_t n_tables() const { return tables_.size(); }
@@ -125,9 +135,8 @@ private:
     int n_layers_;
     std::vector<SteeringTable> tables_;
     int addition_site_;
-    std::vector<int32_t> row_tables_;
-    std::vector<int64_t> output_rows_;
-    std::vector<uint8_t> claimed_;  // [site * n_layers + layer]
+    std::vector<MicroBatch> micro_batches_;  // empty: uniform
+    std::vector<uint8_t> claimed_;           // [site * n_layers + layer]
 };
 
 // Every counter once: (name, what it counts). The bindings build their dict from this list.
@@ -229,6 +238,9 @@ private:
 
     // Per-graph bookkeeping, touched only by the thread that runs the graph.
     std::vector<uint8_t> first_seen_;  // [site * kMaxLayers + layer]: a first_in_layer site was seen
+    // Per decode: how many tensors of (site, layer) were steered [site * n_layers + layer]. llama.cpp computes
+    // a decode's micro-batches one after the other, so the k-th is in the k-th micro-batch.
+    std::vector<uint32_t> visits_;
     struct Pending {
         const void *tensor = nullptr;
         int site = -1;

@@ -109,6 +109,30 @@ def test_a_row_map_steers_each_row_with_its_own_table_and_leaves_table_0_rows_ex
     assert state.counters()["skipped_rows"] == 1 and state.counters()["steered"] == 2
 
 
+def test_micro_batches_map_each_tensor_of_a_site_to_the_rows_of_the_next_micro_batch(ggml):
+    # llama.cpp computes a batch over KV streams as micro-batches in an order of its own: the k-th tensor of a
+    # (site, layer) in a decode holds the k-th micro-batch's rows, all of them or (last layer) its outputs.
+    values = np.random.default_rng(4).standard_normal((2, 3)).astype(np.float32)
+    state = native.new_state()
+    state.set_spec(2, [table([(1, 2, 0, 3.0)]), table([(1, 2, 2, -1.0)])], row_tables=np.array([1, 0, 2, 2], np.int32),
+                   output_rows=np.array([0, 3], np.int64), micro_batches=[[2, 0], [3, 1]])
+    first, second = ggml.tensor("l_out-1", values), ggml.tensor("l_out-1", values)
+    assert run_node(state, first) is True and run_node(state, second) is True
+    expected_first, expected_second = values.copy(), values.copy()
+    expected_first[0, 2] *= np.float32(-1.0)  # batch row 2: table 2
+    expected_first[1, 0] *= np.float32(3.0)  # batch row 0: table 1
+    expected_second[0, 2] *= np.float32(-1.0)  # batch row 3: table 2; row 1 (table 0) is left alone
+    assert np.array_equal(ggml.view(first, values.shape), expected_first)
+    assert np.array_equal(ggml.view(second, values.shape), expected_second)
+
+    # The next decode under the same spec starts again at the first micro-batch; its outputs: row 0, then row 3.
+    outputs = [ggml.tensor("l_out-1", values[:1].copy()) for _ in range(2)]
+    assert all(run_node(state, tensor) is True for tensor in outputs)
+    assert ggml.view(outputs[0], (1, 3))[0, 0] == np.float32(3.0) * values[0, 0]
+    assert ggml.view(outputs[1], (1, 3))[0, 2] == -values[0, 2]
+    assert state.counters()["skipped_rows"] == 0 and state.counters()["steered"] == 4
+
+
 def test_a_table_no_row_takes_claims_nothing(ggml):
     state = native.new_state()
     state.set_spec(4, [table([(0, 2, 1, 2.0)]), table([(3, 2, 1, 2.0)])], row_tables=np.array([0, 2], np.int32))
@@ -126,6 +150,12 @@ def test_specs_refuse_bad_row_maps():
         state.set_spec(2, one, row_tables=np.array([0, 1], np.int32), output_rows=np.array([2], np.int64))
     with pytest.raises(ValueError, match="at least one table"):
         state.set_spec(2, [])
+    rows = np.array([0, 1, 1], np.int32)
+    for micro_batches in ([[0, 1]], [[0, 1], [1, 2]], [[0, 1, 2, 3]], [[2, 1, 0], []]):  # not every row once
+        with pytest.raises(ValueError, match="every batch row once"):
+            state.set_spec(2, one, row_tables=rows, micro_batches=micro_batches)
+    with pytest.raises(ValueError, match="need a row map"):
+        state.set_spec(2, one, micro_batches=[[0]])
     assert state.n_tables == 0
 
 

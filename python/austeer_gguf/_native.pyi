@@ -29,14 +29,18 @@ class SteeringState:
     def parse_site_name(self, name: str) -> tuple[int, int] | None:
         """(site code, layer) of an exact site tensor name, else None."""
     def set_spec(self, n_layers: int, tables: list[tuple[npt.ArrayLike, ...]], row_tables: npt.ArrayLike | None = None,
-                 output_rows: npt.ArrayLike | None = None, addition_site: int = -1) -> None:
+                 output_rows: npt.ArrayLike | None = None, addition_site: int = -1,
+                 micro_batches: list[list[int]] = ...) -> None:
         """What the next decodes apply: tables 1..n, each (layers, site codes, dims, factors) of the units it
         scales and, optionally, (addition layers, addition values [layers, width]) of the vectors it adds to the
         tensors of site code `addition_site` (before scaling its units there); and the table of every batch row
         (`row_tables`, int32, 0 = unsteered: the row is never touched; None: every row takes table 1).
         `output_rows` (int64) lists the batch rows that produce output, in order: a tensor holding only those
         rows (the last layer) is mapped through it; a tensor whose rows fit neither is left alone and counted
-        (skipped_rows). ValueError on a bad site code, layer, non-finite value, duplicate unit or table index."""
+        (skipped_rows). `micro_batches` lists the batch rows of each micro-batch llama.cpp computes, in the order
+        its tensors hold them (empty: one, the batch in order): the k-th tensor of a (site, layer) in a decode is
+        mapped through the k-th. ValueError on a bad site code, layer, non-finite value, duplicate unit, table
+        index, or micro-batches that do not hold every row once."""
     def clear_spec(self) -> None:
         """Steer nothing."""
     @property
