@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from austeer_gguf import OFF, ControlVector, Profile, SteeredLlama, Unit
+from austeer_gguf.engine import micro_batches
 from austeer_gguf.engine.decoder import Decoder, forward, generate_tokens
 
 from conftest import THREADS, profile_on, relative_error
@@ -56,17 +57,31 @@ def settings_and_references(llm):
     return cases
 
 
+def test_micro_batches_are_llama_cpps_splits():
+    # One stream: the batch in order, n_ubatch rows at a time.
+    assert micro_batches.split([0, 1, 0, 2, 1], 2, one_stream=True) == [[0, 1], [2, 3], [4]]
+    # A stream per sequence: runs of consecutive sequence ids, the same number of rows from each, sequence after
+    # sequence. Sequence 3 does not follow 1; a prompt beside one-token rows is finished in a micro-batch alone.
+    assert micro_batches.split([0, 1, 3, 3, 3, 2], 512, one_stream=False) == [[0, 1, 5], [2, 3, 4]]
+    assert micro_batches.split([0, 0, 0, 0, 1, 1, 1, 1], 4, one_stream=False) == [[0, 1, 4, 5], [2, 3, 6, 7]]
+
+
 @pytest.mark.parametrize("flash_attn", [False, True], ids=["plain-attention", "flash-attention"])
-def test_a_mixed_batch_matches_the_reference_row_by_row(tiny_f32, flash_attn):
-    llm = open_mixed(tiny_f32, flash_attn=flash_attn)
+@pytest.mark.parametrize("kv_unified", [True, False], ids=["unified-cache", "stream-per-sequence"])
+def test_a_mixed_batch_matches_the_reference_row_by_row(tiny_f32, flash_attn, kv_unified):
+    llm = open_mixed(tiny_f32, flash_attn=flash_attn, kv_unified=kv_unified)
     tolerance = FLASH_TOLERANCE if flash_attn else TOLERANCE
     reference = ReferenceModel(tiny_f32)
     cases = settings_and_references(llm)
     sequences = [llm.tokenize(text.encode(), add_bos=True, special=True) for text in TEXTS]
     settings = [setting for setting, _, _ in cases]
     with Decoder(llm) as decoder:  # all five in one decode
-        assert len(list(decoder.groups(sequences, settings=settings))) == 1
+        (group,) = decoder.groups(sequences, settings=settings)
+    if not kv_unified:  # llama.cpp computes the decode as several micro-batches, rows in an order of its own
+        splits = micro_batches.split([cell.sequences[0] for cell in group.cells], 256, one_stream=False)
+        assert len(splits) > 1 and [row for rows in splits for row in rows] != list(range(len(group.cells)))
     logits = forward(llm, sequences, [range(len(s)) for s in sequences], settings=settings)
+    assert llm.native_counters()["skipped_rows"] == 0
     for (setting, steer, added), tokens, actual in zip(cases, sequences, logits):
         expected = reference.forward(tokens, steer, residual_add=added).logits
         assert relative_error(actual, expected) < tolerance, setting.describe()
@@ -112,11 +127,12 @@ def test_sequences_share_prefix_cells_only_under_the_same_prompt_setting(tiny_f3
 
 
 @pytest.mark.real_model
-@pytest.mark.parametrize("flash_attn", [False, True], ids=["plain-attention", "flash-attention"])  # the server's
+@pytest.mark.parametrize("flash_attn, kv_unified", [(False, True), (True, True), (True, False)],  # last: the server's
+                         ids=["plain-attention", "flash-attention", "flash-attention-stream-per-sequence"])
 @pytest.mark.parametrize("name", ["smollm2", "gemma3"])
-def test_each_row_of_a_mixed_batch_equals_the_batch_under_that_rows_setting(name, flash_attn, request):
+def test_each_row_of_a_mixed_batch_equals_the_batch_under_that_rows_setting(name, flash_attn, kv_unified, request):
     path = request.getfixturevalue(name)
-    llm = open_mixed(path, flash_attn=flash_attn)
+    llm = open_mixed(path, flash_attn=flash_attn, kv_unified=kv_unified)
     n_layers, widths = llm.shape.n_layers, llm.shape.widths
     vector = vector_of(llm, 7)
     scale = 0.2 / np.mean([np.linalg.norm(v) for v in vector.directions.values()])
@@ -144,3 +160,4 @@ def test_each_row_of_a_mixed_batch_equals_the_batch_under_that_rows_setting(name
         uniform = batch([setting] * len(settings))
         assert relative_error(mixed[index], uniform[index]) < 1e-5, setting.describe()
     assert relative_error(mixed[0], batch([OFF] * 4)[0]) > 1e-3  # the attn row is steered
+    assert llm.native_counters()["skipped_rows"] == 0

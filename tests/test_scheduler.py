@@ -17,10 +17,10 @@ GREEDY = Sampling(temperature=0.0)
 TEXTS = ["the cat is", "a dog was very", "I like this day", "hello world", "you hate the", "it was a good"]
 
 
-@pytest.fixture
-def scheduled(tiny_f32):
-    llm = SteeredLlama(tiny_f32, n_ctx=4 * 256, n_batch=128, sequences=4, verbose=False, n_threads=THREADS,
-                       n_threads_batch=THREADS)
+@pytest.fixture(params=[True, False], ids=["unified-cache", "stream-per-slot"])
+def scheduled(tiny_f32, request):
+    llm = SteeredLlama(tiny_f32, n_ctx=4 * 256, n_batch=128, sequences=4, kv_unified=request.param, verbose=False,
+                       n_threads=THREADS, n_threads_batch=THREADS)
     scheduler = Scheduler(llm, seed=0).start()
     yield llm, scheduler
     scheduler.close()

@@ -99,6 +99,8 @@ class Decoder:
         self.n_batch = int(llama_cpp.llama_n_batch(self.ctx))
         self.n_ctx = int(llama_cpp.llama_n_ctx(self.ctx))
         self.max_cells = min(max_cells or self.n_batch, self.n_batch)
+        # Cells are shared between sequences on a unified cache only (a stream per sequence holds its own).
+        self.shares_cells = bool(llm.context_params.kv_unified) or self.max_sequences == 1
         self.n_vocab = int(llm.n_vocab())
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, self.max_sequences)
         self._memory = llama_cpp.llama_get_memory(self.ctx)
@@ -125,6 +127,7 @@ class Decoder:
         sequence shares the cells of the prefix it has in common with the one before it (only when both
         prompts are computed under the same setting); `settings`: each sequence's (default OFF)."""
         settings = list(settings) if settings is not None else [OFF] * len(sequences)
+        share = share and self.shares_cells
         group, previous = Group(), None
         for start in range(0, len(sequences), bundle):
             members = list(zip(sequences[start:start + bundle], settings[start:start + bundle]))
@@ -156,7 +159,8 @@ class Decoder:
     def decode(self, entries: Sequence[tuple[int, int, Sequence[int], bool, SteeringSetting]]) -> None:
         """Decode (token, position, slots, wants output, setting) entries as one batch (row i: entry i), each
         row steered as its setting says."""
-        self.llm.install_batch([entry[4] for entry in entries], [row for row, entry in enumerate(entries) if entry[3]])
+        self.llm.install_batch([entry[4] for entry in entries], [row for row, entry in enumerate(entries) if entry[3]],
+                               [entry[2][0] for entry in entries])
         batch = self._batch
         for row, (token, position, slots, output, _) in enumerate(entries):
             batch.token[row] = token

@@ -22,7 +22,7 @@ import numpy as np
 from .. import sites
 from ..formats.model_file import ModelFile
 from ..setting import OFF, SteeringSetting
-from . import context_hook, limits, native, rpc
+from . import context_hook, limits, micro_batches, native, rpc
 from .threads import on_own_thread
 
 EvalCallback = Callable[[int, bool], bool]
@@ -38,15 +38,16 @@ class HookedLlama(llama_cpp.Llama):
     compute call sees the values after our scaling. `rpc_servers` (["host:port", ...]) registers llama.cpp RPC
     servers the way llama.cpp's `--rpc` does (process-wide, see `engine.rpc`) and offloads every layer to them
     unless `n_gpu_layers` says otherwise. `sequences` > 1 opens a context that decodes that many sequences
-    together on one unified KV cache (a cell may belong to several sequences: a shared prefix is held once),
-    each decode in one micro-batch (n_ubatch = n_batch unless given), as per-row steering needs (`install_rows`).
-    Every other keyword goes to `llama_cpp.Llama`, after the resource requests (threads, n_ctx, n_batch) are
-    checked against the model and the machine.
+    together (n_ubatch = n_batch unless given): on one unified KV cache (`kv_unified`, the default: a cell may
+    belong to several sequences, so a shared prefix is held once), or on a KV stream per sequence
+    (`kv_unified=False`, llama-server's layout: each row attends over its own sequence's cells only, and no cell
+    is shared). Every other keyword goes to `llama_cpp.Llama`, after the resource requests (threads, n_ctx,
+    n_batch) are checked against the model and the machine.
     """
 
     def __init__(self, model_path: str | Path, *, model_file: ModelFile | None = None,
                  eval_callback: EvalCallback | Any | None = None, rpc_servers: Sequence[str] | None = None,
-                 sequences: int = 1, **llama_kwargs: Any) -> None:
+                 sequences: int = 1, kv_unified: bool = True, **llama_kwargs: Any) -> None:
         # Read the file ourselves first: a damaged file gets a message that says what is wrong with it.
         self.model_file = model_file or ModelFile.open(model_path)
         self.shape = self.model_file.shape
@@ -67,10 +68,8 @@ class HookedLlama(llama_cpp.Llama):
         overrides = {}
         if sequences > 1:  # llama.cpp aborts when n_seq_max exceeds n_batch (which llama-cpp-python caps at n_ctx)
             n_batch = min(llama_kwargs.get("n_batch", 512), llama_kwargs.get("n_ctx", 512) or 512)
-            overrides = {"n_seq_max": min(sequences, n_batch), "kv_unified": True}
-            # One micro-batch per decode, in batch order (a unified cache splits batches in order): the rows the
-            # callback sees are then the batch's rows, as per-row steering needs.
-            llama_kwargs.setdefault("n_ubatch", n_batch)
+            overrides = {"n_seq_max": min(sequences, n_batch), "kv_unified": bool(kv_unified)}
+            llama_kwargs.setdefault("n_ubatch", n_batch)  # a unified cache's decode is then one micro-batch
         callback_address = native.callback_address()
         with context_hook.callback_for_next_context(callback_address, self._native_state.user_data, overrides):
             super().__init__(str(model_path), **llama_kwargs)
@@ -136,9 +135,10 @@ class HookedLlama(llama_cpp.Llama):
             self._set_control_vector(directions)
         self._installed = (units, directions)
 
-    def install_batch(self, row_settings: Sequence[SteeringSetting], output_rows: Sequence[int]) -> None:
+    def install_batch(self, row_settings: Sequence[SteeringSetting], output_rows: Sequence[int],
+                      row_sequences: Sequence[int] | None = None) -> None:
         """Steer row i of the next decode as row_settings[i] says: `install` when every row has the same
-        setting, else `install_rows` over the distinct ones."""
+        setting, else `install_rows` over the distinct ones (`row_sequences`: see there)."""
         distinct: list[SteeringSetting] = []
         index = []
         for setting in row_settings:
@@ -150,18 +150,21 @@ class HookedLlama(llama_cpp.Llama):
         if len(distinct) == 1:
             self.install(distinct[0])
         else:
-            self.install_rows(distinct, index, output_rows)
+            self.install_rows(distinct, index, output_rows, row_sequences)
 
     def install_rows(self, settings: Sequence[SteeringSetting], row_settings: Sequence[int],
-                     output_rows: Sequence[int]) -> None:
+                     output_rows: Sequence[int], row_sequences: Sequence[int] | None = None) -> None:
         """Steer each row of the next decode as its own setting says: row i under settings[row_settings[i]]
         (an index into `settings`), `output_rows` the batch rows that produce output (the last layer keeps only
         those). Units and control vectors alike go through the native spec, so every row is steered on its own;
-        a row whose setting is OFF is left exactly alone. Call it from the decoding thread, between decodes."""
-        if not self.context_params.kv_unified or len(row_settings) > self.context_params.n_ubatch:
-            raise ValueError("steering rows apart needs a unified KV cache and the whole batch in one micro-batch "
-                             f"({len(row_settings)} rows, n_ubatch {self.context_params.n_ubatch}): llama.cpp "
-                             "reorders or splits the rows otherwise")
+        a row whose setting is OFF is left exactly alone. On a KV stream per sequence, llama.cpp computes the
+        rows in an order of its own, which `row_sequences` (each row's sequence id) determines
+        (`micro_batches`). Call it from the decoding thread, between decodes."""
+        one_stream = bool(self.context_params.kv_unified) or self.context_params.n_seq_max == 1
+        if row_sequences is None and not one_stream:
+            raise ValueError("steering rows apart on a KV stream per sequence needs each row's sequence id")
+        sequences = row_sequences if row_sequences is not None else [0] * len(row_settings)
+        splits = micro_batches.split(sequences, self.context_params.n_ubatch, one_stream)
         tables, index_of = [], []
         for setting in settings:
             table = setting.native_table
@@ -178,7 +181,7 @@ class HookedLlama(llama_cpp.Llama):
             self._native_state.set_spec(self.shape.n_layers, tables,
                                         row_tables=np.array([index_of[i] for i in row_settings], dtype=np.int32),
                                         output_rows=np.array(output_rows, dtype=np.int64),
-                                        addition_site=sites.code("layer"))
+                                        addition_site=sites.code("layer"), micro_batches=splits)
         self._installed = (_ROWS, {})
 
     def _set_control_vector(self, directions: dict[int, np.ndarray]) -> None:

@@ -7,15 +7,14 @@ long prompt is split over steps, so the others keep streaming). Every row is ste
 setting says (`HookedLlama.install_batch`; prompt positions as `setting.for_prompt()`). Sampling is llama.cpp's
 own: one sampler chain per sequence, built in the order llama-cpp-python's `Llama._init_sampler` builds it
 (penalties, grammar, then greedy, mirostat, or top-k, typical, top-p, min-p, temperature and a seeded draw) and
-sampled
-from that sequence's output row; a logit bias, and the end-of-generation ban of `min_tokens`, edit that row's
-logits first, as llama-cpp-python's logits processors do.
+sampled from that sequence's output row; a logit bias, and the end-of-generation ban of `min_tokens`, edit that
+row's logits first, as llama-cpp-python's logits processors do.
 
-Each sequence id is a slot (the context's `sequences`, on one unified KV cache, so that llama.cpp keeps a
-batch's rows in order), with at most n_ctx / slots cells of its own. A slot keeps what it computed when its
-request ends; the next
-request whose prompt starts the same way, under the same prompt setting, reuses those cells (`KvRecord`), as
-llama-server reuses a slot's prompt cache; a request takes the free slot with the longest such prefix.
+Each sequence id is a slot (the context's `sequences`: on one unified KV cache, or on a KV stream per slot,
+llama-server's layout, where each row attends over its own slot's cells only), with at most n_ctx / slots cells
+of its own. A slot keeps what it computed when its request ends; the next request whose prompt starts the same
+way, under the same prompt setting, reuses those cells (`KvRecord`), as llama-server reuses a slot's prompt
+cache; a request takes the free slot with the longest such prefix.
 
 Threading: one thread (the loop, `start`) decodes; `submit` and `cancel` may be called from any thread; a job's
 events are read by whoever submitted it (`Job.events`, a queue). A job that is cancelled (a client that went
@@ -277,23 +276,28 @@ class Scheduler:
         for slot in self.slots:
             if slot.job is not None and slot.job.cancelled.is_set():
                 self._release(slot)
+        generating = [slot for slot in self.slots if slot.job is not None and not slot.pending]
+        room, chunks = self.decoder.n_batch - len(generating), {}
+        for slot in self.slots:  # one token for every generating sequence, then prompts as far as there is room
+            if slot.job is not None and slot.pending and room > 0:
+                chunks[slot.seq] = slot.pending[:room]
+                room -= len(chunks[slot.seq])
+        # Rows in slot order: llama.cpp splits a batch over KV streams by runs of consecutive sequence ids.
         entries: list[tuple[int, int, list[int], bool, SteeringSetting]] = []
-        for slot in self.slots:  # one token for every generating sequence
+        for slot in self.slots:
             slot.row = None
-            if slot.job is not None and not slot.pending:
+            if slot in generating:
                 slot.row = len(entries)
                 entries.append((slot.generated[-1], slot.position, [slot.seq], True, slot.job.setting))
-        for slot in self.slots:  # then prompts, as far as the batch has room
-            room = self.decoder.n_batch - len(entries)
-            if slot.job is None or not slot.pending or room <= 0:
-                continue
-            chunk, slot.pending = slot.pending[:room], slot.pending[room:]
-            prompt = slot.job.setting.for_prompt()
-            for offset, token in enumerate(chunk):
-                last = not slot.pending and offset == len(chunk) - 1
-                entries.append((token, slot.position + offset, [slot.seq], last, prompt))
-            if not slot.pending:
-                slot.row = len(entries) - 1
+            elif slot.seq in chunks:
+                chunk = chunks[slot.seq]
+                slot.pending = slot.pending[len(chunk):]
+                prompt = slot.job.setting.for_prompt()
+                for offset, token in enumerate(chunk):
+                    last = not slot.pending and offset == len(chunk) - 1
+                    entries.append((token, slot.position + offset, [slot.seq], last, prompt))
+                if not slot.pending:
+                    slot.row = len(entries) - 1
         if not entries:
             return
         self.decoder.decode(entries)

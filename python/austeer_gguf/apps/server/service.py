@@ -141,18 +141,19 @@ class SteeringServer:
 
 def open_server(model: str | Path, *, profiles: list[str] = (), default: str | None = None, n_ctx: int = 2048,
                 threads: int | None = None, strength: float = 1.0, apply: str = "all", parallel: int = limits.PARALLEL,
-                flash_attn: bool = True, **llama_kwargs: Any) -> SteeringServer:
+                flash_attn: bool = True, kv_unified: bool = False, **llama_kwargs: Any) -> SteeringServer:
     """A SteeringServer for a model file: `profiles` are profile JSON files loaded beside the embedded ones;
     `default` names the default mix ("polite", "polite:0.5+positive"); without it, the only profile there is.
-    `parallel` requests are decoded together, each with up to `n_ctx` tokens (1: one at a time).
+    `parallel` requests are decoded together, each with up to `n_ctx` tokens (1: one at a time), each slot on a
+    KV stream of its own (llama-server's default; `kv_unified`: one cache for all slots, llama-server's
+    `--kv-unified`), so that a row attends over its own slot's cells only (`reports/bench_decode_step.txt`).
 
     Flash attention is on unless `flash_attn` is False, as llama-server's default ("auto") resolves on CPU, CUDA
-    and Metal (llama-cpp-python turns it off by default). It matters most here: the batched server's unified KV
-    cache holds every slot's cells, and flash attention skips the cells a row's mask hides, where the plain path
-    multiplies and softmaxes them all (`reports/bench_decode_step.txt`)."""
+    and Metal (llama-cpp-python turns it off by default): the plain path multiplies and softmaxes every cell a
+    row's mask hides, where flash attention skips them, which matters most on a unified cache."""
     limits.check_count(parallel, "parallel", 1, limits.MAX_SEQUENCES, "llama.cpp's limit on sequences")
     if parallel > 1:
-        llama_kwargs.update(sequences=parallel, n_batch=min(512, n_ctx * parallel))
+        llama_kwargs.update(sequences=parallel, kv_unified=kv_unified, n_batch=min(512, n_ctx * parallel))
     llm = SteeredLlama(str(model), n_ctx=n_ctx * parallel, n_threads=threads, n_threads_batch=threads, verbose=False,
                        flash_attn=flash_attn, **llama_kwargs)
     llm.chat_handler = conversation.chat_handler(llm)  # one-at-a-time chats are written as the batched ones
