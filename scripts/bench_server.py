@@ -5,6 +5,8 @@ client), 32-token greedy replies, 2 threads, against
   serial    our server one request at a time (`--parallel 1`, the server before continuous batching)
   batched   our server decoding the clients together (`--parallel N`), every request under one setting
   mixed     the same, the requests mixing 4 steering settings (default, off, another profile, reply only)
+  streams   mixed on `--parallel N --kv-streams`: a KV stream per slot, llama-server's layout (not run unless
+            named in --modes)
   llama     llama.cpp's own llama-server (built from the vendored sources by scripts/build_llama_server),
             `--parallel N`, the plain model
 
@@ -133,12 +135,14 @@ def first_token_times(url: str, clients: int, probes: int = 8) -> list[float]:
 
 
 def commands(path: Path, steered: Path, clients: int, threads: int, llama_server: str) -> dict[str, tuple]:
-    ports = {name: free_port() for name in ("serial", "batched", "llama")}
+    ports = {name: free_port() for name in ("serial", "batched", "streams", "llama")}
     ours = [sys.executable, "-m", "austeer_gguf", "serve", str(steered), "--threads", str(threads), "--n-ctx",
             str(N_CTX)]
     return {
         "serial": (ours + ["--port", str(ports["serial"]), "--parallel", "1"], ports["serial"]),
         "batched": (ours + ["--port", str(ports["batched"]), "--parallel", str(max(clients, 2))], ports["batched"]),
+        "streams": (ours + ["--port", str(ports["streams"]), "--parallel", str(max(clients, 2)), "--kv-streams"],
+                    ports["streams"]),
         "llama": ([llama_server, "-m", str(path), "--port", str(ports["llama"]), "--host", "127.0.0.1", "-t",
                    str(threads), "-tb", str(threads), "-c", str(N_CTX * clients), "--parallel", str(clients),
                    "--no-webui"], ports["llama"]),
@@ -164,13 +168,14 @@ def bench_clients(path: Path, steered: Path, clients: int, args, llama_server: s
     count = max(args.requests, 2 * clients)
     mixed = [(PROMPTS[i % len(PROMPTS)], MIXED[i % len(MIXED)]) for i in range(count)]
     single = [(prompt, None) for prompt, _ in mixed]
-    jobs = {"serial": mixed, "batched": single, "mixed": mixed, "llama": single}
+    jobs = {"serial": mixed, "batched": single, "mixed": mixed, "streams": mixed, "llama": single}
     started = commands(path, steered, clients, args.threads, llama_server)
-    with server(*started["serial"]) as serial, server(*started["batched"]) as batched, \
-            server(*started["llama"]) as llama:
-        urls = {mode: url for mode, url in (("serial", serial), ("batched", batched), ("mixed", batched),
-                                           ("llama", llama)) if mode in args.modes}
-        solo = openai.OpenAI(base_url=serial, api_key="unused", max_retries=0, timeout=600)
+    server_of = {"serial": "serial", "batched": "batched", "mixed": "batched", "streams": "streams", "llama": "llama"}
+    with contextlib.ExitStack() as stack:
+        needed = {"serial"} | {server_of[mode] for mode in args.modes}  # serial: the replies computed alone
+        running = {name: stack.enter_context(server(*started[name])) for name in started if name in needed}
+        urls = {mode: running[server_of[mode]] for mode in server_of if mode in args.modes}
+        solo = openai.OpenAI(base_url=running["serial"], api_key="unused", max_retries=0, timeout=600)
         distinct = {json.dumps([prompt, steering]): (prompt, steering) for prompt, steering in mixed + single}
         alone = {key: request(solo, prompt, steering, args.max_tokens)[0]
                  for key, (prompt, steering) in distinct.items()}
@@ -180,13 +185,13 @@ def bench_clients(path: Path, steered: Path, clients: int, args, llama_server: s
         for index in range(args.rounds):
             for mode in rotated(list(urls), index):
                 measured = load(urls[mode], jobs[mode], clients, args.max_tokens)
-                if mode in ("batched", "mixed"):
+                if mode in ("batched", "mixed", "streams"):
                     measured["differing"] = sum(text != alone[json.dumps([prompt, steering])]
                                                 for text, (prompt, steering) in zip(measured["texts"], jobs[mode]))
                 results[mode].append(measured)
                 print(f"{path.name} clients {clients} round {index + 1} {mode}: {measured['tokens_per_s']:.1f} tok/s",
                       flush=True)
-        first = {mode: first_token_times(urls[mode], clients) for mode in ("serial", "mixed", "llama")
+        first = {mode: first_token_times(urls[mode], clients) for mode in ("serial", "mixed", "streams", "llama")
                  if mode in urls} if clients > 1 and not args.no_first_token else {}
 
     lines = [f"\nmodel {path.name}; {clients} concurrent clients, {count} requests a round, {args.max_tokens} "
@@ -194,12 +199,12 @@ def bench_clients(path: Path, steered: Path, clients: int, args, llama_server: s
              f"{'mode':8} {'tok/s':>7} {'p50 s':>7} {'p95 s':>7} {'errors':>6} {'differing':>9} "
              f"{'first token p50 / p95 s':>24}"]
     for mode, rounds in results.items():
-        differing = str(sum(r.get("differing", 0) for r in rounds)) if mode in ("batched", "mixed") else "-"
+        differing = str(sum(r.get("differing", 0) for r in rounds)) if mode in ("batched", "mixed", "streams") else "-"
         times = first.get(mode)
         ttft = f"{np.median(times):.2f} / {np.percentile(times, 95):.2f}" if times else "-"
         lines.append(f"{mode:8} {median(rounds, 'tokens_per_s'):7.1f} {median(rounds, 'p50'):7.2f} "
                      f"{median(rounds, 'p95'):7.2f} {sum(r['errors'] for r in rounds):6d} {differing:>9} {ttft:>24}")
-    pairs = (("mixed", "serial"), ("mixed", "llama"), ("batched", "llama"))
+    pairs = (("mixed", "serial"), ("mixed", "llama"), ("batched", "llama"), ("streams", "mixed"))
     ratios = [f"{a} / {b} {ratio(results, a, b):.2f}x" for a, b in pairs if a in results and b in results]
     lines.append(", ".join(ratios) + " (medians of per-round ratios)")
     print("\n".join(lines), flush=True)
@@ -222,7 +227,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--modes", default="serial,batched,mixed,llama", help="which of the four to run")
+    parser.add_argument("--modes", default="serial,batched,mixed,llama", help="which of the five to run")
     parser.add_argument("--no-first-token", action="store_true", help="skip the time-to-first-token probe")
     args = parser.parse_args()
     args.modes = args.modes.split(",")

@@ -32,14 +32,16 @@ SETTINGS = [None, {"enabled": False}, {"profiles": {"calm": 1.0}}, {"profiles": 
             {"apply": "generation"}, {"strength": 2.0}]
 
 
-@pytest.fixture(scope="module", params=["4", "1"], ids=["batched", "one-at-a-time"])
+@pytest.fixture(scope="module", params=[["--parallel", "4"], ["--parallel", "4", "--kv-streams"], ["--parallel", "1"]],
+                ids=["batched", "batched-kv-streams", "one-at-a-time"])
 def server(tiny_f32, tmp_path_factory, request):
-    """The server decoding 4 requests together (continuous batching), and one at a time (--parallel 1)."""
+    """The server decoding 4 requests together (continuous batching) on one KV cache and on a KV stream per
+    request, and one at a time (--parallel 1)."""
     model = embed_profiles(tiny_f32, [MOOD], tmp_path_factory.mktemp("served") / "tiny.gguf")
     calm = tmp_path_factory.mktemp("profiles") / "calm.json"
     write_profile(CALM, calm)
     with running_server(model, "--profile", str(calm), "--default", "mood", "--n-ctx", "512",
-                        "--parallel", request.param) as url:
+                        *request.param) as url:
         yield url
 
 
@@ -321,7 +323,7 @@ def test_sigterm_ends_a_long_stream_of_the_one_at_a_time_server_with_an_error_ev
 
 
 @pytest.mark.parametrize("parallel", [1, 4])
-def test_the_server_opens_its_model_with_flash_attention_unless_told_not_to(tiny_f32, parallel):
+def test_the_server_opens_its_model_with_flash_attention_and_one_kv_cache_unless_told_not_to(tiny_f32, parallel):
     from austeer_gguf.apps.server import open_server
 
     for flash_attn, expected in ((True, llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED),
@@ -329,6 +331,11 @@ def test_the_server_opens_its_model_with_flash_attention_unless_told_not_to(tiny
         server = open_server(tiny_f32, n_ctx=128, threads=2, parallel=parallel, flash_attn=flash_attn)
         assert server.llm.context_params.flash_attn_type == expected
         server.llm.close()
+    if parallel > 1:  # one KV cache for all slots, or (--kv-streams) a stream per slot
+        for kv_unified in (True, False):
+            server = open_server(tiny_f32, n_ctx=128, threads=2, parallel=parallel, kv_unified=kv_unified)
+            assert server.llm.context_params.kv_unified == kv_unified
+            server.llm.close()
     usage = subprocess.run([sys.executable, "-m", "austeer_gguf", "serve", "--help"], capture_output=True, text=True,
                            check=True).stdout
-    assert "--flash-attn {on,off}" in usage and "default on" in usage
+    assert "--flash-attn {on,off}" in usage and "default on" in usage and "--kv-streams" in usage

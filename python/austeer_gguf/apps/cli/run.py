@@ -108,7 +108,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     server = open_server(models.resolve(args.model), profiles=args.profile or [], default=args.default,
                          n_ctx=args.n_ctx, threads=args.threads, strength=args.strength, apply=args.apply,
-                         parallel=args.parallel, flash_attn=args.flash_attn == "on", kv_unified=args.kv_unified,
+                         parallel=args.parallel, flash_attn=args.flash_attn == "on", kv_unified=not args.kv_streams,
                          rpc_servers=args.rpc.split(",") if args.rpc else None)
     if args.drain is not None:
         server.drain_seconds = args.drain
@@ -127,7 +127,7 @@ def _serve_supervised(args: argparse.Namespace, api_key: str | None) -> int:
 
     worker = [str(models.resolve(args.model)), "--n-ctx", str(args.n_ctx), "--parallel", str(args.parallel),
               "--strength", str(args.strength), "--apply", args.apply, "--flash-attn", args.flash_attn,
-              "--rpc", args.rpc] + (["--kv-unified"] if args.kv_unified else [])
+              "--rpc", args.rpc] + (["--kv-streams"] if args.kv_streams else [])
     for path in args.profile or []:
         worker += ["--profile", path]
     for flag, value in (("--default", args.default), ("--threads", args.threads), ("--drain", args.drain)):
@@ -188,9 +188,9 @@ def register(commands) -> None:
     serve_.add_argument("--parallel", type=positive_int, default=PARALLEL,
                         help="requests decoded together (continuous batching, each with its own steering); 1: one "
                         "at a time")
-    serve_.add_argument("--kv-unified", action="store_true",
-                        help="one KV cache for all parallel requests (llama-server's --kv-unified); default: a "
-                        "stream per request, whose rows attend over their own cells only")
+    serve_.add_argument("--kv-streams", action="store_true",
+                        help="a KV stream per parallel request, llama-server's default layout (default: one KV "
+                        "cache for all, which decoded as fast or faster in scripts/bench_server.py)")
     serve_.add_argument("--threads", type=positive_int, help="CPU threads (default: half the cores)")
     serve_.add_argument("--flash-attn", default="on", choices=["on", "off"],
                         help="flash attention (default on, as llama-server's auto resolves on CPU, CUDA and Metal)")

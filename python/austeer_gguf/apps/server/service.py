@@ -141,12 +141,13 @@ class SteeringServer:
 
 def open_server(model: str | Path, *, profiles: list[str] = (), default: str | None = None, n_ctx: int = 2048,
                 threads: int | None = None, strength: float = 1.0, apply: str = "all", parallel: int = limits.PARALLEL,
-                flash_attn: bool = True, kv_unified: bool = False, **llama_kwargs: Any) -> SteeringServer:
+                flash_attn: bool = True, kv_unified: bool = True, **llama_kwargs: Any) -> SteeringServer:
     """A SteeringServer for a model file: `profiles` are profile JSON files loaded beside the embedded ones;
     `default` names the default mix ("polite", "polite:0.5+positive"); without it, the only profile there is.
-    `parallel` requests are decoded together, each with up to `n_ctx` tokens (1: one at a time), each slot on a
-    KV stream of its own (llama-server's default; `kv_unified`: one cache for all slots, llama-server's
-    `--kv-unified`), so that a row attends over its own slot's cells only (`reports/bench_decode_step.txt`).
+    `parallel` requests are decoded together, each with up to `n_ctx` tokens (1: one at a time), all slots on one
+    KV cache (`kv_unified`), or each on a KV stream of its own (llama-server's default layout: a row attends over
+    its own slot's cells only, but llama.cpp then computes a step as several micro-batches whenever the running
+    slots' ids are not consecutive or a prompt is admitted; slower here, `reports/bench_server.txt`).
 
     Flash attention is on unless `flash_attn` is False, as llama-server's default ("auto") resolves on CPU, CUDA
     and Metal (llama-cpp-python turns it off by default): the plain path multiplies and softmaxes every cell a
