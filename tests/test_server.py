@@ -84,6 +84,18 @@ def test_each_request_runs_under_its_own_setting_and_says_which(client):
     assert completion.model_extra["steering"]["enabled"] is False
 
 
+def test_a_batched_server_says_how_many_prompt_tokens_came_from_a_slots_cache(client, request):
+    def usage():
+        return client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2, temperature=0,
+                                              extra_body={"steering": {"profiles": {"calm": 1.0}}}).usage
+
+    first, again = usage(), usage()
+    if "1" in request.node.callspec.params["server"]:  # llama-cpp-python's own usage: no details
+        assert first.prompt_tokens_details is None and again.prompt_tokens == first.prompt_tokens
+        return
+    assert again.prompt_tokens_details.cached_tokens == again.prompt_tokens - 1  # all but the token it decodes
+
+
 def test_both_servers_write_a_chat_as_the_package_does_and_stop_at_the_next_user_turn(client):
     """The tiny model has no chat template: a chat is `User:`/`Assistant:` lines (conversation.py) in the
     batched server and in the one-at-a-time one (llama-cpp-python would guess another format there), and the
