@@ -8,7 +8,7 @@ import time
 import pytest
 
 from austeer_gguf import OFF, SteeredLlama
-from austeer_gguf.engine.decoder import generate_tokens
+from austeer_gguf.engine.decoder import common_prefix, generate_tokens
 from austeer_gguf.engine.scheduler import Done, Job, Sampling, Scheduler, Text
 
 from conftest import THREADS, profile_on
@@ -120,6 +120,35 @@ def test_a_slot_reuses_its_cells_only_under_the_same_prompt_setting(scheduled):
                                         n_threads=THREADS)
     prompt = system + tokens_of(llm, "world")[1:]
     assert shared.tokens == tuple(generate_tokens(fresh, [prompt], max_tokens=4, setting=generation_only)[0])
+
+
+def test_a_request_shares_the_prompt_cells_another_slot_holds_under_its_prompt_setting(tiny_f32, scheduled):
+    llm, scheduler = scheduled
+    steered = llm.steering.setting([(profile_on("attn", 64, 3, 1), 1.0)])
+    generation_only = llm.steering.setting([(profile_on("attn", 64, 3, 1), 1.0)], scope="generation")
+    system = tokens_of(llm, "you are a cat and the dog is very happy this day and I like it")
+    running = scheduler.submit(Job(system + tokens_of(llm, "hello")[1:], steered, GREEDY, max_tokens=200))
+    next(running.stream())  # its prompt is in its slot's cells, and it keeps generating
+
+    def run(extra: str, setting) -> Done:
+        return finish(scheduler.submit(Job(system + tokens_of(llm, extra)[1:], setting, GREEDY, max_tokens=4)))[1]
+
+    cases = [("world", steered), ("world", OFF), ("sea", generation_only), ("sky", OFF)]
+    done = [run(extra, setting) for extra, setting in cases]
+    scheduler.cancel(running)
+    prompt = {extra: system + tokens_of(llm, extra)[1:] for extra in ("hello", "world", "sea", "sky")}
+    if scheduler.decoder.shares_cells:
+        # steered: from the running slot; OFF: nothing (every cell held is steered); the generation-scoped prompt
+        # is computed unsteered: from the OFF request's slot; OFF again: from either of the last two
+        expected = [common_prefix(prompt["hello"], prompt["world"]), 0, common_prefix(prompt["world"], prompt["sea"]),
+                    max(common_prefix(prompt[other], prompt["sky"]) for other in ("world", "sea"))]
+        assert [d.reused for d in done] == expected and min(expected[2:]) >= len(system) - 1
+    else:  # on KV streams a slot serves only its own later requests: each unsteered prompt follows the last one
+        expected = [0, 0, common_prefix(prompt["world"], prompt["sea"]), common_prefix(prompt["sea"], prompt["sky"])]
+        assert [d.reused for d in done] == expected
+    alone = SteeredLlama.for_evaluation(tiny_f32, n_ctx=512, n_batch=256, verbose=False, n_threads=THREADS)
+    for (extra, setting), result in zip(cases, done):
+        assert result.tokens == tuple(generate_tokens(alone, [prompt[extra]], max_tokens=4, setting=setting)[0])
 
 
 def test_stop_strings_end_a_job_and_are_not_streamed(scheduled):

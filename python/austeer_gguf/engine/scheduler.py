@@ -12,9 +12,11 @@ row's logits first, as llama-cpp-python's logits processors do.
 
 Each sequence id is a slot (the context's `sequences`: on one unified KV cache, or on a KV stream per slot,
 llama-server's layout, where each row attends over its own slot's cells only), with at most n_ctx / slots cells
-of its own. A slot keeps what it computed when its request ends; the next request whose prompt starts the same
-way, under the same prompt setting, reuses those cells (`KvRecord`), as llama-server reuses a slot's prompt
-cache; a request takes the free slot with the longest such prefix.
+of its own. A slot keeps what it computed when its request ends. A request's prompt positions that some slot's
+cells already hold, computed under the request's prompt setting (`KvRecord`), are not computed again: on a
+unified cache the request's slot shares those cells (a cell belongs to several sequences), whichever slot holds
+them, running or not, as llama-server restores a cached prompt into a slot; on KV streams only a free slot's own
+cells serve, and a request takes the free slot with the longest such prefix.
 
 Threading: one thread (the loop, `start`) decodes; `submit` and `cancel` may be called from any thread; a job's
 events are read by whoever submitted it (`Job.events`, a queue). A job that is cancelled (a client that went
@@ -250,18 +252,29 @@ class Scheduler:
             if not free:
                 return
             self._waiting.popleft()
-            reuse = {slot.seq: self._reusable(slot, job) for slot in free}
+            holders = self.slots if self.decoder.shares_cells else free  # on KV streams a slot keeps its own
+            reuse = {slot.seq: self._reusable(slot, job) for slot in holders}
             slot = max(free, key=lambda s: (reuse[s.seq], -s.seq))
-            self._start(slot, job, reuse[slot.seq])
+            source = max(holders, key=lambda s: (reuse[s.seq], s is slot, -s.seq))
+            self._start(slot, job, source, reuse[source.seq])
 
     def _reusable(self, slot: _Slot, job: Job) -> int:
         """How many of the job's prompt tokens the slot's cells already hold under the job's prompt setting
         (at least one prompt token is always decoded again, for its logits)."""
+        running = slot.job
+        record = slot.record if running is None else KvRecord(running.setting.for_prompt(), len(running.tokens),
+                                                               running.setting)
         shared = common_prefix(slot.cached, job.tokens)
-        return min(shared, slot.record.reusable(job.setting.for_prompt(), len(slot.cached)), len(job.tokens) - 1)
+        return min(shared, record.reusable(job.setting.for_prompt(), len(slot.cached)), len(job.tokens) - 1)
 
-    def _start(self, slot: _Slot, job: Job, reuse: int) -> None:
-        llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, reuse, -1)
+    def _start(self, slot: _Slot, job: Job, source: _Slot, reuse: int) -> None:
+        """Run the job in `slot`, its first `reuse` positions taken from the cells `source` holds (the slot's
+        own, or on a unified cache another slot's: a cell then belongs to both sequences)."""
+        if source is slot:
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, reuse, -1)
+        else:
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
+            llama_cpp.llama_memory_seq_cp(self._memory, source.seq, slot.seq, 0, reuse)
         seed = job.sampling.seed if job.sampling.seed is not None else self._seeds.randint(0, 2**32 - 1)
         try:
             slot.chain = job.sampling.chain(self.llm, seed)
