@@ -67,9 +67,10 @@ def test_micro_batches_are_llama_cpps_splits():
 
 
 @pytest.mark.parametrize("flash_attn", [False, True], ids=["plain-attention", "flash-attention"])
-@pytest.mark.parametrize("kv_unified", [True, False], ids=["unified-cache", "stream-per-sequence"])
-def test_a_mixed_batch_matches_the_reference_row_by_row(tiny_f32, flash_attn, kv_unified):
-    llm = open_mixed(tiny_f32, flash_attn=flash_attn, kv_unified=kv_unified)
+@pytest.mark.parametrize("kv_unified, n_ubatch", [(True, 256), (True, 16), (False, 256)],
+                         ids=["unified-cache", "unified-cache-16-row-micro-batches", "stream-per-sequence"])
+def test_a_mixed_batch_matches_the_reference_row_by_row(tiny_f32, flash_attn, kv_unified, n_ubatch):
+    llm = open_mixed(tiny_f32, flash_attn=flash_attn, kv_unified=kv_unified, n_ubatch=n_ubatch)
     tolerance = FLASH_TOLERANCE if flash_attn else TOLERANCE
     reference = ReferenceModel(tiny_f32)
     cases = settings_and_references(llm)
@@ -77,9 +78,11 @@ def test_a_mixed_batch_matches_the_reference_row_by_row(tiny_f32, flash_attn, kv
     settings = [setting for setting, _, _ in cases]
     with Decoder(llm) as decoder:  # all five in one decode
         (group,) = decoder.groups(sequences, settings=settings)
-    if not kv_unified:  # llama.cpp computes the decode as several micro-batches, rows in an order of its own
-        splits = micro_batches.split([cell.sequences[0] for cell in group.cells], 256, one_stream=False)
-        assert len(splits) > 1 and [row for rows in splits for row in rows] != list(range(len(group.cells)))
+    splits = micro_batches.split([cell.sequences[0] for cell in group.cells], n_ubatch, one_stream=kv_unified)
+    if n_ubatch < 256 or not kv_unified:  # llama.cpp computes the decode as several micro-batches
+        assert len(splits) > 1
+    if not kv_unified:  # ... with rows in an order of its own
+        assert [row for rows in splits for row in rows] != list(range(len(group.cells)))
     logits = forward(llm, sequences, [range(len(s)) for s in sequences], settings=settings)
     assert llm.native_counters()["skipped_rows"] == 0
     for (setting, steer, added), tokens, actual in zip(cases, sequences, logits):
