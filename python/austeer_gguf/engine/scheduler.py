@@ -261,26 +261,24 @@ class Scheduler:
     def _reusable(self, slot: _Slot, job: Job) -> int:
         """How many of the job's prompt tokens the slot's cells already hold under the job's prompt setting
         (at least one prompt token is always decoded again, for its logits)."""
-        running = slot.job
-        record = slot.record if running is None else KvRecord(running.setting.for_prompt(), len(running.tokens),
-                                                               running.setting)
+        record = slot.record if slot.job is None else _computed_under(slot.job)
         shared = common_prefix(slot.cached, job.tokens)
         return min(shared, record.reusable(job.setting.for_prompt(), len(slot.cached)), len(job.tokens) - 1)
 
     def _start(self, slot: _Slot, job: Job, source: _Slot, reuse: int) -> None:
         """Run the job in `slot`, its first `reuse` positions taken from the cells `source` holds (the slot's
         own, or on a unified cache another slot's: a cell then belongs to both sequences)."""
+        seed = job.sampling.seed if job.sampling.seed is not None else self._seeds.randint(0, 2**32 - 1)
+        try:  # before the cells change: a refused job leaves the slot as it was
+            slot.chain = job.sampling.chain(self.llm, seed)
+        except InputError as error:
+            job.events.put(Failed(str(error)))
+            return
         if source is slot:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, reuse, -1)
         else:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
             llama_cpp.llama_memory_seq_cp(self._memory, source.seq, slot.seq, 0, reuse)
-        seed = job.sampling.seed if job.sampling.seed is not None else self._seeds.randint(0, 2**32 - 1)
-        try:
-            slot.chain = job.sampling.chain(self.llm, seed)
-        except InputError as error:
-            job.events.put(Failed(str(error)))
-            return
         slot.job, slot.cached = job, list(job.tokens[:reuse])
         slot.pending, slot.position = list(job.tokens[reuse:]), reuse
         slot.generated, slot.reused, slot.emitted, slot.row = [], reuse, 0, None
@@ -390,12 +388,16 @@ class Scheduler:
         if slot.chain is not None:
             llama_cpp.llama_sampler_free(slot.chain)
         if slot.job is not None and keep_cells:
-            prompt = slot.job.setting.for_prompt()
-            slot.record = KvRecord(prompt, len(slot.job.tokens), slot.job.setting)
+            slot.record = _computed_under(slot.job)
         elif slot.job is not None:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
             slot.cached, slot.record = [], KvRecord()
         slot.job, slot.chain, slot.pending, slot.row = None, None, [], None
+
+
+def _computed_under(job: Job) -> KvRecord:
+    """Which settings a job's cells are computed under: its prompt setting, then (generated) its setting."""
+    return KvRecord(job.setting.for_prompt(), len(job.tokens), job.setting)
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
