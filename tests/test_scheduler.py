@@ -167,3 +167,49 @@ def test_jobs_that_do_not_fit_are_refused(scheduled):
         scheduler.submit(Job(list(range(3, 300)), OFF, GREEDY))
     with pytest.raises(ValueError, match="empty"):
         scheduler.submit(Job([], OFF, GREEDY))
+
+
+def two_slots_two_parked(tiny_f32, n_ctx: int) -> Scheduler:
+    llm = SteeredLlama(tiny_f32, n_ctx=n_ctx, n_batch=128, sequences=4, verbose=False, n_threads=THREADS,
+                       n_threads_batch=THREADS)
+    return Scheduler(llm, seed=0, slots=2).start()
+
+
+def test_a_prompt_whose_slot_is_taken_is_parked_and_serves_a_later_request(tiny_f32):
+    scheduler = two_slots_two_parked(tiny_f32, n_ctx=2 * 256)
+    llm = scheduler.llm
+    steered = llm.steering.setting([(profile_on("attn", 64, 3, 1), 1.0)])
+    a, b = tokens_of(llm, "you are a cat and the dog is very happy"), tokens_of(llm, "hello world I like this day")
+
+    def run(prompt, setting) -> Done:
+        return finish(scheduler.submit(Job(prompt, setting, GREEDY, max_tokens=4)))[1]
+
+    try:
+        first_a, first_b = run(a, steered), run(b, OFF)  # b takes a's slot: a's prompt cells go to a parked id
+        again_a, again_b = run(a, steered), run(b, OFF)  # each from its parked cells
+        assert [d.reused for d in (first_a, first_b, again_a, again_b)] == [0, 0, len(a) - 1, len(b) - 1]
+        assert (again_a.tokens, again_b.tokens) == (first_a.tokens, first_b.tokens)
+        assert len(scheduler.slots) == 2 and [len(park.cached) for park in scheduler.parked] == [len(a), len(b)]
+    finally:
+        scheduler.close()
+    alone = SteeredLlama.for_evaluation(tiny_f32, n_ctx=512, n_batch=256, verbose=False, n_threads=THREADS)
+    assert first_a.tokens == tuple(generate_tokens(alone, [a], max_tokens=4, setting=steered)[0])
+
+
+def test_parked_prompts_give_way_when_the_running_requests_need_the_cells(tiny_f32):
+    scheduler = two_slots_two_parked(tiny_f32, n_ctx=2 * 64)  # each slot's share: 64 cells, parked ones on top
+    llm = scheduler.llm
+    short = tokens_of(llm, "you are a cat and the dog is very happy")
+    try:
+        finish(scheduler.submit(Job(short, OFF, GREEDY, max_tokens=2)))
+        longer = [scheduler.submit(Job(tokens_of(llm, text), OFF, GREEDY, max_tokens=100)) for text in TEXTS[:2]]
+        next(longer[0].stream())
+        assert [park.cached for park in scheduler.parked if park.cached] == [short]  # the first took short's slot
+        done = [finish(job)[1] for job in longer]
+        assert [d.finish_reason for d in done] == ["length", "length"]
+        assert all(d.prompt_tokens + d.completion_tokens >= 63 for d in done)  # each filled its share
+        assert not any(park.cached for park in scheduler.parked)  # the parked prompt made room
+        again = finish(scheduler.submit(Job(short, OFF, GREEDY, max_tokens=2)))[1]
+        assert again.reused == max(common_prefix(short, tokens_of(llm, text)) for text in TEXTS[:2])  # the BOS
+    finally:
+        scheduler.close()

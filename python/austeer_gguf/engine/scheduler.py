@@ -15,8 +15,10 @@ llama-server's layout, where each row attends over its own slot's cells only), w
 of its own. A slot keeps what it computed when its request ends. A request's prompt positions that some slot's
 cells already hold, computed under the request's prompt setting (`KvRecord`), are not computed again: on a
 unified cache the request's slot shares those cells (a cell belongs to several sequences), whichever slot holds
-them, running or not, as llama-server restores a cached prompt into a slot; on KV streams only a free slot's own
-cells serve, and a request takes the free slot with the longest such prefix.
+them, running or not; on KV streams only a free slot's own cells serve, and a request takes the free slot with
+the longest such prefix. On a unified cache, the context's sequence ids beyond the slots (`slots=`) hold the
+prompts of slots taken by other requests (parked, least recently used first out), as long as the running
+requests leave the cache room for them: llama-server keeps such prompts in a RAM cache.
 
 Threading: one thread (the loop, `start`) decodes; `submit` and `cancel` may be called from any thread; a job's
 events are read by whoever submitted it (`Job.events`, a queue). A job that is cancelled (a client that went
@@ -159,17 +161,22 @@ class _Slot:
     reused: int = 0  # prompt tokens taken from the cells of the slot's earlier request
     emitted: int = 0  # characters of the text already sent
     row: int | None = None  # its output row in the step just decoded
+    used: int = 0  # when its cells last served or were parked (parked prompts go least recently used first)
 
 
 class Scheduler:
     """Continuous batching over a hooked model whose context holds several sequences (`HookedLlama(...,
     sequences=N)`): N slots."""
 
-    def __init__(self, llm: HookedLlama, seed: int | None = None) -> None:
+    def __init__(self, llm: HookedLlama, seed: int | None = None, slots: int | None = None) -> None:
         self.llm = llm
         self.decoder = Decoder(llm)
-        self.slots = [_Slot(seq) for seq in range(self.decoder.max_sequences)]
-        self.cells_per_sequence = self.decoder.n_ctx // len(self.slots)  # each sequence's share of the cache
+        n_ids = self.decoder.max_sequences
+        self.slots = [_Slot(seq) for seq in range(min(slots or n_ids, n_ids))]
+        # The sequence ids beyond the slots (a unified cache only) hold prompts that slots computed and then needed
+        # their cells for another request (`_park`): cells that nothing decodes, kept while the cache has room.
+        self.parked = [_Slot(seq) for seq in range(len(self.slots), n_ids)] if self.decoder.shares_cells else []
+        self.cells_per_sequence = self.decoder.n_ctx // len(self.slots)  # each slot's share of the cache
         self._memory = llama_cpp.llama_get_memory(llm.ctx)
         self._waiting: deque[Job] = deque()
         self._wake = threading.Condition()
@@ -177,6 +184,7 @@ class Scheduler:
         self._seeds = random.Random(seed)
         self._thread: threading.Thread | None = None
         self.steps = 0  # decodes run (for tests and benchmarks)
+        self._clock = 0  # counts the slots' starts, for `used`
 
     # ---- what other threads call ------------------------------------------------------------------------
 
@@ -252,7 +260,7 @@ class Scheduler:
             if not free:
                 return
             self._waiting.popleft()
-            holders = self.slots if self.decoder.shares_cells else free  # on KV streams a slot keeps its own
+            holders = self.slots + self.parked if self.decoder.shares_cells else free  # on KV streams: its own
             reuse = {slot.seq: self._reusable(slot, job) for slot in holders}
             slot = max(free, key=lambda s: (reuse[s.seq], -s.seq))
             source = max(holders, key=lambda s: (reuse[s.seq], s is slot, -s.seq))
@@ -274,6 +282,10 @@ class Scheduler:
         except InputError as error:
             job.events.put(Failed(str(error)))
             return
+        self._clock += 1
+        source.used = self._clock
+        if source is not slot or reuse < slot.record.split:
+            self._park(slot, keep=source)
         if source is slot:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, reuse, -1)
         else:
@@ -282,6 +294,46 @@ class Scheduler:
         slot.job, slot.cached = job, list(job.tokens[:reuse])
         slot.pending, slot.position = list(job.tokens[reuse:]), reuse
         slot.generated, slot.reused, slot.emitted, slot.row = [], reuse, 0, None
+
+    def _park(self, slot: _Slot, keep: _Slot) -> None:
+        """Keep the prompt cells of a slot that is about to drop them on a parked id (the least recently used
+        other than `keep`, the cells a request is about to take), unless another holder has them already or the
+        cache has no room."""
+        prompt, length = slot.record.prompt, min(slot.record.split, len(slot.cached))
+        if not self.parked or prompt is None or length < 2:
+            return
+        tokens = slot.cached[:length]
+        for holder in self.slots + self.parked:
+            if holder is not slot and holder.job is None and holder.record.prompt == prompt and \
+                    common_prefix(holder.cached[:holder.record.split], tokens) == length:
+                return
+        candidates = [park for park in self.parked if park is not keep]
+        if not candidates:
+            return
+        park = min(candidates, key=lambda p: p.used)
+        self._unpark(park)
+        if not self._make_room(length, keep):
+            return
+        llama_cpp.llama_memory_seq_cp(self._memory, slot.seq, park.seq, 0, length)
+        self._clock += 1
+        park.cached, park.record, park.used = tokens, KvRecord(prompt, length), self._clock
+
+    def _unpark(self, park: _Slot) -> None:
+        llama_cpp.llama_memory_seq_rm(self._memory, park.seq, -1, -1)
+        park.cached, park.record = [], KvRecord()
+
+    def _make_room(self, cells: int, keep: _Slot | None = None) -> bool:
+        """Drop parked prompts (but `keep`), least recently used first, until `cells` more fit the cache
+        (counting every holder's cells as its own, which over-counts shared ones); whether they fit."""
+        def held() -> int:
+            return sum(len(s.cached) + len(s.pending) for s in self.slots) + sum(len(p.cached) for p in self.parked)
+
+        while held() + cells > self.decoder.n_ctx:
+            occupied = [park for park in self.parked if park.cached and park is not keep]
+            if not occupied:
+                return False
+            self._unpark(min(occupied, key=lambda p: p.used))
+        return True
 
     def _step(self) -> None:
         for slot in self.slots:
@@ -311,6 +363,7 @@ class Scheduler:
                     slot.row = len(entries) - 1
         if not entries:
             return
+        self._make_room(len(entries))
         self.decoder.decode(entries)
         self.steps += 1
         for slot in self.slots:

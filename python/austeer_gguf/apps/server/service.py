@@ -48,7 +48,7 @@ class SteeringServer:
     (`scheduler`, when the model's context holds several sequences) or one at a time under `lock`, on the one
     thread that decodes them (`decoding`; see engine.threads)."""
 
-    def __init__(self, llm: SteeredLlama, alias: str, n_ctx: int | None = None) -> None:
+    def __init__(self, llm: SteeredLlama, alias: str, n_ctx: int | None = None, parallel: int | None = None) -> None:
         self.llm = llm
         self.alias = alias
         self.n_ctx = n_ctx or llm.n_ctx()  # what one request may use: prompt and reply
@@ -57,7 +57,7 @@ class SteeringServer:
         self.default = Defaults()
         self.drain_seconds = DRAIN_SECONDS  # how long a shutdown lets streams run on (then an error event ends them)
         sequences = int(llama_cpp.llama_n_seq_max(llm.ctx))
-        self.scheduler = Scheduler(llm).start() if sequences > 1 else None
+        self.scheduler = Scheduler(llm, slots=parallel).start() if sequences > 1 else None
         self.decoding = DecodeThread() if self.scheduler is None else None
 
     @property
@@ -153,12 +153,13 @@ def open_server(model: str | Path, *, profiles: list[str] = (), default: str | N
     and Metal (llama-cpp-python turns it off by default): the plain path multiplies and softmaxes every cell a
     row's mask hides, where flash attention skips them, which matters most on a unified cache."""
     limits.check_count(parallel, "parallel", 1, limits.MAX_SEQUENCES, "llama.cpp's limit on sequences")
-    if parallel > 1:
-        llama_kwargs.update(sequences=parallel, kv_unified=kv_unified, n_batch=min(512, n_ctx * parallel))
+    if parallel > 1:  # on one cache, as many sequence ids again hold prompts idle slots computed (Scheduler)
+        parked = min(parallel, limits.MAX_SEQUENCES - parallel) if kv_unified else 0
+        llama_kwargs.update(sequences=parallel + parked, kv_unified=kv_unified, n_batch=min(512, n_ctx * parallel))
     llm = SteeredLlama(str(model), n_ctx=n_ctx * parallel, n_threads=threads, n_threads_batch=threads, verbose=False,
                        flash_attn=flash_attn, **llama_kwargs)
     llm.chat_handler = conversation.chat_handler(llm)  # one-at-a-time chats are written as the batched ones
-    server = SteeringServer(llm, Path(model).name, n_ctx)
+    server = SteeringServer(llm, Path(model).name, n_ctx, parallel)
     for path in profiles:
         try:
             server.add_profile(read_json_file(Path(path), "profile"))
