@@ -277,6 +277,9 @@ def test_serve_refuses_what_it_cannot_do_safely_before_loading_anything(tiny_f32
     write_profile(CALM, calm)
     clash = serve("--profile", str(calm), "--profile", str(twin), "--port", "8978")
     assert clash.returncode == 2 and "'calm' is loaded already" in clash.stderr
+    for parallel in ("1", "4"):  # a request's context, whatever else the server holds
+        wide = serve("--n-ctx", "4097", "--parallel", parallel, "--port", "8979")
+        assert wide.returncode == 2 and "context length is 4096" in wide.stderr, wide.stderr
 
 
 def read_stream(url: str, body: dict, lines: list, started: threading.Event) -> None:

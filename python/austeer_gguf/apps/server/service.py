@@ -17,6 +17,7 @@ from ...engine.scheduler import Scheduler
 from ...engine.threads import DecodeThread
 from ...errors import InputError
 from ...formats.embedded import check_name
+from ...formats.model_file import ModelFile
 from ...formats.profiles import profile_from_dict
 from ...jsonfile import read_json_file
 from ...profile import Profile, parse_mix
@@ -153,11 +154,13 @@ def open_server(model: str | Path, *, profiles: list[str] = (), default: str | N
     and Metal (llama-cpp-python turns it off by default): the plain path multiplies and softmaxes every cell a
     row's mask hides, where flash attention skips them, which matters most on a unified cache."""
     limits.check_count(parallel, "parallel", 1, limits.MAX_SEQUENCES, "llama.cpp's limit on sequences")
+    model_file = ModelFile.open(model)
+    n_ctx = limits.check_context(n_ctx, model_file)  # one request's context (the spare sequence ids hold no request)
     if parallel > 1:  # on one cache, as many sequence ids again hold prompts idle slots computed (Scheduler)
         parked = min(parallel, limits.MAX_SEQUENCES - parallel) if kv_unified else 0
         llama_kwargs.update(sequences=parallel + parked, kv_unified=kv_unified, n_batch=min(512, n_ctx * parallel))
-    llm = SteeredLlama(str(model), n_ctx=n_ctx * parallel, n_threads=threads, n_threads_batch=threads, verbose=False,
-                       flash_attn=flash_attn, **llama_kwargs)
+    llm = SteeredLlama(str(model), model_file=model_file, n_ctx=n_ctx * parallel, n_threads=threads,
+                       n_threads_batch=threads, verbose=False, flash_attn=flash_attn, **llama_kwargs)
     llm.chat_handler = conversation.chat_handler(llm)  # one-at-a-time chats are written as the batched ones
     server = SteeringServer(llm, Path(model).name, n_ctx, parallel)
     for path in profiles:
