@@ -148,7 +148,7 @@ def open_server(model: str | Path, *, profiles: list[str] = (), default: str | N
     `parallel` requests are decoded together, each with up to `n_ctx` tokens (1: one at a time), all slots on one
     KV cache (`kv_unified`), or each on a KV stream of its own (llama-server's default layout: a row attends over
     its own slot's cells only, but llama.cpp then computes a step as several micro-batches whenever the running
-    slots' ids are not consecutive or a prompt is admitted; slower here, `reports/bench_server.txt`).
+    slots' ids are not consecutive or a prompt is admitted; slower here, `reports/bench_server_kv_streams.txt`).
 
     Flash attention is on unless `flash_attn` is False, as llama-server's default ("auto") resolves on CPU, CUDA
     and Metal (llama-cpp-python turns it off by default): the plain path multiplies and softmaxes every cell a
