@@ -13,8 +13,8 @@ client), 32-token greedy replies, 2 threads, against
 Per client count the modes run in rotating order, round by round. Printed per mode: completion tokens/s, p50
 and p95 latency, errors, and (batched, mixed) how many greedy replies differ from the reply computed alone
 under the same setting on the serial server (batch shapes change float rounding: near-ties may flip). Then the
-time to first token of short streamed requests while N - 1 long replies stream (p50 / p95), and the ratios
-mixed / serial and mixed / llama.
+time to first token of `--probes` short streamed requests (serial: at most 4) while N - 1 long replies stream
+(p50 / p95), and the ratios mixed / serial and mixed / llama.
 
     .venv/bin/python scripts/bench_server.py                        # SmolLM2 Q4_1 and Gemma-3, 3 rounds
     .venv/bin/python scripts/bench_server.py --models smollm2 --clients 8 --rounds 1
@@ -99,7 +99,7 @@ def load(url: str, jobs: list, clients: int, max_tokens: int) -> dict:
             "p95": float(np.percentile(latencies, 95)), "tokens_per_s": sum(r[2] for r in results if r) / wall}
 
 
-def first_token_times(url: str, clients: int, probes: int = 8) -> list[float]:
+def first_token_times(url: str, clients: int, probes: int = 24) -> list[float]:
     """Seconds to the first streamed text of short requests sent one after another while clients - 1 long
     replies (256 tokens) stream."""
     client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
@@ -191,8 +191,11 @@ def bench_clients(path: Path, steered: Path, clients: int, args, llama_server: s
                 results[mode].append(measured)
                 print(f"{path.name} clients {clients} round {index + 1} {mode}: {measured['tokens_per_s']:.1f} tok/s",
                       flush=True)
-        first = {mode: first_token_times(urls[mode], clients) for mode in ("serial", "mixed", "streams", "llama")
-                 if mode in urls} if clients > 1 and not args.no_first_token else {}
+        probed = [mode for mode in ("serial", "mixed", "streams", "llama") if mode in urls]
+        # A serial probe waits for every long reply ahead of it (seconds each): a few show that.
+        first = ({mode: first_token_times(urls[mode], clients, min(args.probes, 4) if mode == "serial" else args.probes)
+                  for mode in probed}
+                 if clients > 1 and not args.no_first_token else {})
 
     lines = [f"\nmodel {path.name}; {clients} concurrent clients, {count} requests a round, {args.max_tokens} "
              f"tokens greedy, {args.threads} threads, {args.rounds} rounds",
@@ -229,6 +232,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--modes", default="serial,batched,mixed,llama", help="which of the five to run")
     parser.add_argument("--no-first-token", action="store_true", help="skip the time-to-first-token probe")
+    parser.add_argument("--probes", type=int, default=24, help="short requests the time-to-first-token probe sends")
     args = parser.parse_args()
     args.modes = args.modes.split(",")
     llama_server = subprocess.run([str(ROOT / "scripts" / "build_llama_server")], capture_output=True, text=True,
