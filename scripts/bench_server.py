@@ -49,6 +49,7 @@ PROMPTS = ["Tell me about your day.", "What should I cook tonight?", "My neighbo
            "Describe the sea in one sentence.", "Why is the sky blue?", "Give me a tip for sleeping well."]
 MIXED = [None, {"enabled": False}, {"profiles": {"brisk": 1.0}}, {"apply": "generation"}]
 N_CTX = 2048
+SERIAL_PROBES = 4  # a serial probe waits for every long reply ahead of it (seconds each): a few show that
 
 
 @contextlib.contextmanager
@@ -99,7 +100,7 @@ def load(url: str, jobs: list, clients: int, max_tokens: int) -> dict:
             "p95": float(np.percentile(latencies, 95)), "tokens_per_s": sum(r[2] for r in results if r) / wall}
 
 
-def first_token_times(url: str, clients: int, probes: int = 24) -> list[float]:
+def first_token_times(url: str, clients: int, probes: int) -> list[float]:
     """Seconds to the first streamed text of short requests sent one after another while clients - 1 long
     replies (256 tokens) stream."""
     client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
@@ -192,8 +193,8 @@ def bench_clients(path: Path, steered: Path, clients: int, args, llama_server: s
                 print(f"{path.name} clients {clients} round {index + 1} {mode}: {measured['tokens_per_s']:.1f} tok/s",
                       flush=True)
         probed = [mode for mode in ("serial", "mixed", "streams", "llama") if mode in urls]
-        # A serial probe waits for every long reply ahead of it (seconds each): a few show that.
-        first = ({mode: first_token_times(urls[mode], clients, min(args.probes, 4) if mode == "serial" else args.probes)
+        first = ({mode: first_token_times(urls[mode], clients,
+                                          min(args.probes, SERIAL_PROBES) if mode == "serial" else args.probes)
                   for mode in probed}
                  if clients > 1 and not args.no_first_token else {})
 
