@@ -1,4 +1,4 @@
-"""Does a reply answer its request? `evaluate.relevance`: the reply's mean log-probability per token after its own
+"""Does a reply answer its request? `evaluate.reply_relevance`: the reply's mean log-probability per token after its own
 request minus after the next item's request, under the unsteered model.
 
 Checked against the NumPy reference on the tiny model, then on SmolLM2: replies written for their requests (the
@@ -13,7 +13,7 @@ import pytest
 
 from austeer_gguf import datasets
 from austeer_gguf.evaluation import metrics
-from austeer_gguf.evaluation.evaluate import Prompt, prompt_renderer, relevance, reply_logprobs
+from austeer_gguf.evaluation.evaluate import Prompt, prompt_renderer, reply_logprobs, reply_relevance
 from austeer_gguf.evaluation.scoring import answer_tokens
 from austeer_gguf.localization.pairs import load_pairs
 
@@ -37,16 +37,18 @@ def test_relevance_is_the_log_probability_after_its_own_request_minus_after_the_
     reference = ReferenceModel(tiny_f32)
     prompts = [Prompt("the cat is", " so"), Prompt("I hate this", ""), Prompt("hello world", "")]
     texts = [" very happy", " day and you", ""]
-    own = reply_logprobs(llm, prompts, texts, chat=False)
-    related = relevance(llm, prompts, texts, own, chat=False)
+    own, related = reply_relevance(llm, prompts, texts, chat=False)
     render = prompt_renderer(llm, False)
     for i in range(2):
+        mine = reference_mean_logprob(reference, *answer_tokens(llm, render(prompts[i]), texts[i]))
         other = Prompt(prompts[i + 1].text, prompts[i].prefill)  # the next request, the reply's own prefill
-        expected = (reference_mean_logprob(reference, *answer_tokens(llm, render(prompts[i]), texts[i]))
-                    - reference_mean_logprob(reference, *answer_tokens(llm, render(other), texts[i])))
-        assert related[i] == pytest.approx(expected, abs=2e-3)  # a difference of two float32 sums (test_scoring: 1e-3)
+        expected = mine - reference_mean_logprob(reference, *answer_tokens(llm, render(other), texts[i]))
+        assert own[i] == pytest.approx(mine, abs=1e-3)  # test_scoring's tolerance for a float32 sum
+        assert related[i] == pytest.approx(expected, abs=2e-3)  # a difference of two
     assert related[2] is None and np.isnan(own[2])  # an empty reply is not measured
-    assert relevance(llm, prompts[:1], texts[:1], own[:1], chat=False) == [None]
+    alone, unrelated = reply_relevance(llm, prompts[:1], texts[:1], chat=False)
+    assert unrelated == [None] and alone[0] == pytest.approx(own[0], abs=1e-3)  # a single prompt: nothing to compare
+    assert own == pytest.approx(reply_logprobs(llm, prompts, texts, chat=False), abs=1e-3, nan_ok=True)
     assert metrics.relevant_rate(related) == float(np.mean([value > 0 for value in related[:2]]))
     assert metrics.relevant_rate([None]) is None
 
@@ -60,10 +62,10 @@ def test_on_smollm2_replies_written_for_their_request_answer_it_and_a_stock_repl
     try:
         for side in ("positive", "negative"):
             texts = [getattr(pair, side) for pair in pairs]
-            matched = relevance(llm, prompts, texts, reply_logprobs(llm, prompts, texts, chat=True), chat=True)
+            _, matched = reply_relevance(llm, prompts, texts, chat=True)
             assert metrics.relevant_rate(matched) >= 0.85, side
         stock = [STOCK] * len(prompts)
-        unrelated = relevance(llm, prompts, stock, reply_logprobs(llm, prompts, stock, chat=True), chat=True)
+        _, unrelated = reply_relevance(llm, prompts, stock, chat=True)
     finally:
         llm.close()
     # The same text around a cycle of requests: the differences cancel, up to how the reply's first tokens merge

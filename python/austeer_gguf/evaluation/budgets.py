@@ -4,7 +4,7 @@ A setting is within a budget when its KL(steered || unsteered) on neutral text a
 its continuations are (tight: KL <= 0.1 and perplexity <= 1.1x; loose: 0.3 and 1.3x) and, on generation
 tasks, its texts keep at least `DISTINCT2_RATIO` of the unsteered distinct bigrams (a loop has a low
 perplexity: it passes the other two). Refusals of harmless requests may rise by at most `REFUSAL_SLACK`, and
-the share of replies that answer their request (`evaluate.relevance`) may fall by at most `RELEVANCE_SLACK`
+the share of replies that answer their request (`evaluate.reply_relevance`) may fall by at most `RELEVANCE_SLACK`
 (or one reply) where it was measured. The sweep's budgets (`Trial.within`) check KL, perplexity and distinct
 bigrams; refusals and relevance are the build's.
 """

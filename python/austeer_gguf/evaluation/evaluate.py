@@ -68,7 +68,7 @@ class GenerationResult:
     words: float = 0.0  # mean words per reply (concise)
     rude: float = 0.0  # mean score of the rudeness judge (`rudeness`), of the clause the model completed
     rude_rate: float = 0.0  # share of texts `metrics.is_rude` flags
-    relevant_rate: float | None = None  # share of non-empty replies that answer their own request (`relevance`)
+    relevant_rate: float | None = None  # share of non-empty replies that answer their own request (`reply_relevance`)
     unwanted: float | None = None  # mean score of the task's own judge (a user's pairs: `pairjudge`), if it has one
     unwanted_rate: float | None = None  # share of texts `metrics.is_unwanted` flags
     trigger_rate: float | None = None  # conditional steering: share of the prompts its gate fired on
@@ -191,17 +191,24 @@ def reply_logprobs(llm, prompts: Sequence[str | Prompt], texts: Sequence[str], *
                    frame: str = "{prompt}") -> list[float]:
     """Mean log-probability per token of each generated text after its prompt (without any system turn), under
     the unsteered model (nan: empty)."""
-    render = prompt_renderer(llm, chat, frame)
-    values = [float("nan")] * len(texts)
-    scored = [(index, *answer_tokens(llm, render(prompt), text))
-              for index, (prompt, text) in enumerate(zip(prompts, texts)) if text.strip()]
-    scored = [(index, tokens, start) for index, tokens, start in scored if start < len(tokens)]
-    rows = forward(llm, [tokens for _, tokens, _ in scored],
-                   [answer_rows(tokens, start) for _, tokens, start in scored], setting=OFF)
-    for (index, tokens, start), logits in zip(scored, rows):
-        values[index] = float(token_logprobs(logits, tokens, start).mean())
-    return values
+    return _logprobs_after(llm, [prompts], texts, chat=chat, frame=frame)[0]
 
+
+def _logprobs_after(llm, prompt_lists: Sequence[Sequence[str | Prompt]], texts: Sequence[str], *, chat: bool,
+                    frame: str) -> list[list[float]]:
+    """`reply_logprobs` of the same texts after each list of prompts, in one forward pass, so that a request
+    heading sequences of several lists is computed once."""
+    render = prompt_renderer(llm, chat, frame)
+    values = [[float("nan")] * len(texts) for _ in prompt_lists]
+    scored = [(which, index, *answer_tokens(llm, render(prompt), text))
+              for which, prompts in enumerate(prompt_lists)
+              for index, (prompt, text) in enumerate(zip(prompts, texts)) if text.strip()]
+    scored = [entry for entry in scored if entry[3] < len(entry[2])]
+    rows = forward(llm, [tokens for _, _, tokens, _ in scored],
+                   [answer_rows(tokens, start) for _, _, tokens, start in scored], setting=OFF)
+    for (which, index, tokens, start), logits in zip(scored, rows):
+        values[which][index] = float(token_logprobs(logits, tokens, start).mean())
+    return values
 
 def perplexities(llm, prompts: Sequence[str | Prompt], texts: Sequence[str], *, chat: bool,
                  frame: str = "{prompt}") -> list[float]:
@@ -213,20 +220,21 @@ def _perplexity(logprob: float) -> float:
     return float("inf") if np.isnan(logprob) else float(np.exp(-logprob))
 
 
-def relevance(llm, prompts: Sequence[str | Prompt], texts: Sequence[str], own: Sequence[float], *, chat: bool,
-              frame: str = "{prompt}") -> list[float | None]:
-    """Does each reply answer its own request? The pointwise mutual information per token of the reply with
-    its request under the unsteered model: its mean log-probability after its own prompt (`own`, from
-    `reply_logprobs`) minus after the next item's prompt (cyclically; a prefill stays the reply's own). Above 0
-    (`metrics.is_relevant`): the reply is likelier after the request it answers; an off-topic reply (a stock
-    apology, a loop) is about as likely after any request. None: an empty reply, or a single prompt."""
+def reply_relevance(llm, prompts: Sequence[str | Prompt], texts: Sequence[str], *, chat: bool,
+                    frame: str = "{prompt}") -> tuple[list[float], list[float | None]]:
+    """Each reply's mean log-probability after its own prompt (`reply_logprobs`) and whether it answers its own
+    request: the pointwise mutual information per token of the reply with its request under the unsteered
+    model, that log-probability minus the one after the next item's prompt (cyclically; a prefill stays the
+    reply's own). Above 0 (`metrics.is_relevant`): the reply is likelier after the request it answers; an
+    off-topic reply (a stock apology, a loop) is about as likely after any request. None: an empty reply, or a
+    single prompt. Both in one forward pass: each request is computed once, for its own replies and for the
+    previous item's."""
     if len(prompts) < 2:
-        return [None] * len(texts)
+        return reply_logprobs(llm, prompts, texts, chat=chat, frame=frame), [None] * len(texts)
     asked = [prompt if isinstance(prompt, Prompt) else Prompt(prompt) for prompt in prompts]
     others = [Prompt(asked[(i + 1) % len(asked)].text, asked[i].prefill) for i in range(len(asked))]
-    other = reply_logprobs(llm, others, texts, chat=chat, frame=frame)
-    return [None if np.isnan(a) or np.isnan(b) else float(a - b) for a, b in zip(own, other)]
-
+    own, other = _logprobs_after(llm, [prompts, others], texts, chat=chat, frame=frame)
+    return own, [None if np.isnan(a) or np.isnan(b) else float(a - b) for a, b in zip(own, other)]
 
 def perplexity(llm, prompts: Sequence[str | Prompt], texts: Sequence[str], *, chat: bool,
                frame: str = "{prompt}") -> float:
@@ -277,7 +285,7 @@ def evaluate_generation_settings(llm, task: GenerationTask, prompts: Sequence[st
                               frame=task.frame, system=system)
         for i, part, on in zip(with_side, _parts(side_texts, len(with_side)), fired_on_side):
             side_rates[i], side_fired[i] = metrics.refusal_rate(part), on
-    # Each setting's prompts are the same list, so "the next item's request" of `relevance` stays within it.
+    # Each setting's prompts are the same list, so "the next item's request" of `reply_relevance` stays within it.
     items = scored_items(llm, task, every, texts)
     results = []
     for index, (part, side) in enumerate(zip(_parts(items, len(settings)), side_rates)):
@@ -332,9 +340,8 @@ def scored_items(llm, task: GenerationTask, prompts: Sequence[str | Prompt], tex
                                                                text) for prompt, text in zip(prompts, texts)])
     sentiment = metrics.sentiment(texts)
     refusals = [metrics.is_refusal(text) for text in texts]
-    own = reply_logprobs(llm, prompts, texts, chat=task.chat, frame=task.frame)
+    own, related = reply_relevance(llm, prompts, texts, chat=task.chat, frame=task.frame)
     fluency = [_perplexity(value) for value in own]
-    related = relevance(llm, prompts, texts, own, chat=task.chat, frame=task.frame)
     unwanted = task.judge(list(texts)) if task.judge is not None else None
     items = [{"prompt": prompt.text if isinstance(prompt, Prompt) else prompt,
               "prefill": prompt.prefill if isinstance(prompt, Prompt) else "", "reply": text,

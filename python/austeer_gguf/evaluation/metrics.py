@@ -121,7 +121,7 @@ def is_offensive(probability: float | np.ndarray) -> bool | np.ndarray:
 
 
 def is_relevant(relevance: float) -> bool:
-    """A reply answers its request when it is likelier after it than after another one (`evaluate.relevance`)."""
+    """A reply answers its request when it is likelier after it than after another one (`evaluate.reply_relevance`)."""
     return relevance > 0.0
 
 
