@@ -44,7 +44,7 @@ def test_relevance_is_the_log_probability_after_its_own_request_minus_after_the_
         other = Prompt(prompts[i + 1].text, prompts[i].prefill)  # the next request, the reply's own prefill
         expected = mine - reference_mean_logprob(reference, *answer_tokens(llm, render(other), texts[i]))
         assert own[i] == pytest.approx(mine, abs=1e-3)  # test_scoring's tolerance for a float32 sum
-        assert related[i] == pytest.approx(expected, abs=2e-3)  # a difference of two
+        assert related[i] == pytest.approx(expected, abs=2e-3)  # a difference of two such sums
     assert related[2] is None and np.isnan(own[2])  # an empty reply is not measured
     alone, unrelated = reply_relevance(llm, prompts[:1], texts[:1], chat=False)
     assert unrelated == [None] and alone[0] == pytest.approx(own[0], abs=1e-3)  # a single prompt: nothing to compare

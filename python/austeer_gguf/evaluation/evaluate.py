@@ -210,6 +210,7 @@ def _logprobs_after(llm, prompt_lists: Sequence[Sequence[str | Prompt]], texts: 
         values[which][index] = float(token_logprobs(logits, tokens, start).mean())
     return values
 
+
 def perplexities(llm, prompts: Sequence[str | Prompt], texts: Sequence[str], *, chat: bool,
                  frame: str = "{prompt}") -> list[float]:
     """Per-token perplexity of each generated text after its prompt, under the unsteered model (inf: empty)."""
@@ -235,6 +236,7 @@ def reply_relevance(llm, prompts: Sequence[str | Prompt], texts: Sequence[str], 
     others = [Prompt(asked[(i + 1) % len(asked)].text, asked[i].prefill) for i in range(len(asked))]
     own, other = _logprobs_after(llm, [prompts, others], texts, chat=chat, frame=frame)
     return own, [None if np.isnan(a) or np.isnan(b) else float(a - b) for a, b in zip(own, other)]
+
 
 def perplexity(llm, prompts: Sequence[str | Prompt], texts: Sequence[str], *, chat: bool,
                frame: str = "{prompt}") -> float:
