@@ -203,7 +203,7 @@ def _logprobs_after(llm, prompt_lists: Sequence[Sequence[str | Prompt]], texts: 
     scored = [(which, index, *answer_tokens(llm, render(prompt), text))
               for which, prompts in enumerate(prompt_lists)
               for index, (prompt, text) in enumerate(zip(prompts, texts)) if text.strip()]
-    scored = [entry for entry in scored if entry[3] < len(entry[2])]
+    scored = [(which, index, tokens, start) for which, index, tokens, start in scored if start < len(tokens)]
     rows = forward(llm, [tokens for _, _, tokens, _ in scored],
                    [answer_rows(tokens, start) for _, _, tokens, start in scored], setting=OFF)
     for (which, index, tokens, start), logits in zip(scored, rows):
